@@ -1,0 +1,107 @@
+"""The one place that knows the key layout of a registry.
+
+Paths are relative to the registry root (the configured URL)::
+
+    <project>.json                                  project marker (created with the first release)
+    <project>/releases/<release>.json               release marker: manifest, package key, size, sha256
+    <project>/<release>/package-<sha256[:16]>.4ml   the release package (stored before its marker)
+    <project>/<release>/generations/<n>.json        generation marker: tag + each state's size, sha256
+    <project>/<release>/retired/<n>.json            marker of a retired generation (hidden from listings)
+    <project>/<release>/states/<sid>.bin            states, written once, uncommitted until a marker names them
+
+Markers of one level sit side by side under a prefix that holds nothing else, so one delimiter LIST
+returns the whole level (up to 1,000 entries a page) and shows only what is committed. The package key
+carries the content hash, so two writers racing for one version never write the same object.
+"""
+
+import dataclasses
+import typing
+import uuid
+
+from forml.io import asset
+
+from . import names
+
+MARKER = '.json'
+PACKAGE_SUFFIX = '.4ml'
+STATE_SUFFIX = '.bin'
+RELEASES = 'releases'
+GENERATIONS = 'generations'
+RETIRED = 'retired'
+STATES = 'states'
+
+UNCOMMITTED_TAG = ('forml-s3', 'uncommitted')
+"""S3 object tag carried by states and packages until their marker commits them (lifecycle filter)."""
+RETIRED_TAG = ('forml-s3', 'retired')
+"""S3 object tag carried by the objects of retired generations (lifecycle filter)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Key maker for one registry root (a path without protocol, e.g. ``bucket/forml``)."""
+
+    root: str
+
+    def __post_init__(self):
+        object.__setattr__(self, 'root', self.root.rstrip('/'))
+
+    def _join(self, *parts: str) -> str:
+        return '/'.join((self.root, *parts)) if self.root else '/'.join(parts)
+
+    # levels -----------------------------------------------------------------------------------
+    def projects(self) -> str:
+        """Prefix listing the project markers."""
+        return self.root
+
+    def releases(self, project: asset.Project.Key) -> str:
+        """Prefix listing the release markers of a project."""
+        return self._join(names.project(project), RELEASES)
+
+    def generations(self, project: asset.Project.Key, release: asset.Release.Key) -> str:
+        """Prefix listing the generation markers of a release."""
+        return self._join(names.project(project), str(names.release(release)), GENERATIONS)
+
+    def retired(self, project: asset.Project.Key, release: asset.Release.Key) -> str:
+        """Prefix listing the markers of retired generations of a release."""
+        return self._join(names.project(project), str(names.release(release)), RETIRED)
+
+    def states(self, project: asset.Project.Key, release: asset.Release.Key) -> str:
+        """Prefix holding the state objects of a release."""
+        return self._join(names.project(project), str(names.release(release)), STATES)
+
+    # objects ----------------------------------------------------------------------------------
+    def project_marker(self, project: asset.Project.Key) -> str:
+        return self._join(f'{names.project(project)}{MARKER}')
+
+    def release_marker(self, project: asset.Project.Key, release: asset.Release.Key) -> str:
+        return f'{self.releases(project)}/{names.release(release)}{MARKER}'
+
+    def package(self, project: asset.Project.Key, release: asset.Release.Key, sha256: str) -> str:
+        return self.release_object(project, release, f'package-{sha256[:16]}{PACKAGE_SUFFIX}')
+
+    def release_object(self, project: asset.Project.Key, release: asset.Release.Key, name: str) -> str:
+        """An object directly in a release's directory (the package, by the name its marker records)."""
+        if '/' in name or name.startswith('.'):
+            raise asset.Level.Invalid(f'Invalid object name {name!r} in release {project}-{release}')
+        return self._join(names.project(project), str(names.release(release)), name)
+
+    def generation_marker(
+        self, project: asset.Project.Key, release: asset.Release.Key, generation: asset.Generation.Key
+    ) -> str:
+        return f'{self.generations(project, release)}/{int(names.generation(generation))}{MARKER}'
+
+    def retired_marker(
+        self, project: asset.Project.Key, release: asset.Release.Key, generation: asset.Generation.Key
+    ) -> str:
+        return f'{self.retired(project, release)}/{int(names.generation(generation))}{MARKER}'
+
+    def state(self, project: asset.Project.Key, release: asset.Release.Key, sid: uuid.UUID) -> str:
+        return f'{self.states(project, release)}/{names.state(sid)}{STATE_SUFFIX}'
+
+    # parsing listings -------------------------------------------------------------------------
+    @staticmethod
+    def marker_names(basenames: typing.Iterable[str]) -> typing.Iterator[str]:
+        """The level names of the marker objects among the given basenames (others are skipped)."""
+        for base in basenames:
+            if base.endswith(MARKER) and not base.startswith('.'):
+                yield base[: -len(MARKER)]

@@ -1,0 +1,477 @@
+"""ForML model registry provider over object storage: ``forml.io.asset.Registry`` on any fsspec URL.
+
+Thin over :mod:`forml_s3.layout` (where keys are made) and :mod:`forml_s3.store` (where bytes move). What it
+adds is the commit protocol: a release or generation becomes visible only when its marker is created,
+exclusively, after everything the marker names is stored - so listings show whole releases and generations
+or nothing, and of two writers racing for the same one exactly one wins.
+"""
+
+import contextlib
+import hashlib
+import logging
+import os
+import pathlib
+import socket
+import tempfile
+import threading
+import time
+import typing
+import uuid
+import zipfile
+
+import forml
+from forml import project as prj
+from forml import setup
+from forml.io import asset
+
+from . import cache as cachemod
+from . import codec, layout, names, staging, store, transfers
+
+LOGGER = logging.getLogger(__name__)
+
+UNCOMMITTED = dict([layout.UNCOMMITTED_TAG])
+
+
+class Conflict(asset.Level.Invalid):
+    """Another writer committed the same release or generation first."""
+
+
+class Registry(asset.Registry, alias='s3'):
+    """Model registry in a bucket (or at any fsspec URL: ``s3://``, ``file://``, ``memory://``, ...).
+
+    Args:
+        url: Registry root, e.g. ``s3://my-bucket/forml``.
+        staging: File system location reachable from all runner nodes, where releases are installed
+                 (defaults to ``<cache_dir>/staging``: fine on one machine, set a shared path for clusters).
+        storage_options: fsspec/s3fs options (``endpoint_url``, ``key``/``secret``, ``profile``, ``region``,
+                         ``retries``, ``sse``, ...); see :mod:`forml_s3.options`. Credentials default to the
+                         standard AWS chain and are never logged.
+        cache_dir: Local cache of immutable objects (default ``~/.cache/forml-s3``).
+        cache_size: Cache size cap in bytes (default 10 GiB).
+        listing_ttl: Seconds a listing is reused within a process (own writes invalidate it at once).
+        commit_timeout: Seconds ``close`` waits for states written by another process to appear.
+        tag_uncommitted: Tag objects ``forml-s3=uncommitted`` until committed, for lifecycle expiry (S3 only).
+
+    The provider can be enabled using the following :ref:`platform configuration <platform-config>`:
+
+    .. code-block:: toml
+       :caption: config.toml
+
+        [REGISTRY]
+        default = "s3"
+        path = ["forml_s3.registry"]    # lets the alias "s3" resolve
+
+        [REGISTRY.s3]
+        provider = "s3"                 # or "forml_s3.registry:Registry" (then no path needed)
+        url = "s3://my-bucket/forml"
+        staging = "/mnt/shared/forml-staging"
+        storage_options = { endpoint_url = "http://127.0.0.1:9000" }
+    """
+
+    def __init__(
+        self,
+        url: str,
+        staging: str | pathlib.Path | None = None,
+        storage_options: typing.Mapping[str, typing.Any] | None = None,
+        cache_dir: str | pathlib.Path | None = None,
+        cache_size: int = cachemod.DEFAULT_MAX_BYTES,
+        listing_ttl: float = 3.0,
+        commit_timeout: float = 300.0,
+        tag_uncommitted: bool = True,
+    ):
+        self._store: store.Store = store.Store(url, storage_options)
+        self._layout: layout.Layout = layout.Layout(self._store.root)
+        self._cache: cachemod.BlobCache = cachemod.BlobCache(cache_dir, cache_size)
+        super().__init__(staging or self._cache.root / 'staging')
+        self._listing_ttl: float = float(listing_ttl)
+        self._commit_timeout: float = float(commit_timeout)
+        self._tag_uncommitted: bool = bool(tag_uncommitted)
+        self._init_volatile()
+
+    def _init_volatile(self) -> None:
+        """Per-process state: listing cache and marker memo (never pickled)."""
+        self._lock = threading.Lock()
+        self._listings: dict[str, tuple[float, dict[str, store.Entry]]] = {}
+        self._markers: dict[tuple[str, str], dict[str, typing.Any]] = {}
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        for volatile in ('_lock', '_listings', '_markers'):
+            state.pop(volatile, None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._init_volatile()
+
+    def __repr__(self):
+        return f'S3-registry({self._store.url})'
+
+    def __hash__(self):
+        return hash(self.__class__) ^ hash(self._store.url) ^ hash(self._staging)
+
+    def __eq__(self, other):
+        return (
+            isinstance(other, self.__class__)
+            and other._store.url == self._store.url
+            and other._staging == self._staging
+        )
+
+    @property
+    def url(self) -> str:
+        return self._store.url
+
+    # listings -------------------------------------------------------------------------------------------
+    def _list(self, prefix: str, fresh: bool = False) -> dict[str, store.Entry]:
+        """Markers under ``prefix`` by level name: one LIST per page, reused for ``listing_ttl`` seconds."""
+        now = time.monotonic()
+        with self._lock:
+            cached = self._listings.get(prefix)
+        if cached and not fresh and now - cached[0] < self._listing_ttl:
+            return cached[1]
+        entries = {e.name: e for e in self._store.listdir(prefix)}
+        found = {name: entries[name + layout.MARKER] for name in layout.Layout.marker_names(entries)}
+        with self._lock:
+            self._listings[prefix] = (now, found)
+        return found
+
+    def _invalidate(self, *prefixes: str) -> None:
+        with self._lock:
+            for prefix in prefixes:
+                self._listings.pop(prefix, None)
+
+    @staticmethod
+    def _keys(found: typing.Iterable[str], constructor: typing.Callable[[str], typing.Any]) -> list:
+        keys = []
+        for name in found:
+            try:
+                keys.append(constructor(name))
+            except asset.Level.Invalid:
+                LOGGER.debug('Ignoring foreign marker %s', name)
+        return keys
+
+    def projects(self) -> typing.Iterable[asset.Project.Key]:
+        return self._keys(self._list(self._layout.projects()), names.project)
+
+    def releases(self, project: asset.Project.Key) -> typing.Iterable[asset.Release.Key]:
+        return self._keys(self._list(self._layout.releases(project)), names.release)
+
+    def generations(
+        self, project: asset.Project.Key, release: asset.Release.Key
+    ) -> typing.Iterable[asset.Generation.Key]:
+        return self._keys(self._list(self._layout.generations(project, release)), names.generation)
+
+    # markers --------------------------------------------------------------------------------------------
+    def _marker(self, key: str, entry: store.Entry) -> dict[str, typing.Any]:
+        """A marker by key and version: from memory, else the local cache, else one GET (then cached)."""
+        with self._lock:
+            memo = self._markers.get((key, entry.version))
+        if memo is not None:
+            return memo
+        local = self._cache.root / 'markers' / hashlib.sha256(f'{self.url}|{key}|{entry.version}'.encode()).hexdigest()
+        try:
+            raw = local.read_bytes()
+        except FileNotFoundError:
+            raw = self._store.read(key)
+            marker = codec.loads(raw, self._store.uri(key))  # validate before caching
+            local.parent.mkdir(parents=True, exist_ok=True)
+            temp = local.with_name(f'{local.name}.{os.getpid()}.incomplete')
+            temp.write_bytes(raw)
+            os.replace(temp, local)
+        else:
+            marker = codec.loads(raw, self._store.uri(key))
+        with self._lock:
+            self._markers[(key, entry.version)] = marker
+        return marker
+
+    def _entry(self, prefix: str, name: str) -> store.Entry | None:
+        """The listing entry of one marker: from the cached listing, else a fresh one (it may be new)."""
+        return self._list(prefix).get(name) or self._list(prefix, fresh=True).get(name)
+
+    def _release_marker(self, project: asset.Project.Key, release: asset.Release.Key) -> dict[str, typing.Any]:
+        release = names.release(release)
+        entry = self._entry(self._layout.releases(project), str(release))
+        if entry is None:
+            raise forml.MissingError(f'No release {project}-{release} in {self.url}')
+        return self._marker(self._layout.release_marker(project, release), entry)
+
+    def _generation_marker(
+        self, project: asset.Project.Key, release: asset.Release.Key, generation: asset.Generation.Key
+    ) -> dict[str, typing.Any] | None:
+        generation = names.generation(generation)
+        entry = self._entry(self._layout.generations(project, release), str(int(generation)))
+        if entry is None:
+            return None
+        return self._marker(self._layout.generation_marker(project, release, generation), entry)
+
+    # releases -------------------------------------------------------------------------------------------
+    def push(self, package: 'prj.Package') -> None:
+        project = names.project(package.manifest.name)
+        release = names.release(package.manifest.version)
+        existing = self._keys(self._list(self._layout.releases(project), fresh=True), names.release)
+        if release in existing:
+            raise Conflict(
+                f'Release {project}-{release} already exists in {self.url}: releases are immutable, '
+                'bump the version in pyproject.toml and release again'
+            )
+        if existing and release < max(existing):
+            raise asset.Level.Invalid(
+                f'{project}-{release} is not an increment from existing {max(existing)} in {self.url}'
+            )
+        with tempfile.TemporaryDirectory(prefix='forml-s3-push-') as temp:
+            source = _package_file(package.path, pathlib.Path(temp))
+            size, sha256 = cachemod.sha256_of(source)
+            key = self._layout.package(project, release, sha256)
+            LOGGER.info('Uploading %s-%s package (%d bytes) to %s', project, release, size, self._store.uri(key))
+            self._store.write(key, source, tags=self._uncommitted(), metadata={'sha256': sha256})
+            self._cache.fetch(sha256, size, lambda t: _copy(source, t), name=str(source), suffix=layout.PACKAGE_SUFFIX)
+        self._commit_tags([key])
+        marker = {
+            'project': str(project),
+            'release': str(release),
+            'manifest': {
+                'name': str(package.manifest.name),
+                'version': str(package.manifest.version),
+                'package': package.manifest.package,
+                'modules': dict(package.manifest.modules),
+            },
+            'package': {'key': key.rsplit('/', 1)[-1], 'size': size, 'sha256': sha256},
+            'created': codec.now(),
+            'writer': _writer(),
+        }
+        try:
+            self._store.create(self._layout.release_marker(project, release), codec.dumps(marker))
+        except FileExistsError:
+            self._invalidate(self._layout.releases(project))
+            winner = self._release_marker(project, release)
+            if winner.get('package', {}).get('sha256') != sha256:
+                self._uncommit_tags([key])
+            raise Conflict(
+                f'Release {project}-{release} was pushed to {self.url} by another writer meanwhile '
+                f'({winner.get("writer")}): releases are immutable, bump the version and release again'
+            ) from None
+        finally:
+            self._invalidate(self._layout.releases(project))
+        self._ensure_project(project)
+
+    def _ensure_project(self, project: asset.Project.Key) -> None:
+        """Create the project marker if missing (after the first release marker, so it never lists empty)."""
+        if str(project) in self._list(self._layout.projects()):
+            return
+        with contextlib.suppress(FileExistsError):
+            self._store.create(
+                self._layout.project_marker(project),
+                codec.dumps({'project': str(project), 'created': codec.now(), 'writer': _writer()}),
+            )
+        self._invalidate(self._layout.projects())
+
+    def pull(self, project: asset.Project.Key, release: asset.Release.Key) -> 'prj.Package':
+        return prj.Package(self._package_blob(project, release)[0])
+
+    def _package_blob(self, project: asset.Project.Key, release: asset.Release.Key) -> tuple[pathlib.Path, str]:
+        """The verified package in the local cache (downloaded once per machine) and its sha256."""
+        marker = self._release_marker(project, release)
+        try:
+            info = marker['package']
+            key = self._layout.release_object(project, release, info['key'])
+            size, sha256 = int(info['size']), str(info['sha256'])
+        except (KeyError, TypeError, ValueError) as err:
+            raise asset.Level.Invalid(
+                f'Corrupted release marker of {project}-{release} in {self.url}: {err!r}'
+            ) from err
+        path = self._cache.fetch(
+            sha256,
+            size,
+            lambda target: self._store.download(key, target),
+            name=self._store.uri(key),
+            suffix=layout.PACKAGE_SUFFIX,
+        )
+        return path, sha256
+
+    def mount(self, project: asset.Project.Key, release: asset.Release.Key) -> 'prj.Artifact':
+        project, release = names.project(project), names.release(release)
+        sha256 = str(self._release_marker(project, release).get('package', {}).get('sha256'))
+        target = staging.target(self._staging, str(project), str(release))
+        if not staging.installed(target, sha256):
+            with staging.locked(target):
+                if not staging.installed(target, sha256):
+                    package, sha256 = self._package_blob(project, release)
+                    staging.install(package, sha256, target)
+        staging.touch(target)
+        manifest = prj.Manifest.read(target)
+        setup.search(target)
+        return prj.Artifact(target, manifest.package, **manifest.modules)
+
+    # states and generations ---------------------------------------------------------------------------
+    def write(self, project: asset.Project.Key, release: asset.Release.Key, sid: uuid.UUID, state: bytes) -> None:
+        key = self._layout.state(project, release, sid)
+        sha256 = hashlib.sha256(state).hexdigest()
+        LOGGER.debug('Uploading state %s (%d bytes) in the background', sid, len(state))
+        transfers.submit_upload(
+            self._store.uri(key),
+            len(state),
+            sha256,
+            lambda: self._store.write(key, state, tags=self._uncommitted(), metadata={'sha256': sha256}),
+        )
+
+    def close(
+        self,
+        project: asset.Project.Key,
+        release: asset.Release.Key,
+        generation: asset.Generation.Key,
+        tag: asset.Tag,
+    ) -> None:
+        project, release, generation = names.project(project), names.release(release), names.generation(generation)
+        if self._entry(self._layout.releases(project), str(release)) is None:
+            raise asset.Level.Invalid(f'No release {project}-{release} in {self.url} to commit generation into')
+        prefix = self._layout.generations(project, release)
+        if str(int(generation)) in self._list(prefix):
+            raise self._conflict(project, release, generation)
+        keys = [self._layout.state(project, release, sid) for sid in tag.states]
+        checksums = transfers.run_all(self._stored_checksum, keys)
+        self._commit_tags(keys)
+        marker = codec.generation_marker(
+            str(project),
+            str(release),
+            int(generation),
+            tag,
+            {str(sid): {'size': size, 'sha256': sha} for sid, (size, sha) in zip(tag.states, checksums, strict=True)},
+            _writer(),
+        )
+        try:
+            self._store.create(self._layout.generation_marker(project, release, generation), codec.dumps(marker))
+        except FileExistsError:
+            self._uncommit_tags(keys)
+            raise self._conflict(project, release, generation) from None
+        finally:
+            self._invalidate(prefix)
+        for key in keys:
+            transfers.forget(self._store.uri(key))
+        LOGGER.info('Committed generation %s of %s-%s (%d states)', generation, project, release, len(keys))
+
+    def _conflict(self, project: str, release: str, generation: int) -> Conflict:
+        return Conflict(
+            f'Generation {generation} of {project}-{release} was committed by another writer meanwhile '
+            f'({self.url}); your states were not committed. Train again to build generation '
+            f'{int(generation) + 1} on top of it.'
+        )
+
+    def _stored_checksum(self, key: str) -> tuple[int, str]:
+        """Size and sha256 of a state about to be committed, once it is stored.
+
+        A state written in this process: wait for its upload. Written by another process (a Dask worker):
+        wait for it to appear, up to ``commit_timeout``, then take the checksum from its S3 metadata (or hash
+        its content where the store keeps no metadata).
+        """
+        uri = self._store.uri(key)
+        if (pending := transfers.pending(uri)) is not None:
+            try:
+                pending.future.result()
+            except Exception as err:
+                transfers.forget(uri)
+                raise asset.Level.Invalid(f'Upload of state {uri} failed: {err}') from err
+            return pending.size, pending.sha256
+        deadline = time.monotonic() + self._commit_timeout
+        delay = 0.05
+        while True:
+            try:
+                size, metadata = self._store.head(key)
+                break
+            except FileNotFoundError:
+                if time.monotonic() > deadline:
+                    raise asset.Level.Invalid(
+                        f'State {uri} was not stored within {self._commit_timeout:.0f}s: its writer failed or '
+                        'died; nothing was committed, train again'
+                    ) from None
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        if 'sha256' in metadata:
+            return size, metadata['sha256']
+        data = self._store.read(key)
+        return len(data), hashlib.sha256(data).hexdigest()
+
+    def open(
+        self, project: asset.Project.Key, release: asset.Release.Key, generation: asset.Generation.Key
+    ) -> asset.Tag:
+        key = self._layout.generation_marker(project, release, generation)
+        marker = self._generation_marker(project, release, generation)
+        if marker is None:
+            raise asset.Level.Listing.Empty(f'No generation {generation} of {project}-{release} in {self.url}')
+        tag = codec.tag_of(marker, self._store.uri(key))
+        self._prefetch(project, release, marker)
+        return tag
+
+    def _prefetch(self, project: str, release: str, marker: dict[str, typing.Any]) -> None:
+        """Start fetching the generation's states not cached yet, all at once, in the background."""
+        for sid, info in marker['states'].items():
+            if self._cache.get(info['sha256']) is None:
+                transfers.pool().submit(self._fetch_state, project, release, sid, info)
+
+    def _fetch_state(self, project: str, release: str, sid: str, info: dict[str, typing.Any]) -> pathlib.Path:
+        key = self._layout.state(project, release, sid)
+        return self._cache.fetch(
+            str(info['sha256']),
+            int(info['size']),
+            lambda target: self._store.download(key, target),
+            name=self._store.uri(key),
+        )
+
+    def read(
+        self,
+        project: asset.Project.Key,
+        release: asset.Release.Key,
+        generation: asset.Generation.Key,
+        sid: uuid.UUID,
+    ) -> bytes:
+        marker = self._generation_marker(project, release, generation)
+        if marker is None:
+            raise asset.Level.Invalid(f'Invalid registry component {project}/{release}/{generation}')
+        info = marker.get('states', {}).get(str(names.state(sid)))
+        if info is None:
+            LOGGER.warning('No state %s in generation %s of %s-%s', sid, generation, project, release)
+            return b''
+        for _ in range(3):  # a blob evicted between fetch and read is fetched again
+            data = self._cache.read(str(info['sha256']))
+            if data is not None:
+                return data
+            self._fetch_state(names.project(project), names.release(release), str(sid), info)
+        raise forml.UnexpectedError(f'State {sid} keeps disappearing from the cache at {self._cache.root}')
+
+    # tags -----------------------------------------------------------------------------------------------
+    def _uncommitted(self) -> dict[str, str] | None:
+        return UNCOMMITTED if self._tag_uncommitted and self._store.is_s3 else None
+
+    def _commit_tags(self, keys: list[str]) -> None:
+        """Clear the uncommitted tag of objects about to be committed (in parallel)."""
+        if self._uncommitted():
+            transfers.run_all(lambda k: self._store.set_tags(k, {}), keys)
+
+    def _uncommit_tags(self, keys: list[str]) -> None:
+        """Put the uncommitted tag back on objects whose commit was lost (best effort)."""
+        if self._uncommitted():
+            try:
+                transfers.run_all(lambda k: self._store.set_tags(k, UNCOMMITTED), keys)
+            except Exception as err:  # the conflict is the error to report; this only affects expiry
+                LOGGER.warning('Could not re-tag %d uncommitted objects: %s', len(keys), err)
+
+
+def _writer() -> str:
+    """Who writes a marker (host and process), shown when two writers conflict."""
+    return f'{socket.gethostname()}:{os.getpid()}'
+
+
+def _copy(source: pathlib.Path, target: pathlib.Path) -> None:
+    target.write_bytes(source.read_bytes())
+
+
+def _package_file(path: pathlib.Path, temp: pathlib.Path) -> pathlib.Path:
+    """The package as one zip file (ForML also has directory-based packages: zip those)."""
+    path = pathlib.Path(path)
+    if path.is_file():
+        return path
+    archive = temp / f'{path.name}{layout.PACKAGE_SUFFIX}'
+    with zipfile.ZipFile(archive, 'w', zipfile.ZIP_DEFLATED) as zipped:
+        for file in sorted(path.rglob('*')):
+            if file.is_file() and '__pycache__' not in file.parts:
+                zipped.write(file, file.relative_to(path))
+    return archive

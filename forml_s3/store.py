@@ -1,0 +1,373 @@
+"""The one place that talks to storage: a narrow store interface over fsspec, with S3 specifics.
+
+Operations (paths are full fsspec paths without protocol, e.g. ``bucket/forml/p/releases/1.json``):
+
+* ``listdir`` - the objects directly under a prefix (one delimiter LIST request per 1,000 entries on S3);
+* ``read`` / ``download`` - whole objects (large S3 objects in parallel ranged GETs straight to disk);
+* ``write`` - an object, whole or not at all (S3 PUT / parallel multipart; local temp file + rename),
+  optionally carrying S3 object tags and user metadata set in the same request;
+* ``create`` - exclusive create: S3 ``If-None-Match: *``, ``O_EXCL``-like hard link on local disks, a lock
+  in memory; raises ``FileExistsError`` when the object exists (any HTTP 412 counts, see DESIGN pitfalls);
+* ``set_tags`` / ``head`` / ``delete``.
+
+Errors that the user must act on are translated here, once: a missing bucket raises ``forml.MissingError``,
+denied access ``forml.InvalidError``; both name the URL and say what to check. ``FileNotFoundError`` for a
+missing key and ``FileExistsError`` for a lost exclusive create pass through for callers to interpret.
+"""
+
+import contextlib
+import dataclasses
+import errno
+import logging
+import os
+import pathlib
+import shutil
+import tempfile
+import threading
+import typing
+import urllib.parse
+import uuid
+
+import forml
+
+from . import options as optmod
+
+if typing.TYPE_CHECKING:
+    import fsspec
+
+LOGGER = logging.getLogger(__name__)
+
+_MEMORY_LOCK = threading.Lock()
+"""Serialises exclusive creates on the (process-global) ``memory://`` file system."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One object of a listing."""
+
+    name: str
+    """Basename of the object."""
+    size: int
+    version: str
+    """Identity of this version of the object (S3 ETag; size and mtime elsewhere): a cache key part."""
+
+
+class Store:
+    """Storage at one fsspec URL with the options that configure its file system.
+
+    The file system is created lazily and is not pickled, so a store (and the providers holding it)
+    travels into Dask tasks and gateway processes cheaply and reconnects there.
+    """
+
+    def __init__(self, url: str, storage_options: typing.Mapping[str, typing.Any] | None = None):
+        parsed = urllib.parse.urlsplit(url)
+        if not parsed.scheme or parsed.scheme == 'file':
+            protocol = 'file'
+            root = os.path.abspath(os.path.expanduser(parsed.path if parsed.scheme else url))
+        else:
+            protocol = parsed.scheme
+            if parsed.username or parsed.password:
+                raise forml.InvalidError(
+                    'Credentials in the registry URL are not supported: use storage_options or the AWS chain'
+                )
+            root = (parsed.netloc + parsed.path).rstrip('/')
+        if protocol in ('s3', 's3a'):
+            protocol = 's3'
+            if not parsed.netloc:
+                raise forml.InvalidError(f'Invalid S3 URL {url!r}: expected s3://bucket[/prefix]')
+        self.protocol: str = protocol
+        self.root: str = root.rstrip('/') if protocol != 'file' else root
+        self._options: dict[str, typing.Any] = dict(storage_options or {})
+        self._fs: fsspec.AbstractFileSystem | None = None
+        self._pid: int = os.getpid()
+
+    # identity and pickling --------------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        """The store root as a URL (never carries credentials)."""
+        return f'{self.protocol}://{self.root}'
+
+    def __repr__(self):
+        return f'Store({self.url})'
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state['_fs'] = None
+        return state
+
+    @property
+    def is_s3(self) -> bool:
+        return self.protocol == 's3'
+
+    @property
+    def is_local(self) -> bool:
+        return self.protocol == 'file'
+
+    @property
+    def fs(self) -> 'fsspec.AbstractFileSystem':
+        """The fsspec file system (created on first use, and anew in a forked child)."""
+        if self._fs is None or self._pid != os.getpid():
+            import fsspec  # noqa: PLC0415 - lazy: keeps `forml-s3 --help` and provider loading fast
+
+            kwargs = optmod.s3_kwargs(self._options) if self.is_s3 else dict(self._options)
+            self._fs = fsspec.filesystem(self.protocol, **kwargs)
+            self._pid = os.getpid()
+        return self._fs
+
+    def uri(self, path: str) -> str:
+        """The URL of a path (for messages)."""
+        return f'{self.protocol}://{path}'
+
+    def _bucket_key(self, path: str) -> tuple[str, str]:
+        bucket, _, key = path.partition('/')
+        return bucket, key
+
+    # error translation ------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _boundary(self, action: str, path: str) -> typing.Iterator[None]:
+        """Translate the errors a user must act on into ForML errors naming the URL."""
+        try:
+            yield
+        except PermissionError as err:
+            raise forml.InvalidError(
+                f'Access denied while trying to {action} {self.uri(path)}: check the credentials (AWS_PROFILE, '
+                f'AWS_ACCESS_KEY_ID or storage_options key/secret) and the bucket policy ({_code(err) or err})'
+            ) from None
+        except FileNotFoundError as err:
+            if _code(err) == 'NoSuchBucket':
+                raise forml.MissingError(
+                    f'Bucket {path.partition("/")[0]!r} does not exist (while trying to {action} {self.uri(path)}): '
+                    'create it or fix the url in the config section'
+                ) from None
+            raise
+        except OSError as err:
+            if self.is_s3 and _code(err) == 'PreconditionFailed' or 'Precondition' in str(err):
+                raise FileExistsError(errno.EEXIST, f'{self.uri(path)} exists') from err
+            raise
+
+    # listing ------------------------------------------------------------------------------------------
+    def listdir(self, prefix: str) -> list[Entry]:
+        """The objects directly under ``prefix`` (a missing prefix lists empty; a missing bucket raises)."""
+        with self._boundary('list', prefix):
+            if self.is_s3:
+                return self._s3_listdir(prefix)
+            if self.is_local:
+                return _local_listdir(prefix)
+            try:
+                found = self.fs.ls(prefix, detail=True)
+            except FileNotFoundError:
+                return []
+            return [
+                Entry(e['name'].rstrip('/').rsplit('/', 1)[-1], int(e.get('size') or 0), _version_of(e))
+                for e in found
+                if e.get('type') == 'file'
+            ]
+
+    def _s3_listdir(self, prefix: str) -> list[Entry]:
+        bucket, key = self._bucket_key(prefix)
+        key = f'{key}/' if key else ''
+        entries: list[Entry] = []
+        token: dict[str, str] = {}
+        while True:  # one request a page of up to 1,000 keys
+            page = self.fs.call_s3('list_objects_v2', Bucket=bucket, Prefix=key, Delimiter='/', **token)
+            entries.extend(
+                Entry(o['Key'][len(key) :], int(o['Size']), o.get('ETag', '').strip('"'))
+                for o in page.get('Contents', ())
+                if o['Key'] != key
+            )
+            if not page.get('IsTruncated'):
+                return entries
+            token = {'ContinuationToken': page['NextContinuationToken']}
+
+    def walk(self, prefix: str) -> typing.Iterator[tuple[str, Entry]]:
+        """Every object below ``prefix`` (recursive), as (path, entry); for operator tools, not for ForML calls."""
+        with self._boundary('list', prefix):
+            if self.is_s3:
+                bucket, key = self._bucket_key(prefix)
+                paginator_token: dict[str, str] = {}
+                key = f'{key}/' if key else ''
+                while True:
+                    page = self.fs.call_s3('list_objects_v2', Bucket=bucket, Prefix=key, **paginator_token)
+                    for obj in page.get('Contents', ()):
+                        path = f'{bucket}/{obj["Key"]}'
+                        yield path, Entry(path.rsplit('/', 1)[-1], int(obj['Size']), obj.get('ETag', '').strip('"'))
+                    if not page.get('IsTruncated'):
+                        return
+                    paginator_token = {'ContinuationToken': page['NextContinuationToken']}
+            try:
+                found = self.fs.find(prefix, detail=True)
+            except FileNotFoundError:
+                return
+            for path, info in found.items():
+                path = path if self.is_local or not path.startswith('/') else path.lstrip('/')
+                yield path, Entry(path.rsplit('/', 1)[-1], int(info.get('size') or 0), _version_of(info))
+
+    # reading ------------------------------------------------------------------------------------------
+    def read(self, path: str) -> bytes:
+        """The whole object (``FileNotFoundError`` if missing)."""
+        with self._boundary('read', path):
+            if self.is_s3:
+                bucket, key = self._bucket_key(path)
+                response = self.fs.call_s3('get_object', Bucket=bucket, Key=key)
+                return _sync_read(self.fs, response['Body'])
+            return self.fs.cat_file(path)
+
+    def download(self, path: str, target: pathlib.Path) -> None:
+        """Download the object to a local file (S3: parallel ranged GETs for large objects, bounded memory)."""
+        with self._boundary('download', path):
+            self.fs.get_file(path, str(target))
+
+    def head(self, path: str) -> tuple[int, dict[str, str]]:
+        """Size and user metadata of an object (``FileNotFoundError`` if missing)."""
+        with self._boundary('inspect', path):
+            if self.is_s3:
+                bucket, key = self._bucket_key(path)
+                response = self.fs.call_s3('head_object', Bucket=bucket, Key=key)
+                return int(response['ContentLength']), dict(response.get('Metadata') or {})
+            return int(self.fs.info(path)['size']), {}
+
+    def exists(self, path: str) -> bool:
+        try:
+            self.head(path)
+        except FileNotFoundError:
+            return False
+        return True
+
+    # writing ------------------------------------------------------------------------------------------
+    def write(
+        self,
+        path: str,
+        data: bytes | pathlib.Path,
+        *,
+        tags: typing.Mapping[str, str] | None = None,
+        metadata: typing.Mapping[str, str] | None = None,
+    ) -> None:
+        """Store the object whole or not at all (bytes, or a local file to upload); overwrites.
+
+        On S3, ``tags`` and ``metadata`` travel in the same PUT (or CreateMultipartUpload); elsewhere they are
+        not stored (no lifecycle there; integrity comes from the markers).
+        """
+        with self._boundary('write', path):
+            if self.is_s3:
+                extra: dict[str, typing.Any] = {}
+                if tags:
+                    extra['Tagging'] = urllib.parse.urlencode(dict(tags))
+                if metadata:
+                    extra['Metadata'] = dict(metadata)
+                if isinstance(data, pathlib.Path):
+                    self.fs.put_file(str(data), path, **extra)
+                else:
+                    self.fs.pipe_file(path, data, **extra)
+            elif self.is_local:
+                _local_write(path, data, exclusive=False)
+            else:
+                self.fs.pipe_file(path, data.read_bytes() if isinstance(data, pathlib.Path) else data)
+
+    def create(self, path: str, data: bytes) -> None:
+        """Create the object exclusively: ``FileExistsError`` if it exists, and then nothing is written."""
+        with self._boundary('create', path):
+            if self.is_s3:
+                self.fs.pipe_file(path, data, mode='create')
+            elif self.is_local:
+                _local_write(path, data, exclusive=True)
+            else:
+                with _MEMORY_LOCK:
+                    if self.fs.exists(path):
+                        raise FileExistsError(errno.EEXIST, f'{self.uri(path)} exists')
+                    self.fs.pipe_file(path, data)
+
+    def set_tags(self, path: str, tags: typing.Mapping[str, str]) -> None:
+        """Replace the object's S3 tags (an empty mapping clears them); a no-op off S3."""
+        if not self.is_s3:
+            return
+        with self._boundary('tag', path):
+            bucket, key = self._bucket_key(path)
+            if not tags:  # DeleteObjectTagging: the canonical clear (moto 5.2 fails an empty PutObjectTagging)
+                self.fs.call_s3('delete_object_tagging', Bucket=bucket, Key=key)
+                return
+            self.fs.call_s3(
+                'put_object_tagging',
+                Bucket=bucket,
+                Key=key,
+                Tagging={'TagSet': [{'Key': k, 'Value': v} for k, v in tags.items()]},
+            )
+
+    def get_tags(self, path: str) -> dict[str, str]:
+        """The object's S3 tags (empty off S3)."""
+        if not self.is_s3:
+            return {}
+        with self._boundary('read tags of', path):
+            bucket, key = self._bucket_key(path)
+            response = self.fs.call_s3('get_object_tagging', Bucket=bucket, Key=key)
+            return {t['Key']: t['Value'] for t in response.get('TagSet', ())}
+
+    def delete(self, path: str) -> None:
+        """Delete an object (missing is fine)."""
+        with self._boundary('delete', path), contextlib.suppress(FileNotFoundError):
+            self.fs.rm_file(path)
+
+
+def _code(err: BaseException) -> str | None:
+    """The S3 error code behind an exception that s3fs translated (it keeps the boto error as the cause)."""
+    seen = err
+    while seen is not None:
+        response = getattr(seen, 'response', None)
+        if isinstance(response, dict):
+            return response.get('Error', {}).get('Code')
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _version_of(info: typing.Mapping[str, typing.Any]) -> str:
+    for field in ('ETag', 'mtime', 'created', 'LastModified'):
+        if info.get(field):
+            return f'{info.get("size")}-{info[field]}'
+    return str(info.get('size'))
+
+
+def _sync_read(fs: 'fsspec.AbstractFileSystem', body: typing.Any) -> bytes:
+    """Read an aiobotocore streaming body from sync code, on the file system's loop."""
+    from fsspec.asyn import sync  # noqa: PLC0415
+
+    async def _read() -> bytes:
+        try:
+            return await body.read()
+        finally:
+            body.close()
+
+    return sync(fs.loop, _read)
+
+
+def _local_listdir(prefix: str) -> list[Entry]:
+    try:
+        with os.scandir(prefix) as found:
+            return [
+                Entry(e.name, (st := e.stat()).st_size, f'{st.st_size}-{st.st_mtime_ns}')
+                for e in found
+                if e.is_file() and not e.name.startswith('.tmp-')
+            ]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _local_write(path: str, data: bytes | pathlib.Path, *, exclusive: bool) -> None:
+    """Write via a temp file in the same directory, then rename (or hard-link when exclusive) into place."""
+    target = pathlib.Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(prefix=f'.tmp-{uuid.uuid4().hex[:8]}-', dir=target.parent)
+    try:
+        with os.fdopen(fd, 'wb') as file:
+            if isinstance(data, pathlib.Path):
+                with data.open('rb') as source:
+                    shutil.copyfileobj(source, file, 8 * 2**20)
+            else:
+                file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        if exclusive:
+            os.link(temp, target)  # atomic and exclusive: FileExistsError if the target exists
+        else:
+            os.replace(temp, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)

@@ -1,0 +1,92 @@
+"""Process-wide background transfers: a bounded, fork-safe thread pool and the table of pending uploads.
+
+ForML writes states one at a time and commits them later with one ``close``; uploading each inside
+``write`` would pay a round trip per state. ``write`` hands the bytes to this pool and returns; ``close``
+waits for the futures of its states. The table is per process (keyed by the full object URL), so any
+provider instance in the process - ForML copies them freely - finds the uploads another one started.
+"""
+
+import concurrent.futures
+import dataclasses
+import os
+import threading
+import typing
+
+DEFAULT_WORKERS = 16
+
+_lock = threading.Lock()
+_pool: concurrent.futures.ThreadPoolExecutor | None = None
+_pool_pid: int | None = None
+_inflight: threading.BoundedSemaphore | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Pending:
+    """An upload started by ``write``: its future and what the marker must record."""
+
+    future: concurrent.futures.Future
+    size: int
+    sha256: str
+
+
+_pending: dict[str, Pending] = {}
+
+
+def pool(workers: int = DEFAULT_WORKERS) -> concurrent.futures.ThreadPoolExecutor:
+    """The process's transfer pool (created anew after a fork: threads do not survive it)."""
+    global _pool, _pool_pid, _inflight  # noqa: PLW0603 - one pool per process by design
+    with _lock:
+        if _pool is None or _pool_pid != os.getpid():
+            _pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix='forml-s3')
+            _inflight = threading.BoundedSemaphore(workers * 2)
+            _pool_pid = os.getpid()
+            _pending.clear()
+        return _pool
+
+
+def submit_upload(url: str, size: int, sha256: str, upload: typing.Callable[[], None]) -> Pending:
+    """Start an upload in the background and record it as pending under ``url``.
+
+    At most twice the pool size of uploads are queued at once; beyond that the caller blocks, which bounds
+    the memory held by bytes waiting to be sent.
+    """
+    executor = pool()
+    assert _inflight is not None
+    _inflight.acquire()
+
+    def run() -> None:
+        try:
+            upload()
+        finally:
+            _inflight.release()
+
+    try:
+        future = executor.submit(run)
+    except BaseException:
+        _inflight.release()
+        raise
+    pending = Pending(future, size, sha256)
+    with _lock:
+        _pending[url] = pending
+    return pending
+
+
+def pending(url: str) -> Pending | None:
+    """The pending upload of ``url`` started in this process, if any."""
+    with _lock:
+        return _pending.get(url)
+
+
+def forget(url: str) -> None:
+    """Drop a pending upload record (after its commit)."""
+    with _lock:
+        _pending.pop(url, None)
+
+
+def run_all(func: typing.Callable[[typing.Any], typing.Any], items: typing.Iterable[typing.Any]) -> list[typing.Any]:
+    """``func`` over ``items`` concurrently on the pool; results in order; the first failure is raised."""
+    items = list(items)
+    if len(items) <= 1:
+        return [func(i) for i in items]
+    futures = [pool().submit(func, i) for i in items]
+    return [f.result() for f in futures]

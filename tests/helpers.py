@@ -1,0 +1,42 @@
+"""Test helpers: building real ForML packages and tags."""
+
+import datetime
+import pathlib
+import uuid
+
+from forml import project as prj
+from forml.io import asset
+
+PROJECT = 'demo-proj'
+
+
+class PackageFactory:
+    """Real ``.4ml`` packages of a tiny project, one per version."""
+
+    def __init__(self, root: pathlib.Path):
+        self.root = root
+
+    def __call__(self, version: str, project: str = PROJECT, payload: str = '') -> prj.Package:
+        source = self.root / f'{project}-{version}-{uuid.uuid4().hex[:6]}'
+        (source / 'demo').mkdir(parents=True)
+        (source / 'demo' / '__init__.py').write_text(f'VERSION = {version!r}\nPAYLOAD = {payload!r}\n')
+        return prj.Package.create(source, prj.Manifest(project, version, 'demo'), source.with_suffix('.4ml'))
+
+
+def tag(states=(), ordinal=None) -> asset.Tag:
+    """A realistic training tag (naive UTC timestamp like ForML's, optional ordinal)."""
+    return asset.Tag(
+        training=asset.Tag.Training(timestamp=datetime.datetime(2026, 11, 24, 3, 4, 5, 678901), ordinal=ordinal),
+        tuning=asset.Tag.Tuning(timestamp=datetime.datetime(2026, 1, 2, tzinfo=datetime.UTC), score=0.75),
+        states=list(states),
+    )
+
+
+def commit(registry, generation: int, payloads=(b'a', b'b'), project=PROJECT, release='0.1', ordinal=None):
+    """Write the payloads as states and close them as the given generation; returns (tag, sids)."""
+    sids = [uuid.uuid4() for _ in payloads]
+    for sid, payload in zip(sids, payloads, strict=True):
+        registry.write(project, release, sid, payload)
+    committed = tag(sids, ordinal)
+    registry.close(project, release, generation, committed)
+    return committed, sids
