@@ -325,7 +325,9 @@ class Registry(asset.Registry, alias='s3'):
         if self._entry(self._layout.releases(project), str(release)) is None:
             raise asset.Level.Invalid(f'No release {project}-{release} in {self.url} to commit generation into')
         prefix = self._layout.generations(project, release)
-        if str(int(generation)) in self._list(prefix):
+        with self._lock:  # early exit on a known conflict; the exclusive marker below is the real guard
+            known = self._listings.get(prefix, (0, {}))[1]
+        if str(int(generation)) in known:
             raise self._conflict(project, release, generation)
         keys = [self._layout.state(project, release, sid) for sid in tag.states]
         checksums = transfers.run_all(self._stored_checksum, keys)

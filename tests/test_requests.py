@@ -1,0 +1,107 @@
+"""Request and byte accounting against moto's HTTP server: listing a level is one LIST, immutable objects are
+fetched at most once per machine. Request counts are deterministic, so they are asserted exactly; timings
+belong to the benchmarks, not here."""
+
+import uuid
+
+import pytest
+from forml.io import asset
+
+from forml_s3 import transfers
+from forml_s3.registry import Registry
+
+from .helpers import PROJECT, commit, tag
+
+
+@pytest.fixture
+def s3registry(s3server, bucket, tmp_path):
+    def make(**kwargs) -> Registry:
+        kwargs.setdefault('cache_dir', tmp_path / 'cache')
+        kwargs.setdefault('staging', tmp_path / 'staging')
+        return Registry(f's3://{bucket}/forml', storage_options=s3server.storage_options(), **kwargs)
+
+    make.bucket = bucket
+    return make
+
+
+def lists(server) -> int:
+    return server.count(method='GET', query_contains='list-type=2')
+
+
+def test_listing_300_generations_is_one_list_request(s3server, s3registry, package_factory):
+    writer = s3registry()
+    writer.push(package_factory('0.1'))
+    transfers.run_all(lambda g: writer.close(PROJECT, '0.1', g, tag()), range(1, 301))
+
+    reader = s3registry()  # a fresh process: nothing cached in memory
+    s3server.reset_counts()
+    generations = list(reader.generations(PROJECT, '0.1'))
+    assert sorted(generations) == list(range(1, 301))
+    assert lists(s3server) == 1
+    assert len(s3server.requests) == 1  # no per-generation HEAD or GET
+
+
+def test_listing_is_cached_in_process_and_invalidated_by_own_writes(s3server, s3registry, package_factory):
+    registry = s3registry(listing_ttl=60)
+    registry.push(package_factory('0.1'))
+    s3server.reset_counts()
+    for _ in range(50):  # ForML's `model train` lists the same levels dozens of times
+        list(registry.projects())
+        list(registry.releases(PROJECT))
+        list(registry.generations(PROJECT, '0.1'))
+    assert lists(s3server) == 3
+    commit(registry, 1, payloads=())
+    s3server.reset_counts()
+    assert list(registry.generations(PROJECT, '0.1')) == [asset.Generation.Key(1)]
+    assert lists(s3server) == 1  # own close invalidated the generations listing
+
+
+def test_immutable_objects_are_fetched_once_per_machine(s3server, s3registry, package_factory):
+    writer = s3registry(cache_dir=None)  # the trainer: its own cache
+    writer.push(package_factory('0.1'))
+    _, sids = commit(writer, 1, payloads=(b'x' * 5000, b'y' * 7000))
+
+    s3server.reset_counts()
+    first = s3registry()  # a serving process on another machine (empty cache dir)
+    first.open(PROJECT, '0.1', 1)
+    assert [first.read(PROJECT, '0.1', 1, s) for s in sids] == [b'x' * 5000, b'y' * 7000]
+    state_gets = s3server.count(method='GET', path_prefix=f'/{s3registry.bucket}/forml/{PROJECT}/0.1/states/')
+    marker_gets = s3server.count(method='GET', path_prefix=f'/{s3registry.bucket}/forml/{PROJECT}/0.1/generations/1')
+    assert (state_gets, marker_gets) == (2, 1)
+
+    s3server.reset_counts()
+    second = s3registry()  # a second process on the same machine: same cache dir
+    second.open(PROJECT, '0.1', 1)
+    assert [second.read(PROJECT, '0.1', 1, s) for s in sids] == [b'x' * 5000, b'y' * 7000]
+    assert s3server.count(method='GET') == lists(s3server) == 1  # one LIST, no object fetched again
+
+
+def test_second_mount_transfers_no_package_bytes(s3server, s3registry, package_factory):
+    registry = s3registry(cache_dir=None)
+    registry.push(package_factory('0.1', payload='p' * 50_000))
+    s3server.reset_counts()
+    s3registry().mount(PROJECT, '0.1')
+    package_gets = [r for r in s3server.requests if r.method == 'GET' and r.path.endswith('.4ml')]
+    assert len(package_gets) == 1 and package_gets[0].bytes_out > 0
+    s3server.reset_counts()
+    s3registry().mount(PROJECT, '0.1')
+    assert [r for r in s3server.requests if r.path.endswith('.4ml')] == []
+    assert sum(r.bytes_out for r in s3server.requests) < 2000  # one LIST and one small marker at most
+
+
+def test_write_and_close_cost(s3server, s3registry, package_factory):
+    """100 states: 100 PUTs in the background, then close = 100 tag clears + 1 conditional marker PUT."""
+    registry = s3registry()
+    registry.push(package_factory('0.1'))
+    list(registry.releases(PROJECT))  # ForML lists both levels before it closes: those LISTs are not close's
+    list(registry.generations(PROJECT, '0.1'))
+    s3server.reset_counts()
+    sids = [uuid.uuid4() for _ in range(100)]
+    for sid in sids:
+        registry.write(PROJECT, '0.1', sid, sid.bytes * 4096)
+    registry.close(PROJECT, '0.1', 1, tag(sids))
+    puts = s3server.count(method='PUT', path_prefix=f'/{s3registry.bucket}/forml/{PROJECT}/0.1/states/')
+    untag = s3server.count(method='DELETE', query_contains='tagging')
+    markers = s3server.count(method='PUT', path_prefix=f'/{s3registry.bucket}/forml/{PROJECT}/0.1/generations/')
+    assert (puts, untag, markers) == (100, 100, 1)
+    assert len(s3server.requests) == 201
