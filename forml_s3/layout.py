@@ -105,3 +105,27 @@ class Layout:
         for base in basenames:
             if base.endswith(MARKER) and not base.startswith('.'):
                 yield base[: -len(MARKER)]
+
+
+DESCRIPTOR_SUFFIX = '.py'
+
+
+@dataclasses.dataclass(frozen=True)
+class InventoryLayout:
+    """Key maker for an application inventory: ``<root>/<application>.py``, one object per descriptor."""
+
+    root: str
+
+    def __post_init__(self):
+        object.__setattr__(self, 'root', self.root.rstrip('/'))
+
+    def descriptor(self, application: str) -> str:
+        name = f'{names.application(application)}{DESCRIPTOR_SUFFIX}'
+        return f'{self.root}/{name}' if self.root else name
+
+    @staticmethod
+    def applications(basenames: typing.Iterable[str]) -> typing.Iterator[str]:
+        """The application names among the given basenames (other objects are skipped)."""
+        for base in basenames:
+            if base.endswith(DESCRIPTOR_SUFFIX) and not base.startswith('.'):
+                yield base[: -len(DESCRIPTOR_SUFFIX)]
