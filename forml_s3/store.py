@@ -140,9 +140,18 @@ class Store:
                     'create it or fix the url in the config section'
                 ) from None
             raise
+        except (FileExistsError, IsADirectoryError, NotADirectoryError):
+            raise
         except OSError as err:
-            if self.is_s3 and _code(err) == 'PreconditionFailed' or 'Precondition' in str(err):
+            if self.is_s3 and (_code(err) == 'PreconditionFailed' or 'Precondition' in str(err)):
+                # any 412 on a conditional create means "exists": some S3-compatible servers omit <Condition>
                 raise FileExistsError(errno.EEXIST, f'{self.uri(path)} exists') from err
+            if self.is_s3:
+                raise forml.FailedError(
+                    f'Could not {action} {self.uri(path)}, retries exhausted ({_code(err) or err}): the registry is '
+                    'unchanged by this step; check the endpoint and try again (retries are set by storage_options '
+                    'retries = {max_attempts = N})'
+                ) from err
             raise
 
     # listing ------------------------------------------------------------------------------------------

@@ -16,10 +16,12 @@ class PackageFactory:
     def __init__(self, root: pathlib.Path):
         self.root = root
 
-    def __call__(self, version: str, project: str = PROJECT, payload: str = '') -> prj.Package:
+    def __call__(self, version: str, project: str = PROJECT, payload: str = '', data: bytes = b'') -> prj.Package:
         source = self.root / f'{project}-{version}-{uuid.uuid4().hex[:6]}'
         (source / 'demo').mkdir(parents=True)
         (source / 'demo' / '__init__.py').write_text(f'VERSION = {version!r}\nPAYLOAD = {payload!r}\n')
+        if data:
+            (source / 'demo' / 'data.bin').write_bytes(data)
         return prj.Package.create(source, prj.Manifest(project, version, 'demo'), source.with_suffix('.4ml'))
 
 
