@@ -7,13 +7,16 @@ conveniences are understood (all optional):
 
 ========================================  ==========================================================
 ``region``                                 ``client_kwargs.region_name``
-``retries`` = {max_attempts, mode}         botocore retry policy; default ``{mode="standard", max_attempts=5}``
+``retry_mode`` / ``max_attempts``          botocore retry policy (throttling, 5xx, dropped connections);
+                                           ``max_attempts`` counts retries after the first try (botocore's
+                                           meaning); default ``retry_mode = "standard"``, ``max_attempts = 5``
 ``connect_timeout`` / ``read_timeout``     botocore timeouts in seconds
 ``request_checksum_calculation``           botocore >= 1.36 default checksums: set ``"when_required"`` for
 ``response_checksum_validation``           S3-compatible stores that reject them (MinIO, R2; boto3 issue 4398)
 ``sse`` = "AES256" | "aws:kms"             server-side encryption of every object written
 ``sse_kms_key_id``                         the KMS key for ``sse = "aws:kms"``
 ``max_pool_connections``                   HTTP connection pool size (default 32)
+``retries``                                s3fs's own retry count around each botocore call (default 5)
 ========================================  ==========================================================
 
 Listings are never served from s3fs's listings cache (``use_listings_cache=False``): the registry keeps its
@@ -34,15 +37,22 @@ _CONFIG_KEYS = ('connect_timeout', 'read_timeout', 'request_checksum_calculation
 
 
 def s3_kwargs(storage_options: typing.Mapping[str, typing.Any]) -> dict[str, typing.Any]:
-    """``S3FileSystem`` keyword arguments for the given user ``storage_options``."""
+    """``S3FileSystem`` keyword arguments for the given user ``storage_options`` (``retries`` excluded: it is
+    an attribute of the file system, see :func:`s3fs_retries`)."""
     options = copy.deepcopy(dict(storage_options))
+    options.pop('retries', None)
     config = dict(options.pop('config_kwargs', None) or {})
     client = dict(options.pop('client_kwargs', None) or {})
     additional = dict(options.pop('s3_additional_kwargs', None) or {})
 
     if 'region' in options:
         client.setdefault('region_name', options.pop('region'))
-    config['retries'] = dict(options.pop('retries', None) or config.get('retries') or DEFAULT_RETRIES)
+    retries = dict(config.get('retries') or DEFAULT_RETRIES)
+    if 'retry_mode' in options:
+        retries['mode'] = options.pop('retry_mode')
+    if 'max_attempts' in options:
+        retries['max_attempts'] = int(options.pop('max_attempts'))
+    config['retries'] = retries
     for key in _CONFIG_KEYS:
         if key in options:
             config[key] = options.pop(key)
@@ -66,6 +76,16 @@ def s3_kwargs(storage_options: typing.Mapping[str, typing.Any]) -> dict[str, typ
     if additional:
         options['s3_additional_kwargs'] = additional
     return options
+
+
+def s3fs_retries(storage_options: typing.Mapping[str, typing.Any]) -> int | None:
+    """s3fs's own retry count if the user set one (s3fs has no constructor argument for it)."""
+    retries = storage_options.get('retries')
+    if retries is None:
+        return None
+    if not isinstance(retries, int) or retries < 1:
+        raise forml.InvalidError(f'Invalid storage option retries={retries!r}: expected a whole number >= 1')
+    return retries
 
 
 SECRET_KEYS = ('key', 'secret', 'token', 'aws_access_key_id', 'aws_secret_access_key', 'aws_session_token')

@@ -425,10 +425,11 @@ class Registry(asset.Registry, alias='s3'):
         generation: asset.Generation.Key,
         sid: uuid.UUID,
     ) -> bytes:
+        sid = names.state(sid)
         marker = self._generation_marker(project, release, generation)
         if marker is None:
             raise asset.Level.Invalid(f'Invalid registry component {project}/{release}/{generation}')
-        info = marker.get('states', {}).get(str(names.state(sid)))
+        info = marker.get('states', {}).get(str(sid))
         if info is None:
             LOGGER.warning('No state %s in generation %s of %s-%s', sid, generation, project, release)
             return b''

@@ -110,7 +110,12 @@ class Store:
             import fsspec  # noqa: PLC0415 - lazy: keeps `forml-s3 --help` and provider loading fast
 
             kwargs = optmod.s3_kwargs(self._options) if self.is_s3 else dict(self._options)
+            retries = optmod.s3fs_retries(self._options) if self.is_s3 else None
+            if retries is not None:
+                kwargs['skip_instance_cache'] = True  # the attribute is set on this instance only
             self._fs = fsspec.filesystem(self.protocol, **kwargs)
+            if retries is not None:
+                self._fs.retries = retries
             self._pid = os.getpid()
         return self._fs
 
@@ -149,8 +154,8 @@ class Store:
             if self.is_s3:
                 raise forml.FailedError(
                     f'Could not {action} {self.uri(path)}, retries exhausted ({_code(err) or err}): the registry is '
-                    'unchanged by this step; check the endpoint and try again (retries are set by storage_options '
-                    'retries = {max_attempts = N})'
+                    'unchanged by this step; check the endpoint and try again (storage_options max_attempts and '
+                    'retry_mode set the retries)'
                 ) from err
             raise
 
