@@ -37,6 +37,11 @@ if typing.TYPE_CHECKING:
 
 LOGGER = logging.getLogger(__name__)
 
+PART_SIZE = 16 * 2**20
+"""Multipart part size and ranged-GET size on S3 (objects from twice this size up are split)."""
+PART_CONCURRENCY = 8
+"""Parts in flight at once: bounds the extra memory of a large transfer to about PART_SIZE x PART_CONCURRENCY."""
+
 _MEMORY_LOCK = threading.Lock()
 """Serialises exclusive creates on the (process-global) ``memory://`` file system."""
 
@@ -229,7 +234,10 @@ class Store:
     def download(self, path: str, target: pathlib.Path) -> None:
         """Download the object to a local file (S3: parallel ranged GETs for large objects, bounded memory)."""
         with self._boundary('download', path):
-            self.fs.get_file(path, str(target))
+            if self.is_s3:
+                self.fs.get_file(path, str(target), chunksize=PART_SIZE, max_concurrency=PART_CONCURRENCY)
+            else:
+                self.fs.get_file(path, str(target))
 
     def head(self, path: str) -> tuple[int, dict[str, str]]:
         """Size and user metadata of an object (``FileNotFoundError`` if missing)."""
@@ -268,10 +276,11 @@ class Store:
                     extra['Tagging'] = urllib.parse.urlencode(dict(tags))
                 if metadata:
                     extra['Metadata'] = dict(metadata)
+                parts = {'chunksize': PART_SIZE, 'max_concurrency': PART_CONCURRENCY}
                 if isinstance(data, pathlib.Path):
-                    self.fs.put_file(str(data), path, **extra)
+                    self.fs.put_file(str(data), path, **parts, **extra)
                 else:
-                    self.fs.pipe_file(path, data, **extra)
+                    self.fs.pipe_file(path, data, **parts, **extra)
             elif self.is_local:
                 _local_write(path, data, exclusive=False)
             else:
