@@ -36,6 +36,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import signal
 import socket
 import threading
 import time
@@ -502,7 +503,9 @@ class Server:
 
     # --- moto state ---------------------------------------------------------------------------------------------
     def _control(self, path: str, data: bytes = b'') -> dict[str, typing.Any]:
-        request = urllib.request.Request(self.endpoint + path, data=data, method='POST', headers={CONTROL_HEADER: '1'})
+        # text/plain: a form content type would make Flask consume the body moto reads as ``request.data``.
+        headers = {CONTROL_HEADER: '1', 'Content-Type': 'text/plain'}
+        request = urllib.request.Request(self.endpoint + path, data=data, method='POST', headers=headers)
         with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 (our own loopback endpoint)
             return json.loads(response.read() or b'{}')
 
@@ -577,11 +580,17 @@ def main(argv: collections.abc.Sequence[str] | None = None) -> None:
         for key, value in server.client_env().items():
             print(f'export {key}={value}', flush=True)
         print('Press Ctrl-C to stop.', flush=True)
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
+        stopped = threading.Event()
+
+        def stop(signum: int, frame: typing.Any) -> None:
+            stopped.set()
+
+        # Explicit handlers: SIGINT may be ignored in a background job, and SIGTERM should stop cleanly too.
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, stop)
+        while not stopped.wait(1):
             pass
+        print('Stopped.', flush=True)
 
 
 if __name__ == '__main__':

@@ -152,7 +152,9 @@ class Store:
             raise
         except (FileExistsError, IsADirectoryError, NotADirectoryError):
             raise
-        except OSError as err:
+        except Exception as err:
+            if not isinstance(err, OSError) and not _is_transport_error(err):
+                raise
             if self.is_s3 and (_code(err) == 'PreconditionFailed' or 'Precondition' in str(err)):
                 # any 412 on a conditional create means "exists": some S3-compatible servers omit <Condition>
                 raise FileExistsError(errno.EEXIST, f'{self.uri(path)} exists') from err
@@ -339,6 +341,11 @@ def _code(err: BaseException) -> str | None:
             return response.get('Error', {}).get('Code')
         seen = seen.__cause__ or seen.__context__
     return None
+
+
+def _is_transport_error(err: BaseException) -> bool:
+    """A network-level failure surfacing unwrapped from botocore/aiohttp after retries (dropped connection)."""
+    return type(err).__module__.split('.')[0] in ('botocore', 'aiobotocore', 'aiohttp')
 
 
 def _version_of(info: typing.Mapping[str, typing.Any]) -> str:

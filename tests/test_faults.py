@@ -93,3 +93,12 @@ def test_failed_state_upload_is_reported_by_close_and_nothing_is_committed(s3ser
     with pytest.raises(asset.Level.Invalid, match=r'Upload of state .* failed'):
         registry.close(PROJECT, '0.1', 1, tag([sid]))
     assert list(make().generations(PROJECT, '0.1')) == []
+
+
+def test_persistently_dropped_connections_are_a_failed_error(s3server, make, package_factory):
+    registry = make(max_attempts=1, retries=1)
+    registry.push(package_factory('0.1'))
+    fault = s3server.inject(drop=True, count=1000, match=lambda c: 'list-type=2' in c.query)
+    with pytest.raises(forml.FailedError, match=r'Could not list .*retries exhausted'):
+        list(make(max_attempts=1, retries=1).releases(PROJECT))
+    assert fault.fired >= 2
