@@ -51,6 +51,8 @@ class Registry(asset.Registry, alias='s3'):
         listing_ttl: Seconds a listing is reused within a process (own writes invalidate it at once).
         commit_timeout: Seconds ``close`` waits for states written by another process to appear.
         tag_uncommitted: Tag objects ``forml-s3=uncommitted`` until committed, for lifecycle expiry (S3 only).
+        keep_generations: After each commit, retire all but the newest N generations of the release (pinned
+                          ones excepted; see :mod:`forml_s3.retention`). Default: keep everything.
 
     The provider can be enabled using the following :ref:`platform configuration <platform-config>`:
 
@@ -78,6 +80,7 @@ class Registry(asset.Registry, alias='s3'):
         listing_ttl: float = 3.0,
         commit_timeout: float = 300.0,
         tag_uncommitted: bool = True,
+        keep_generations: int | None = None,
     ):
         self._store: store.Store = store.Store(url, storage_options)
         self._layout: layout.Layout = layout.Layout(self._store.root)
@@ -86,6 +89,9 @@ class Registry(asset.Registry, alias='s3'):
         self._listing_ttl: float = float(listing_ttl)
         self._commit_timeout: float = float(commit_timeout)
         self._tag_uncommitted: bool = bool(tag_uncommitted)
+        if keep_generations is not None and int(keep_generations) < 1:
+            raise forml.InvalidError(f'keep_generations must be at least 1, not {keep_generations}')
+        self._keep_generations: int | None = None if keep_generations is None else int(keep_generations)
         self._init_volatile()
 
     def _init_volatile(self) -> None:
@@ -350,6 +356,22 @@ class Registry(asset.Registry, alias='s3'):
         for key in keys:
             transfers.forget(self._store.uri(key))
         LOGGER.info('Committed generation %s of %s-%s (%d states)', generation, project, release, len(keys))
+        if self._keep_generations:
+            self._retire(project, release)
+
+    def _retire(self, project: str, release: str) -> None:
+        """Apply ``keep_generations`` after a commit; a failure here never undoes the commit."""
+        from . import retention  # imported here: only registries with a retention setting need it
+
+        try:
+            retired = retention.retire(self._store, self._layout, project, release, self._keep_generations)
+        except Exception as err:
+            LOGGER.warning('Could not retire old generations of %s-%s: %s', project, release, err)
+            return
+        finally:
+            self._invalidate(self._layout.generations(project, release))
+        if retired:
+            LOGGER.info('Retired generations %s of %s-%s', retired, project, release)
 
     def _conflict(self, project: str, release: str, generation: int) -> Conflict:
         return Conflict(
