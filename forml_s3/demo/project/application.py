@@ -1,0 +1,11 @@
+"""Demo application descriptor: serves the latest generation of forml-s3-demo, re-checked every 2 seconds.
+
+Published with ``forml application put application.py``; ForML's own ``Latest`` selector would keep serving
+the generation it found first until the gateway restarts.
+"""
+
+from forml import application
+
+from forml_s3.selector import Refreshing
+
+application.setup(application.Generic('forml-s3-demo', selector=Refreshing('forml-s3-demo', refresh=2)))
