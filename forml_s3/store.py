@@ -17,6 +17,7 @@ missing key and ``FileExistsError`` for a lost exclusive create pass through for
 
 import contextlib
 import dataclasses
+import datetime
 import errno
 import logging
 import os
@@ -55,6 +56,8 @@ class Entry:
     size: int
     version: str
     """Identity of this version of the object (S3 ETag; size and mtime elsewhere): a cache key part."""
+    modified: float | None = None
+    """Last modification, seconds since the epoch (from the same listing; ``None`` where the store has none)."""
 
 
 class Store:
@@ -179,7 +182,7 @@ class Store:
             except FileNotFoundError:
                 return []
             return [
-                Entry(e['name'].rstrip('/').rsplit('/', 1)[-1], int(e.get('size') or 0), _version_of(e))
+                Entry(e['name'].rstrip('/').rsplit('/', 1)[-1], int(e.get('size') or 0), _version_of(e), _modified(e))
                 for e in found
                 if e.get('type') == 'file'
             ]
@@ -192,7 +195,7 @@ class Store:
         while True:  # one request a page of up to 1,000 keys
             page = self.fs.call_s3('list_objects_v2', Bucket=bucket, Prefix=key, Delimiter='/', **token)
             entries.extend(
-                Entry(o['Key'][len(key) :], int(o['Size']), o.get('ETag', '').strip('"'))
+                Entry(o['Key'][len(key) :], int(o['Size']), o.get('ETag', '').strip('"'), _modified(o))
                 for o in page.get('Contents', ())
                 if o['Key'] != key
             )
@@ -211,7 +214,15 @@ class Store:
                     page = self.fs.call_s3('list_objects_v2', Bucket=bucket, Prefix=key, **paginator_token)
                     for obj in page.get('Contents', ()):
                         path = f'{bucket}/{obj["Key"]}'
-                        yield path, Entry(path.rsplit('/', 1)[-1], int(obj['Size']), obj.get('ETag', '').strip('"'))
+                        yield (
+                            path,
+                            Entry(
+                                path.rsplit('/', 1)[-1],
+                                int(obj['Size']),
+                                obj.get('ETag', '').strip('"'),
+                                _modified(obj),
+                            ),
+                        )
                     if not page.get('IsTruncated'):
                         return
                     paginator_token = {'ContinuationToken': page['NextContinuationToken']}
@@ -221,7 +232,12 @@ class Store:
                 return
             for path, info in found.items():
                 path = path if self.is_local or not path.startswith('/') else path.lstrip('/')
-                yield path, Entry(path.rsplit('/', 1)[-1], int(info.get('size') or 0), _version_of(info))
+                if self.is_local and path.rsplit('/', 1)[-1].startswith('.tmp-'):
+                    continue  # a local write in progress
+                yield (
+                    path,
+                    Entry(path.rsplit('/', 1)[-1], int(info.get('size') or 0), _version_of(info), _modified(info)),
+                )
 
     # reading ------------------------------------------------------------------------------------------
     def read(self, path: str) -> bytes:
@@ -355,6 +371,17 @@ def _version_of(info: typing.Mapping[str, typing.Any]) -> str:
     return str(info.get('size'))
 
 
+def _modified(info: typing.Mapping[str, typing.Any]) -> float | None:
+    """Modification time of a listing entry (S3 ``LastModified``; fsspec ``mtime``/``created``), epoch seconds."""
+    for field in ('LastModified', 'mtime', 'created'):
+        value = info.get(field)
+        if isinstance(value, datetime.datetime):
+            return (value if value.tzinfo else value.replace(tzinfo=datetime.UTC)).timestamp()
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    return None
+
+
 def _sync_read(fs: 'fsspec.AbstractFileSystem', body: typing.Any) -> bytes:
     """Read an aiobotocore streaming body from sync code, on the file system's loop."""
     from fsspec.asyn import sync  # noqa: PLC0415
@@ -372,7 +399,7 @@ def _local_listdir(prefix: str) -> list[Entry]:
     try:
         with os.scandir(prefix) as found:
             return [
-                Entry(e.name, (st := e.stat()).st_size, f'{st.st_size}-{st.st_mtime_ns}')
+                Entry(e.name, (st := e.stat()).st_size, f'{st.st_size}-{st.st_mtime_ns}', st.st_mtime)
                 for e in found
                 if e.is_file() and not e.name.startswith('.tmp-')
             ]
