@@ -18,11 +18,99 @@ from . import helpers
 BACKENDS = ('memory', 'file', 's3')
 
 
+ENDPOINT_VARIABLE = 'FORML_S3_TEST_ENDPOINT'
+EMBEDDED_ONLY = (
+    f'needs the embedded moto server (request log, fault injection or IAM enforcement); {ENDPOINT_VARIABLE} is set'
+)
+
+
+class Endpoint:
+    """An external S3 endpoint (LocalStack, MinIO, AWS) offering what the tests use of ``embedded.Server``:
+    ``endpoint``, ``storage_options()``, ``client_env()``, ``client()`` and ``create_bucket()``.
+
+    Credentials come from ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` (default ``test``/``test``, what
+    LocalStack accepts), the region from ``AWS_DEFAULT_REGION`` (default ``us-east-1``). Buckets created here are
+    emptied and deleted when the session ends.
+    """
+
+    def __init__(self, endpoint: str):
+        self.endpoint = endpoint.rstrip('/')
+        self.key = os.environ.get('AWS_ACCESS_KEY_ID') or 'test'
+        self.secret = os.environ.get('AWS_SECRET_ACCESS_KEY') or 'test'
+        self.region = os.environ.get('AWS_DEFAULT_REGION') or embedded.REGION
+        self.created: list[str] = []
+
+    def __repr__(self):
+        return f'Endpoint({self.endpoint})'
+
+    def client_env(self) -> dict[str, str]:
+        return {
+            'AWS_ACCESS_KEY_ID': self.key,
+            'AWS_SECRET_ACCESS_KEY': self.secret,
+            'AWS_DEFAULT_REGION': self.region,
+            'AWS_ENDPOINT_URL': self.endpoint,
+        }
+
+    def storage_options(self, **extra) -> dict:
+        return {
+            'key': self.key,
+            'secret': self.secret,
+            'endpoint_url': self.endpoint,
+            'client_kwargs': {'region_name': self.region},
+            **extra,
+        }
+
+    def client(self, service: str = 's3', **kwargs):
+        import boto3
+
+        options = {
+            'endpoint_url': self.endpoint,
+            'region_name': self.region,
+            'aws_access_key_id': self.key,
+            'aws_secret_access_key': self.secret,
+            **kwargs,
+        }
+        return boto3.client(service, **options)
+
+    def create_bucket(self, name: str) -> str:
+        extra = {} if self.region == 'us-east-1' else {'CreateBucketConfiguration': {'LocationConstraint': self.region}}
+        self.client().create_bucket(Bucket=name, **extra)
+        self.created.append(name)
+        return name
+
+    def cleanup(self) -> None:
+        """Delete the buckets this session created (best effort)."""
+        client = self.client()
+        for name in self.created:
+            try:
+                for page in client.get_paginator('list_objects_v2').paginate(Bucket=name):
+                    keys = [{'Key': o['Key']} for o in page.get('Contents', ())]
+                    if keys:
+                        client.delete_objects(Bucket=name, Delete={'Objects': keys})
+                client.delete_bucket(Bucket=name)
+            except Exception as err:  # noqa: BLE001 - leftovers are harmless, the report says which
+                print(f'Could not delete test bucket {name} at {self.endpoint}: {err}')
+
+
 @pytest.fixture(scope='session')
 def s3server():
-    """The embedded moto S3 server, started once for the session."""
+    """The S3 endpoint of the session: the embedded moto server (started once), or ``FORML_S3_TEST_ENDPOINT``."""
+    external = os.environ.get(ENDPOINT_VARIABLE)
+    if external:
+        endpoint = Endpoint(external)
+        yield endpoint
+        endpoint.cleanup()
+        return
     with embedded.Server() as server:
         yield server
+
+
+@pytest.fixture
+def embedded_server(s3server) -> embedded.Server:
+    """The embedded moto server itself; skips the test when ``FORML_S3_TEST_ENDPOINT`` selects another one."""
+    if not isinstance(s3server, embedded.Server):
+        pytest.skip(EMBEDDED_ONLY)
+    return s3server
 
 
 @pytest.fixture
@@ -32,10 +120,10 @@ def bucket(s3server) -> str:
 
 
 @pytest.fixture
-def counted(s3server):
+def counted(embedded_server):
     """The server with its request log cleared: the test sees only its own requests."""
-    s3server.reset_counts()
-    return s3server
+    embedded_server.reset_counts()
+    return embedded_server
 
 
 def registry_url(backend: str, tmp_path: pathlib.Path, s3server=None) -> tuple[str, dict]:

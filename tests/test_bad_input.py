@@ -95,7 +95,7 @@ def test_missing_bucket(s3server, tmp_path):
 
 
 @pytest.fixture
-def enforced(s3server, bucket):
+def enforced(embedded_server, s3server, bucket):
     """IAM enforcement on the moto server (process-wide: restored afterwards), with a read-only user."""
     iam = s3server.client('iam')
     user = f'reader-{uuid.uuid4().hex[:6]}'

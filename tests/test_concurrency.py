@@ -142,7 +142,9 @@ def upload_part(record) -> bool:
     return record.method == 'PUT' and 'partNumber=' in record.query
 
 
-def test_writer_killed_mid_multipart_upload_leaves_nothing_visible(s3server, s3url, reader, tmp_path, package_factory):
+def test_writer_killed_mid_multipart_upload_leaves_nothing_visible(
+    embedded_server, s3server, s3url, reader, tmp_path, package_factory
+):
     reader.push(package_factory('0.1'))
     crowd = Crowd(tmp_path, *s3url)
     s3server.reset_counts()
@@ -164,7 +166,9 @@ def test_writer_killed_mid_multipart_upload_leaves_nothing_visible(s3server, s3u
     assert len(reader.read(PROJECT, '0.1', 1, result['sid'])) == size
 
 
-def test_pusher_killed_mid_upload_leaves_no_release(s3server, s3url, reader, tmp_path, package_factory):
+def test_pusher_killed_mid_upload_leaves_no_release(
+    embedded_server, s3server, s3url, reader, tmp_path, package_factory
+):
     package = package_factory('0.1', data=os.urandom(110 * 2**20))  # incompressible: a multipart upload
     crowd = Crowd(tmp_path, *s3url)
     s3server.reset_counts()
@@ -183,7 +187,9 @@ def test_pusher_killed_mid_upload_leaves_no_release(s3server, s3url, reader, tmp
     assert reader.pull(PROJECT, '0.1').path.read_bytes() == package.path.read_bytes()
 
 
-def test_concurrent_mounts_install_one_tree_from_one_download(s3server, s3url, reader, tmp_path, package_factory):
+def test_concurrent_mounts_install_one_tree_from_one_download(
+    embedded_server, s3server, s3url, reader, tmp_path, package_factory
+):
     reader.push(package_factory('0.1', payload='x' * 100_000))
     crowd = Crowd(tmp_path, *s3url)
     staging = tmp_path / 'shared-staging'

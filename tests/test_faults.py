@@ -26,7 +26,7 @@ def make(s3server, bucket, tmp_path):
 
 
 @pytest.fixture(autouse=True)
-def no_faults_left(s3server):
+def no_faults_left(embedded_server, s3server):
     yield
     s3server.clear_faults()
 

@@ -14,7 +14,7 @@ from .helpers import PROJECT, commit, tag
 
 
 @pytest.fixture
-def s3registry(s3server, bucket, tmp_path):
+def s3registry(embedded_server, s3server, bucket, tmp_path):
     def make(**kwargs) -> Registry:
         kwargs.setdefault('cache_dir', tmp_path / 'cache')
         kwargs.setdefault('staging', tmp_path / 'staging')

@@ -1,0 +1,289 @@
+"""``forml-s3 ls``, ``verify``, ``copy`` and ``gc``: thin click commands over :mod:`forml_s3.inspect` and
+:mod:`forml_s3.migrate`.
+
+Exit codes: 0 success; 1 problems found (``verify``) or some releases/generations not copied (``copy``);
+2 bad usage, or the registry could not be read at all (missing bucket, access denied, endpoint down).
+"""
+
+import contextlib
+import datetime
+import json
+import logging
+import sys
+import typing
+
+import click
+
+PROBLEMS = 1
+FATAL = 2
+
+
+class Fatal(click.ClickException):
+    """The command could not do its job at all (exit code 2)."""
+
+    exit_code = FATAL
+
+
+def parse_options(values: typing.Iterable[str]) -> dict[str, typing.Any]:
+    """``KEY=VALUE`` pairs into a storage options mapping.
+
+    Values are JSON when they parse as JSON (``max_attempts=3``, ``anon=true``, ``client_kwargs={"a": 1}``),
+    strings otherwise; a dotted key nests (``client_kwargs.region_name=eu-west-1``).
+    """
+    options: dict[str, typing.Any] = {}
+    for item in values:
+        key, sep, raw = item.partition('=')
+        if not sep or not key:
+            raise click.BadParameter(f'{item!r}: expected KEY=VALUE', param_hint='--option')
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        target = options
+        *parents, leaf = key.split('.')
+        for parent in parents:
+            target = target.setdefault(parent, {})
+            if not isinstance(target, dict):
+                raise click.BadParameter(f'{item!r}: {parent} is already set to a value', param_hint='--option')
+        target[leaf] = value
+    return options
+
+
+def option_flag(*names: str, what: str = 'the registry') -> typing.Callable:
+    return click.option(
+        *names,
+        'options',
+        multiple=True,
+        metavar='KEY=VALUE',
+        help=f'Storage option of {what} (repeatable; JSON values; dotted keys nest, e.g. '
+        'endpoint_url=http://127.0.0.1:9000, client_kwargs.region_name=eu-west-1).',
+    )
+
+
+@contextlib.contextmanager
+def fatal_errors() -> typing.Iterator[None]:
+    """ForML errors (missing bucket, denied access, exhausted retries) as a clean message and exit code 2."""
+    import forml  # noqa: PLC0415
+
+    try:
+        yield
+    except forml.AnyError as err:
+        raise Fatal(str(err)) from err
+
+
+def _loglevel() -> None:
+    """Re-apply the ``-L`` log level: importing ForML loads its own logging config (INFO to stderr)."""
+    import forml.setup  # noqa: F401, PLC0415 - load it now, then override
+
+    context = click.get_current_context(silent=True)
+    level = (context.find_root().params.get('loglevel') if context else None) or 'warning'
+    logging.getLogger().setLevel(level.upper())
+
+
+def _store(url: str, options: tuple[str, ...]):
+    from forml_s3 import inspect  # noqa: PLC0415
+
+    _loglevel()
+
+    try:
+        return inspect.store_for(url, parse_options(options))
+    except click.BadParameter:
+        raise
+    except Exception as err:
+        raise Fatal(str(err)) from err
+
+
+def _bar(length: int, label: str, **kwargs: typing.Any):
+    return click.progressbar(length=length, label=label, file=sys.stderr, **kwargs)
+
+
+# ls ---------------------------------------------------------------------------------------------------------
+@click.command()
+@click.argument('url')
+@option_flag('-o', '--option')
+@click.option('--json', 'as_json', is_flag=True, help='Print the tree as JSON (for scripts).')
+def ls(url: str, options: tuple[str, ...], as_json: bool) -> None:
+    """Tree of the projects, releases and generations at URL, with sizes and timestamps.
+
+    URL is a forml-s3 registry root: s3://bucket/prefix, file:///path, or any fsspec URL. Costs one LIST
+    request per 1,000 objects and one GET per marker.
+
+    \b
+    Examples:
+      forml-s3 ls s3://my-bucket/forml
+      forml-s3 ls --json s3://my-bucket/forml | jq '.projects[].releases[].release'
+    """
+    from forml_s3 import inspect  # noqa: PLC0415
+
+    st = _store(url, options)
+    with fatal_errors():
+        data = inspect.tree(inspect.snapshot(st))
+    if as_json:
+        click.echo(json.dumps(data, indent=1))
+    else:
+        for line in inspect.render(data):
+            click.echo(line)
+
+
+# verify -----------------------------------------------------------------------------------------------------
+@click.command()
+@click.argument('url')
+@option_flag('-o', '--option')
+@click.option(
+    '--staging',
+    'staging_path',
+    type=click.Path(file_okay=False),
+    help='Also check the releases installed in this staging path (orphans, stale or half-installed trees).',
+)
+@click.option('--quick', is_flag=True, help='Compare sizes only (from the listing); download nothing.')
+@click.option('--no-orphans', is_flag=True, help='Do not report uncommitted objects that no marker names.')
+@click.option('--json', 'as_json', is_flag=True, help='Print the problems as JSON.')
+def verify(
+    url: str, options: tuple[str, ...], staging_path: str | None, quick: bool, no_orphans: bool, as_json: bool
+) -> None:
+    """Check that every object a marker at URL names exists with the recorded size and sha256.
+
+    Checks each release's package and each generation's states (downloading them to hash them, unless
+    --quick), reports orphans (uncommitted packages and states no marker names: a push or training in
+    progress, or abandoned) and, with --staging, orphans in a staging directory. Each problem is printed
+    on its own line: missing, size-mismatch, checksum-mismatch, orphan, corrupted-marker,
+    unlisted-project, staging-orphan, staging-stale.
+
+    Exit code 0: healthy; 1: problems found; 2: the registry could not be read.
+    """
+    import pathlib  # noqa: PLC0415
+
+    from forml_s3 import inspect  # noqa: PLC0415
+
+    st = _store(url, options)
+    with fatal_errors():
+        snap = inspect.snapshot(st)
+        total = sum(size for _, size, _, _ in inspect.expected(st, snap))
+        with _bar(total, 'Verifying', show_pos=False) as bar:
+            _, problems = inspect.verify(
+                st,
+                snap=snap,
+                checksums=not quick,
+                orphans=not no_orphans,
+                staging_path=pathlib.Path(staging_path) if staging_path else None,
+                progress=bar.update,
+            )
+    objects = len(inspect.expected(st, snap))
+    if as_json:
+        click.echo(json.dumps([{'kind': p.kind, 'path': p.path, 'message': p.message} for p in problems], indent=1))
+    else:
+        for problem in problems:
+            click.echo(f'{problem.kind.upper()}: {problem.message}')
+    summary = (
+        f'{objects} committed objects checked ({"sizes" if quick else "sizes and sha256"}), {len(problems)} problems'
+    )
+    click.echo(summary, err=True)
+    if problems:
+        sys.exit(PROBLEMS)
+
+
+# copy -------------------------------------------------------------------------------------------------------
+FORMAT_HELP = 'posix: ForML posix registry directory; forml-s3: forml-s3 registry; auto: detect (default).'
+
+
+@click.command()
+@click.argument('source')
+@click.argument('destination')
+@option_flag('--src-option', what='SOURCE')
+@click.option('--dst-option', 'dst_options', multiple=True, metavar='KEY=VALUE', help='Storage option of DESTINATION.')
+@click.option('--src-format', type=click.Choice(['auto', 'posix', 'forml-s3']), default='auto', help=FORMAT_HELP)
+@click.option('--dst-format', type=click.Choice(['auto', 'posix', 'forml-s3']), default='auto', help=FORMAT_HELP)
+@click.option('--dry-run', is_flag=True, help='Show what would be copied, copy nothing.')
+def copy(
+    source: str,
+    destination: str,
+    options: tuple[str, ...],
+    dst_options: tuple[str, ...],
+    src_format: str,
+    dst_format: str,
+    dry_run: bool,
+) -> None:
+    """Copy every release and generation from SOURCE to DESTINATION (resumable).
+
+    Either side is a ForML posix registry directory (a plain path, posix:PATH, or a file:// URL of a
+    directory in ForML's posix layout) or a forml-s3 registry (s3://bucket/prefix, file://, any fsspec URL).
+    Generation numbers and tags are preserved. What the destination already holds with the same content
+    (package sha256, tag, every state's sha256) is skipped, so a second run copies nothing; a release or
+    generation there with different content is a conflict, reported and left alone.
+
+    \b
+    Examples:
+      forml-s3 copy ~/.forml/registry s3://my-bucket/forml          # ForML posix -> forml-s3
+      forml-s3 copy s3://my-bucket/forml /tmp/registry-backup        # forml-s3 -> ForML posix
+      forml-s3 copy s3://old-bucket/forml s3://new-bucket/forml --dst-option region=eu-west-1
+
+    Exit code 0: everything is at the destination; 1: something was not copied; 2: a side could not be read.
+    """
+    from forml_s3 import migrate  # noqa: PLC0415
+
+    src_opts, dst_opts = parse_options(options), parse_options(dst_options)
+    _loglevel()
+    with migrate.Workdir() as workdir, fatal_errors():
+        try:
+            src = migrate.open_side(source, src_opts, workdir / 'source', src_format)
+            dst = migrate.open_side(destination, dst_opts, workdir / 'destination', dst_format)
+        except ValueError as err:
+            raise Fatal(str(err)) from err
+        click.echo(f'Copying {src} -> {dst}', err=True)
+        steps = migrate.plan(src, dst)
+        if dry_run:
+            for step in steps:
+                click.echo(f'{step.action.value:<9} {step.label}' + (f': {step.reason}' if step.reason else ''))
+            todo = sum(s.action is migrate.Action.COPY for s in steps)
+            click.echo(f'{todo} to copy, {sum(s.action is migrate.Action.SKIP for s in steps)} already there')
+            return
+        with _bar(len(steps), 'Copying', item_show_func=lambda s: s.label if s else '') as bar:
+            summary = migrate.copy(src, dst, steps=steps, progress=lambda step: bar.update(1, step))
+    for message in summary.failed:
+        click.echo(f'FAILED: {message}', err=True)
+    click.echo(summary.line())
+    if not summary.ok:
+        sys.exit(PROBLEMS)
+
+
+# gc ---------------------------------------------------------------------------------------------------------
+@click.command()
+@click.argument('url')
+@option_flag('-o', '--option')
+@click.option(
+    '--older-than',
+    'days',
+    type=click.FloatRange(min=0),
+    required=True,
+    metavar='DAYS',
+    help='Delete only objects last modified more than DAYS days ago (leave time for trainings in progress).',
+)
+@click.option('--dry-run', is_flag=True, help='List what would be deleted, delete nothing.')
+def gc(url: str, options: tuple[str, ...], days: float, dry_run: bool) -> None:
+    """Delete abandoned uncommitted objects at URL: packages and states no marker names, older than DAYS.
+
+    For buckets without lifecycle rules (and for file:// or other stores without object tags). An object
+    is deleted only if two listings, one just before deleting, both find no release, generation or retired
+    marker naming it, so a generation committed meanwhile keeps its states.
+
+    \b
+    Examples:
+      forml-s3 gc s3://my-bucket/forml --older-than 7 --dry-run
+      forml-s3 gc s3://my-bucket/forml --older-than 7
+    """
+    from forml_s3 import inspect  # noqa: PLC0415
+
+    st = _store(url, options)
+    age = datetime.timedelta(days=days)
+    with fatal_errors():
+        if dry_run:
+            doomed = inspect.collect(st, age, dry_run=True)
+        else:
+            snap = inspect.snapshot(st)
+            with _bar(len(inspect.candidates(snap, age)), 'Deleting') as bar:
+                doomed = inspect.collect(st, age, progress=lambda _: bar.update(1), snap=snap)
+    for obj in doomed:
+        click.echo(f'{"would delete" if dry_run else "deleted"} {st.uri(obj.path)} ({inspect.human(obj.size)})')
+    total = inspect.human(sum(o.size for o in doomed))
+    verb = 'would be deleted' if dry_run else 'deleted'
+    click.echo(f'{len(doomed)} uncommitted objects older than {days:g} days {verb} ({total})')

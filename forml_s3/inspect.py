@@ -1,0 +1,572 @@
+"""Inspection of a registry for operators: the tree (``forml-s3 ls``), integrity (``verify``) and garbage (``gc``).
+
+Everything starts from one :func:`snapshot`: a recursive listing of the registry root (one LIST request per
+1,000 objects) plus one GET per release, generation and retired marker. Each listed object is classified by
+asking :mod:`forml_s3.layout` which key it is (see :func:`classify`), so this module makes no key of its own.
+
+* :func:`verify` checks every committed object a marker names - exists, same size, same sha256 - and reports
+  uncommitted objects no marker names (orphans), and, given a staging path, stale or half-installed trees there.
+* :func:`collect` deletes orphans older than a given age (for buckets without lifecycle rules); it lists the
+  registry twice and deletes only what both listings call an orphan, so a generation committed meanwhile keeps
+  its states.
+"""
+
+import concurrent.futures
+import contextlib
+import dataclasses
+import datetime
+import enum
+import hashlib
+import logging
+import os
+import pathlib
+import tempfile
+import time
+import typing
+
+from forml.io import asset
+
+from . import cache as cachemod
+from . import codec, layout, names, staging, store
+
+LOGGER = logging.getLogger(__name__)
+
+HASH_IN_MEMORY = 16 * 2**20
+"""Objects up to this size are hashed in memory (one GET); larger ones are downloaded to a temp file first."""
+WORKERS = 8
+"""Concurrent marker reads and checksum downloads."""
+PACKAGE_PREFIX = 'package-'
+
+
+class Kind(enum.Enum):
+    """What a key of the registry is."""
+
+    PROJECT_MARKER = 'project-marker'
+    RELEASE_MARKER = 'release-marker'
+    GENERATION_MARKER = 'generation-marker'
+    RETIRED_MARKER = 'retired-marker'
+    PACKAGE = 'package'
+    STATE = 'state'
+    OTHER = 'other'
+
+
+@dataclasses.dataclass(frozen=True)
+class Object:
+    """One stored object of the registry."""
+
+    path: str
+    size: int
+    modified: float | None
+    """Last modification (POSIX seconds), where the store reports it."""
+    kind: Kind = Kind.OTHER
+    project: str | None = None
+    release: str | None = None
+    name: str | None = None
+    """Generation number, state id or package file name (by kind)."""
+
+
+@dataclasses.dataclass
+class Generation:
+    number: int
+    marker: str
+    retired: bool = False
+    created: str | None = None
+    tag: asset.Tag | None = None
+    states: dict[str, dict[str, typing.Any]] = dataclasses.field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def size(self) -> int:
+        return sum(int(s.get('size', 0)) for s in self.states.values())
+
+
+@dataclasses.dataclass
+class Release:
+    name: str
+    marker: str | None
+    created: str | None = None
+    package: dict[str, typing.Any] | None = None
+    generations: list[Generation] = dataclasses.field(default_factory=list)
+    error: str | None = None
+
+
+@dataclasses.dataclass
+class Project:
+    name: str
+    listed: bool
+    """Whether the project marker exists (ForML lists the project)."""
+    releases: list[Release] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class Snapshot:
+    """A registry as listed at one moment."""
+
+    url: str
+    root: str
+    """The store root the paths are under."""
+    objects: dict[str, Object]
+    projects: list[Project]
+
+    def named(self) -> set[str]:
+        """Paths of every package and state some marker (release, generation or retired) names."""
+        lay = layout.Layout(self.root)
+        named: set[str] = set()
+
+        def add(make: typing.Callable[..., str], *args: typing.Any) -> None:
+            with contextlib.suppress(asset.Level.Invalid):  # a corrupted marker names nothing
+                named.add(make(*args))
+
+        for project in self.projects:
+            for release in project.releases:
+                if release.package and isinstance(release.package.get('key'), str):
+                    add(lay.release_object, project.name, release.name, release.package['key'])
+                for generation in release.generations:
+                    for sid in generation.states:
+                        add(lay.state, project.name, release.name, sid)
+        return named
+
+    def orphans(self) -> list[Object]:
+        """Packages and states that no marker names (uncommitted: in progress or abandoned)."""
+        named = self.named()
+        return sorted(
+            (o for o in self.objects.values() if o.kind in (Kind.STATE, Kind.PACKAGE) and o.path not in named),
+            key=lambda o: o.path,
+        )
+
+
+# classification ---------------------------------------------------------------------------------------------
+def classify(lay: layout.Layout, path: str) -> tuple[Kind, str | None, str | None, str | None]:
+    """What the key ``path`` is: (kind, project, release, name).
+
+    Candidate components are taken from the path's segments and accepted only if :class:`layout.Layout` makes
+    exactly this key from them, so the layout stays the one authority (a key it would not make is ``OTHER``).
+    """
+    prefix = f'{lay.root}/' if lay.root else ''
+    if not path.startswith(prefix):
+        return Kind.OTHER, None, None, None
+    parts = path[len(prefix) :].split('/')
+    try:
+        if len(parts) == 1 and parts[0].endswith(layout.MARKER):
+            project = parts[0][: -len(layout.MARKER)]
+            if lay.project_marker(project) == path:
+                return Kind.PROJECT_MARKER, str(names.project(project)), None, None
+        elif len(parts) == 3:
+            project, middle, base = parts
+            if base.endswith(layout.MARKER) and lay.release_marker(project, base[: -len(layout.MARKER)]) == path:
+                return Kind.RELEASE_MARKER, project, str(names.release(base[: -len(layout.MARKER)])), None
+            if (
+                base.startswith(PACKAGE_PREFIX)
+                and base.endswith(layout.PACKAGE_SUFFIX)
+                and lay.package(project, middle, base[len(PACKAGE_PREFIX) : -len(layout.PACKAGE_SUFFIX)]) == path
+            ):
+                return Kind.PACKAGE, str(names.project(project)), str(names.release(middle)), base
+        elif len(parts) == 4:
+            project, release, _, base = parts
+            stem = base.rsplit('.', 1)[0]
+            if base.endswith(layout.MARKER) and stem.isdigit():
+                if lay.generation_marker(project, release, int(stem)) == path:
+                    return Kind.GENERATION_MARKER, project, str(names.release(release)), stem
+                if lay.retired_marker(project, release, int(stem)) == path:
+                    return Kind.RETIRED_MARKER, project, str(names.release(release)), stem
+            if base.endswith(layout.STATE_SUFFIX) and lay.state(project, release, stem) == path:
+                return Kind.STATE, project, str(names.release(release)), str(names.state(stem))
+    except (asset.Level.Invalid, ValueError):
+        pass
+    return Kind.OTHER, None, None, None
+
+
+def listing(st: store.Store) -> list[tuple[str, int, float | None]]:
+    """Every object under the store root: (path, size, last modified); one LIST a page of 1,000 on S3."""
+    return [(path, entry.size, entry.modified) for path, entry in st.walk(st.root)]
+
+
+# snapshot ---------------------------------------------------------------------------------------------------
+def _read_marker(st: store.Store, path: str) -> tuple[dict[str, typing.Any] | None, str | None]:
+    try:
+        return codec.loads(st.read(path), st.uri(path)), None
+    except FileNotFoundError:
+        return None, f'marker {st.uri(path)} disappeared while listing'
+    except asset.Level.Invalid as err:
+        return None, str(err)
+
+
+def snapshot(st: store.Store) -> Snapshot:
+    """List the registry at ``st`` and read all its release, generation and retired markers."""
+    lay = layout.Layout(st.root)
+    objects: dict[str, Object] = {}
+    for path, size, modified in listing(st):
+        kind, project, release, name = classify(lay, path)
+        objects[path] = Object(path, size, modified, kind, project, release, name)
+    markers = [
+        o for o in objects.values() if o.kind in (Kind.RELEASE_MARKER, Kind.GENERATION_MARKER, Kind.RETIRED_MARKER)
+    ]
+    with concurrent.futures.ThreadPoolExecutor(WORKERS) as pool:
+        read = dict(zip([o.path for o in markers], pool.map(lambda o: _read_marker(st, o.path), markers), strict=True))
+
+    listed = {o.project for o in objects.values() if o.kind is Kind.PROJECT_MARKER}
+    releases: dict[tuple[str, str], Release] = {}
+    for obj in (o for o in markers if o.kind is Kind.RELEASE_MARKER):
+        marker, error = read[obj.path]
+        entry = Release(obj.release, obj.path, error=error)
+        if marker is not None:
+            entry.created = marker.get('created')
+            package = marker.get('package')
+            if isinstance(package, dict) and {'key', 'size', 'sha256'} <= set(package):
+                entry.package = package
+            else:
+                entry.error = f'Corrupted release marker {st.uri(obj.path)}: no package key, size and sha256'
+        releases[(obj.project, obj.release)] = entry
+    for obj in (o for o in markers if o.kind in (Kind.GENERATION_MARKER, Kind.RETIRED_MARKER)):
+        marker, error = read[obj.path]
+        generation = Generation(int(obj.name), obj.path, retired=obj.kind is Kind.RETIRED_MARKER, error=error)
+        if marker is not None:
+            generation.created = marker.get('created')
+            try:
+                generation.tag = codec.tag_of(marker, st.uri(obj.path))
+                generation.states = {str(k): dict(v) for k, v in marker['states'].items()}
+            except (asset.Level.Invalid, TypeError, ValueError, AttributeError) as err:
+                generation.error = str(err)
+        release = releases.setdefault((obj.project, obj.release), Release(obj.release, None))
+        release.generations.append(generation)
+
+    projects: dict[str, Project] = {name: Project(name, True) for name in listed}
+    for (project, _), release in releases.items():
+        projects.setdefault(project, Project(project, project in listed)).releases.append(release)
+    for project in projects.values():
+        project.releases.sort(key=lambda r: names.release(r.name))
+        for release in project.releases:
+            release.generations.sort(key=lambda g: (g.retired, g.number))
+    return Snapshot(st.url, st.root, objects, sorted(projects.values(), key=lambda p: p.name))
+
+
+# ls ---------------------------------------------------------------------------------------------------------
+def tree(snap: Snapshot) -> dict[str, typing.Any]:
+    """The JSON-ready tree of a snapshot (``forml-s3 ls --json``)."""
+
+    def generation(g: Generation) -> dict[str, typing.Any]:
+        tag = g.tag
+        return {
+            'generation': g.number,
+            'retired': g.retired,
+            'created': g.created,
+            'states': len(g.states),
+            'size': g.size,
+            'training': None
+            if tag is None
+            else {'timestamp': codec.encode_value(tag.training.timestamp), 'ordinal': tag.training.ordinal},
+            'tuning': None
+            if tag is None
+            else {'timestamp': codec.encode_value(tag.tuning.timestamp), 'score': codec.encode_value(tag.tuning.score)},
+            'error': g.error,
+        }
+
+    return {
+        'url': snap.url,
+        'projects': [
+            {
+                'project': p.name,
+                'listed': p.listed,
+                'releases': [
+                    {
+                        'release': r.name,
+                        'created': r.created,
+                        'package': None if r.package is None else dict(r.package),
+                        'committed': r.marker is not None,
+                        'generations': [generation(g) for g in r.generations],
+                        'error': r.error,
+                    }
+                    for r in p.releases
+                ],
+            }
+            for p in snap.projects
+        ],
+        'orphans': {'count': len(orphans := snap.orphans()), 'size': sum(o.size for o in orphans)},
+    }
+
+
+def human(size: int) -> str:
+    """A byte count for people (``14.2 KiB``)."""
+    value = float(size)
+    for unit in ('B', 'KiB', 'MiB', 'GiB', 'TiB'):
+        if value < 1024 or unit == 'TiB':
+            return f'{int(value)} {unit}' if unit == 'B' else f'{value:.1f} {unit}'
+        value /= 1024
+    raise AssertionError('unreachable')
+
+
+def _when(iso: str | None) -> str:
+    if not iso:
+        return '-'
+    try:
+        return datetime.datetime.fromisoformat(iso).strftime('%Y-%m-%d %H:%M:%S')
+    except ValueError:
+        return iso
+
+
+def render(data: dict[str, typing.Any]) -> list[str]:
+    """The tree of :func:`tree` as text lines."""
+    lines = [data['url']]
+    for project in data['projects']:
+        lines.append(f'  {project["project"]}' + ('' if project['listed'] else '  (unlisted: no project marker)'))
+        for release in project['releases']:
+            package = release['package']
+            size = human(package['size']) if package else '-'
+            note = '' if release['committed'] else '  (no release marker)'
+            if release['error']:
+                note += f'  ERROR: {release["error"]}'
+            lines.append(f'    {release["release"]:<12} package {size:>10}  {_when(release["created"])}{note}')
+            for generation in release['generations']:
+                label = f'{generation["generation"]}' + (' (retired)' if generation['retired'] else '')
+                note = f'  ERROR: {generation["error"]}' if generation['error'] else ''
+                lines.append(
+                    f'      generation {label:<10} {generation["states"]:>3} states {human(generation["size"]):>10}'
+                    f'  {_when(generation["created"])}{note}'
+                )
+    orphans = data['orphans']
+    if orphans['count']:
+        lines.append(f'  {orphans["count"]} uncommitted objects ({human(orphans["size"])}): see `forml-s3 verify`')
+    return lines
+
+
+# verify -----------------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    kind: str
+    """``missing``, ``size-mismatch``, ``checksum-mismatch``, ``orphan``, ``corrupted-marker``,
+    ``unlisted-project``, ``staging-orphan``, ``staging-stale``."""
+    path: str
+    message: str
+
+
+def _sha256(st: store.Store, path: str, size: int) -> str:
+    if size <= HASH_IN_MEMORY:
+        return hashlib.sha256(st.read(path)).hexdigest()
+    with tempfile.TemporaryDirectory(prefix='forml-s3-verify-') as temp:
+        target = pathlib.Path(temp) / 'object'
+        st.download(path, target)
+        return cachemod.sha256_of(target)[1]
+
+
+def expected(st: store.Store, snap: Snapshot) -> list[tuple[str, int, str, str]]:
+    """(path, size, sha256, what) of every object a live marker names (retired generations may be expiring)."""
+    lay = layout.Layout(st.root)
+    expected = []
+    for project in snap.projects:
+        for release in project.releases:
+            if release.package:
+                path = lay.release_object(project.name, release.name, release.package['key'])
+                what = f'package of {project.name}-{release.name}'
+                expected.append((path, int(release.package['size']), str(release.package['sha256']), what))
+            for generation in release.generations:
+                if generation.retired:
+                    continue
+                for sid, info in generation.states.items():
+                    what = f'state {sid} of generation {generation.number} of {project.name}-{release.name}'
+                    expected.append((lay.state(project.name, release.name, sid), int(info.get('size', -1)),
+                                     str(info.get('sha256')), what))  # fmt: skip
+    return expected
+
+
+def verify(
+    st: store.Store,
+    *,
+    checksums: bool = True,
+    orphans: bool = True,
+    staging_path: pathlib.Path | None = None,
+    progress: typing.Callable[[int], None] | None = None,
+    snap: Snapshot | None = None,
+) -> tuple[Snapshot, list[Problem]]:
+    """Check the registry at ``st``; returns the snapshot and the problems found (none: healthy).
+
+    Args:
+        st: The registry's store.
+        checksums: Download every committed object and compare its sha256 (else sizes only, from the listing).
+        orphans: Report uncommitted objects that no marker names.
+        staging_path: Also check the releases installed in this staging path against the registry.
+        progress: Called with the byte count of each object checked.
+        snap: A snapshot just taken (default: take one).
+    """
+    snap = snap or snapshot(st)
+    problems: list[Problem] = []
+    for project in snap.projects:
+        if not project.listed:
+            problems.append(
+                Problem(
+                    'unlisted-project',
+                    project.name,
+                    f'Project {project.name} has releases but no project marker: ForML does not list it '
+                    '(a push died after its release marker; push any new release of the project to repair)',
+                )
+            )
+        for release in project.releases:
+            if release.error:
+                problems.append(Problem('corrupted-marker', release.marker or '', release.error))
+            for generation in release.generations:
+                if generation.error:
+                    problems.append(Problem('corrupted-marker', generation.marker, generation.error))
+    check = []
+    for path, size, sha256, what in expected(st, snap):
+        found = snap.objects.get(path)
+        if found is None:
+            problems.append(Problem('missing', path, f'Missing {what}: {st.uri(path)} does not exist'))
+        elif found.size != size:
+            problems.append(
+                Problem(
+                    'size-mismatch',
+                    path,
+                    f'Size mismatch of {what}: {st.uri(path)} has {found.size} bytes, its marker records {size}',
+                )
+            )
+        elif checksums:
+            check.append((path, size, sha256, what))
+        elif progress:
+            progress(size)
+
+    def hashed(item: tuple[str, int, str, str]) -> Problem | None:
+        path, size, sha256, what = item
+        try:
+            got = _sha256(st, path, size)
+        except FileNotFoundError:
+            return Problem('missing', path, f'Missing {what}: {st.uri(path)} disappeared while verifying')
+        finally:
+            if progress:
+                progress(size)
+        if got != sha256:
+            return Problem(
+                'checksum-mismatch',
+                path,
+                f'Checksum mismatch of {what}: {st.uri(path)} has sha256 {got}, its marker records {sha256}',
+            )
+        return None
+
+    with concurrent.futures.ThreadPoolExecutor(WORKERS) as pool:
+        problems.extend(p for p in pool.map(hashed, check) if p is not None)
+    if orphans:
+        for obj in snap.orphans():
+            what = 'package' if obj.kind is Kind.PACKAGE else 'state'
+            problems.append(
+                Problem(
+                    'orphan',
+                    obj.path,
+                    f'Orphan {what} {st.uri(obj.path)} ({human(obj.size)}, {_age(obj)}): no marker names it '
+                    '(a training or push in progress, or abandoned: `forml-s3 gc` deletes old ones)',
+                )
+            )
+    if staging_path is not None:
+        problems.extend(verify_staging(snap, pathlib.Path(staging_path)))
+    return snap, problems
+
+
+def _age(obj: Object, now: float | None = None) -> str:
+    if obj.modified is None:
+        return 'age unknown'
+    days = ((now or time.time()) - obj.modified) / 86400
+    return f'{days:.1f} days old' if days >= 1 else f'{days * 24:.1f} hours old'
+
+
+def verify_staging(snap: Snapshot, path: pathlib.Path) -> list[Problem]:
+    """Releases installed under a staging path that the registry does not hold (or holds with another package),
+    and trees left half-installed there (a killed installer's temporary or trash directories)."""
+    problems: list[Problem] = []
+    packages = {(p.name, r.name): (r.package or {}).get('sha256') for p in snap.projects for r in p.releases}
+    for installed in staging.staged(path):
+        key = (installed['project'], installed['release'])
+        if key not in packages:
+            problems.append(
+                Problem(
+                    'staging-orphan',
+                    installed['path'],
+                    f'Staging orphan {installed["path"]}: {key[0]}-{key[1]} is not in {snap.url} '
+                    '(`forml-s3 staging` lists and prunes installed releases)',
+                )
+            )
+        elif packages[key] != installed['sha256']:
+            problems.append(
+                Problem(
+                    'staging-stale',
+                    installed['path'],
+                    f'Stale staging tree {installed["path"]}: installed from package sha256 {installed["sha256"]}, '
+                    f'the registry holds {packages[key]} (the next mount replaces it)',
+                )
+            )
+    if path.is_dir():
+        for project in sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith('.')):
+            for leftover in sorted(project.iterdir()):
+                if (
+                    leftover.is_dir()
+                    and leftover.name.startswith('.')
+                    and leftover.name.endswith(('.incomplete', '.trash'))
+                ):
+                    problems.append(
+                        Problem(
+                            'staging-orphan',
+                            str(leftover),
+                            f'Staging orphan {leftover}: left over by an interrupted install (safe to delete)',
+                        )
+                    )
+                elif (
+                    leftover.is_dir() and not leftover.name.startswith('.') and not (leftover / staging.STAMP).exists()
+                ):
+                    problems.append(
+                        Problem(
+                            'staging-orphan',
+                            str(leftover),
+                            f'Staging orphan {leftover}: a tree without the {staging.STAMP} stamp forml-s3 writes '
+                            '(not installed by forml-s3, or damaged)',
+                        )
+                    )
+    return problems
+
+
+# gc ---------------------------------------------------------------------------------------------------------
+def candidates(snap: Snapshot, older_than: datetime.timedelta, now: float | None = None) -> list[Object]:
+    """The orphans of a snapshot last modified more than ``older_than`` before ``now`` (default: the clock).
+
+    Objects whose store reports no modification time are never candidates, and neither is anything in a
+    release with a corrupted marker (its states may be named by the marker once it is restored).
+    """
+    now = time.time() if now is None else now
+    limit = now - older_than.total_seconds()
+    damaged = {
+        (p.name, r.name) for p in snap.projects for r in p.releases if r.error or any(g.error for g in r.generations)
+    }
+    return [
+        o
+        for o in snap.orphans()
+        if o.modified is not None and o.modified < limit and (o.project, o.release) not in damaged
+    ]
+
+
+def collect(
+    st: store.Store,
+    older_than: datetime.timedelta,
+    *,
+    dry_run: bool = False,
+    now: float | None = None,
+    progress: typing.Callable[[Object], None] | None = None,
+    snap: Snapshot | None = None,
+) -> list[Object]:
+    """Delete orphans (uncommitted packages and states) older than ``older_than``; returns what was (or, with
+    ``dry_run``, would be) deleted.
+
+    The registry is listed twice: an object is deleted only if both listings find it unnamed by any marker, so
+    a generation committed between the two keeps its states. ``now`` overrides the clock (tests); ``snap`` is
+    the first listing if the caller has just taken it.
+    """
+    first = candidates(snap or snapshot(st), older_than, now)
+    if not first or dry_run:
+        return first
+    again = {o.path for o in snapshot(st).orphans()}
+    doomed = [o for o in first if o.path in again]
+    for obj in doomed:
+        LOGGER.info('Deleting orphan %s (%d bytes)', st.uri(obj.path), obj.size)
+        st.delete(obj.path)
+        if progress:
+            progress(obj)
+    return doomed
+
+
+def store_for(url: str, storage_options: typing.Mapping[str, typing.Any] | None = None) -> store.Store:
+    """The store of a registry URL (a plain path is a local directory)."""
+    return store.Store(os.fspath(url), storage_options)
