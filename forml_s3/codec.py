@@ -9,6 +9,8 @@ Decoding problems raise ``asset.Level.Invalid`` naming the object, never a bare 
 import datetime
 import json
 import math
+import os
+import socket
 import typing
 import uuid
 
@@ -117,3 +119,8 @@ def tag_of(marker: dict[str, typing.Any], key: str) -> asset.Tag:
 def now() -> str:
     """Current UTC time as an ISO string (marker timestamps)."""
     return datetime.datetime.now(datetime.UTC).isoformat()
+
+
+def writer() -> str:
+    """Who writes a marker (host and process), shown when two writers conflict."""
+    return f'{socket.gethostname()}:{os.getpid()}'

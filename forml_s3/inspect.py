@@ -45,6 +45,8 @@ class Kind(enum.Enum):
     RELEASE_MARKER = 'release-marker'
     GENERATION_MARKER = 'generation-marker'
     RETIRED_MARKER = 'retired-marker'
+    PIN_MARKER = 'pin-marker'
+    TOMBSTONE = 'tombstone'
     PACKAGE = 'package'
     STATE = 'state'
     OTHER = 'other'
@@ -70,6 +72,7 @@ class Generation:
     number: int
     marker: str
     retired: bool = False
+    pinned: bool = False
     created: str | None = None
     tag: asset.Tag | None = None
     states: dict[str, dict[str, typing.Any]] = dataclasses.field(default_factory=dict)
@@ -169,6 +172,8 @@ def classify(lay: layout.Layout, path: str) -> tuple[Kind, str | None, str | Non
                     return Kind.GENERATION_MARKER, project, str(names.release(release)), stem
                 if lay.retired_marker(project, release, int(stem)) == path:
                     return Kind.RETIRED_MARKER, project, str(names.release(release)), stem
+                if lay.pin_marker(project, release, int(stem)) == path:
+                    return Kind.PIN_MARKER, project, str(names.release(release)), stem
             if base.endswith(layout.STATE_SUFFIX) and lay.state(project, release, stem) == path:
                 return Kind.STATE, project, str(names.release(release)), str(names.state(stem))
     except (asset.Level.Invalid, ValueError):
@@ -197,6 +202,8 @@ def snapshot(st: store.Store) -> Snapshot:
     objects: dict[str, Object] = {}
     for path, size, modified in listing(st):
         kind, project, release, name = classify(lay, path)
+        if kind is Kind.GENERATION_MARKER and size <= len(layout.TOMBSTONE):
+            kind = Kind.TOMBSTONE  # a retired generation's number, kept taken; its retired marker describes it
         objects[path] = Object(path, size, modified, kind, project, release, name)
     markers = [
         o for o in objects.values() if o.kind in (Kind.RELEASE_MARKER, Kind.GENERATION_MARKER, Kind.RETIRED_MARKER)
@@ -229,6 +236,10 @@ def snapshot(st: store.Store) -> Snapshot:
                 generation.error = str(err)
         release = releases.setdefault((obj.project, obj.release), Release(obj.release, None))
         release.generations.append(generation)
+    pins = {(o.project, o.release, int(o.name)) for o in objects.values() if o.kind is Kind.PIN_MARKER}
+    for (project, name), release in releases.items():
+        for generation in release.generations:
+            generation.pinned = (project, name, generation.number) in pins and not generation.retired
 
     projects: dict[str, Project] = {name: Project(name, True) for name in listed}
     for (project, _), release in releases.items():
@@ -249,6 +260,7 @@ def tree(snap: Snapshot) -> dict[str, typing.Any]:
         return {
             'generation': g.number,
             'retired': g.retired,
+            'pinned': g.pinned,
             'created': g.created,
             'states': len(g.states),
             'size': g.size,
@@ -318,6 +330,7 @@ def render(data: dict[str, typing.Any]) -> list[str]:
             lines.append(f'    {release["release"]:<12} package {size:>10}  {_when(release["created"])}{note}')
             for generation in release['generations']:
                 label = f'{generation["generation"]}' + (' (retired)' if generation['retired'] else '')
+                label += ' (pinned)' if generation.get('pinned') else ''
                 note = f'  ERROR: {generation["error"]}' if generation['error'] else ''
                 lines.append(
                     f'      generation {label:<10} {generation["states"]:>3} states {human(generation["size"]):>10}'

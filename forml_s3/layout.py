@@ -7,11 +7,16 @@ Paths are relative to the registry root (the configured URL)::
     <project>/<release>/package-<sha256[:16]>.4ml   the release package (stored before its marker)
     <project>/<release>/generations/<n>.json        generation marker: tag + each state's size, sha256
     <project>/<release>/retired/<n>.json            marker of a retired generation (hidden from listings)
+    <project>/<release>/pinned/<n>.json             pin: the generation is never retired
     <project>/<release>/states/<sid>.bin            states, written once, uncommitted until a marker names them
 
 Markers of one level sit side by side under a prefix that holds nothing else, so one delimiter LIST
 returns the whole level (up to 1,000 entries a page) and shows only what is committed. The package key
 carries the content hash, so two writers racing for one version never write the same object.
+
+Retiring a generation replaces its marker in ``generations/`` by an empty object, a *tombstone*: listings skip
+empty markers (the size comes with the LIST, so this costs no request), while the key stays taken, so a stale
+writer that still tries to commit that number loses the exclusive create instead of resurrecting it.
 """
 
 import dataclasses
@@ -28,7 +33,10 @@ STATE_SUFFIX = '.bin'
 RELEASES = 'releases'
 GENERATIONS = 'generations'
 RETIRED = 'retired'
+PINNED = 'pinned'
 STATES = 'states'
+TOMBSTONE = b''
+"""Content of the generation marker of a retired generation (see the module docstring)."""
 
 UNCOMMITTED_TAG = ('forml-s3', 'uncommitted')
 """S3 object tag carried by states and packages until their marker commits them (lifecycle filter)."""
@@ -65,6 +73,10 @@ class Layout:
         """Prefix listing the markers of retired generations of a release."""
         return self._join(names.project(project), str(names.release(release)), RETIRED)
 
+    def pinned(self, project: asset.Project.Key, release: asset.Release.Key) -> str:
+        """Prefix listing the pins of a release's generations."""
+        return self._join(names.project(project), str(names.release(release)), PINNED)
+
     def states(self, project: asset.Project.Key, release: asset.Release.Key) -> str:
         """Prefix holding the state objects of a release."""
         return self._join(names.project(project), str(names.release(release)), STATES)
@@ -95,15 +107,21 @@ class Layout:
     ) -> str:
         return f'{self.retired(project, release)}/{int(names.generation(generation))}{MARKER}'
 
+    def pin_marker(
+        self, project: asset.Project.Key, release: asset.Release.Key, generation: asset.Generation.Key
+    ) -> str:
+        return f'{self.pinned(project, release)}/{int(names.generation(generation))}{MARKER}'
+
     def state(self, project: asset.Project.Key, release: asset.Release.Key, sid: uuid.UUID) -> str:
         return f'{self.states(project, release)}/{names.state(sid)}{STATE_SUFFIX}'
 
     # parsing listings -------------------------------------------------------------------------
     @staticmethod
-    def marker_names(basenames: typing.Iterable[str]) -> typing.Iterator[str]:
-        """The level names of the marker objects among the given basenames (others are skipped)."""
-        for base in basenames:
-            if base.endswith(MARKER) and not base.startswith('.'):
+    def marker_names(sizes: typing.Mapping[str, int]) -> typing.Iterator[str]:
+        """The level names of the live markers among listed objects (basename -> size); other objects and
+        tombstones (empty markers) are skipped."""
+        for base, size in sizes.items():
+            if base.endswith(MARKER) and not base.startswith('.') and size > len(TOMBSTONE):
                 yield base[: -len(MARKER)]
 
 

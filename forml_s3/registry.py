@@ -11,7 +11,6 @@ import hashlib
 import logging
 import os
 import pathlib
-import socket
 import tempfile
 import threading
 import time
@@ -136,7 +135,8 @@ class Registry(asset.Registry, alias='s3'):
         if cached and not fresh and now - cached[0] < self._listing_ttl:
             return cached[1]
         entries = {e.name: e for e in self._store.listdir(prefix)}
-        found = {name: entries[name + layout.MARKER] for name in layout.Layout.marker_names(entries)}
+        sizes = {name: entry.size for name, entry in entries.items()}
+        found = {name: entries[name + layout.MARKER] for name in layout.Layout.marker_names(sizes)}
         with self._lock:
             self._listings[prefix] = (now, found)
         return found
@@ -243,7 +243,7 @@ class Registry(asset.Registry, alias='s3'):
             },
             'package': {'key': key.rsplit('/', 1)[-1], 'size': size, 'sha256': sha256},
             'created': codec.now(),
-            'writer': _writer(),
+            'writer': codec.writer(),
         }
         try:
             self._store.create(self._layout.release_marker(project, release), codec.dumps(marker))
@@ -267,7 +267,7 @@ class Registry(asset.Registry, alias='s3'):
         with contextlib.suppress(FileExistsError):
             self._store.create(
                 self._layout.project_marker(project),
-                codec.dumps({'project': str(project), 'created': codec.now(), 'writer': _writer()}),
+                codec.dumps({'project': str(project), 'created': codec.now(), 'writer': codec.writer()}),
             )
         self._invalidate(self._layout.projects())
 
@@ -344,7 +344,7 @@ class Registry(asset.Registry, alias='s3'):
             int(generation),
             tag,
             {str(sid): {'size': size, 'sha256': sha} for sid, (size, sha) in zip(tag.states, checksums, strict=True)},
-            _writer(),
+            codec.writer(),
         )
         try:
             self._store.create(self._layout.generation_marker(project, release, generation), codec.dumps(marker))
@@ -364,7 +364,9 @@ class Registry(asset.Registry, alias='s3'):
         from . import retention  # imported here: only registries with a retention setting need it
 
         try:
-            retired = retention.retire(self._store, self._layout, project, release, self._keep_generations)
+            retired = retention.retire(
+                self._store, self._layout, project, release, self._keep_generations, read=self._marker
+            )
         except Exception as err:
             LOGGER.warning('Could not retire old generations of %s-%s: %s', project, release, err)
             return
@@ -478,11 +480,6 @@ class Registry(asset.Registry, alias='s3'):
                 transfers.run_all(lambda k: self._store.set_tags(k, UNCOMMITTED), keys)
             except Exception as err:  # the conflict is the error to report; this only affects expiry
                 LOGGER.warning('Could not re-tag %d uncommitted objects: %s', len(keys), err)
-
-
-def _writer() -> str:
-    """Who writes a marker (host and process), shown when two writers conflict."""
-    return f'{socket.gethostname()}:{os.getpid()}'
 
 
 def _copy(source: pathlib.Path, target: pathlib.Path) -> None:

@@ -347,6 +347,68 @@ class Store:
         with self._boundary('delete', path), contextlib.suppress(FileNotFoundError):
             self.fs.rm_file(path)
 
+    # bucket-level S3 features (lifecycle and its preview) ----------------------------------------------------
+    @property
+    def bucket(self) -> str:
+        """The S3 bucket of the store (``forml.InvalidError`` off S3: these features exist only there)."""
+        if not self.is_s3:
+            raise forml.InvalidError(
+                f'{self.url} is not on S3: lifecycle rules and object tags are S3 features '
+                '(elsewhere, retiring only hides generations and `forml-s3 gc` deletes abandoned uploads)'
+            )
+        return self.root.partition('/')[0]
+
+    def lifecycle_rules(self) -> list[dict[str, typing.Any]]:
+        """The bucket's lifecycle rules as ``GetBucketLifecycleConfiguration`` returns them (none: empty)."""
+        bucket = self.bucket
+        with self._boundary('read the lifecycle rules of', bucket):
+            try:
+                response = self.fs.call_s3('get_bucket_lifecycle_configuration', Bucket=bucket)
+            except FileNotFoundError as err:
+                if _code(err) == 'NoSuchLifecycleConfiguration':
+                    return []
+                raise
+            return list(response.get('Rules') or [])
+
+    def set_lifecycle_rules(self, rules: list[dict[str, typing.Any]]) -> None:
+        """Replace the bucket's lifecycle configuration (S3 keeps one per bucket; no rules deletes it)."""
+        bucket = self.bucket
+        with self._boundary('set the lifecycle rules of', bucket):
+            if rules:
+                self.fs.call_s3(
+                    'put_bucket_lifecycle_configuration', Bucket=bucket, LifecycleConfiguration={'Rules': rules}
+                )
+            else:
+                self.fs.call_s3('delete_bucket_lifecycle', Bucket=bucket)
+
+    def multipart_uploads(self, prefix: str) -> list[dict[str, typing.Any]]:
+        """Incomplete multipart uploads under ``prefix`` (``Key``, ``UploadId``, ``Initiated``), all pages."""
+        bucket, key = self._bucket_key(prefix)
+        uploads: list[dict[str, typing.Any]] = []
+        markers: dict[str, str] = {}
+        with self._boundary('list the multipart uploads of', prefix):
+            while True:
+                page = self.fs.call_s3('list_multipart_uploads', Bucket=bucket, Prefix=key, **markers)
+                uploads.extend(page.get('Uploads') or ())
+                if not page.get('IsTruncated'):
+                    return uploads
+                markers = {'KeyMarker': page['NextKeyMarker'], 'UploadIdMarker': page['NextUploadIdMarker']}
+
+    def versions(self, prefix: str) -> list[dict[str, typing.Any]]:
+        """Every version and delete marker under ``prefix`` (``Key``, ``VersionId``, ``IsLatest``,
+        ``LastModified``, ``Size``; delete markers with ``DeleteMarker=True``), all pages."""
+        bucket, key = self._bucket_key(prefix)
+        found: list[dict[str, typing.Any]] = []
+        markers: dict[str, str] = {}
+        with self._boundary('list the object versions of', prefix):
+            while True:
+                page = self.fs.call_s3('list_object_versions', Bucket=bucket, Prefix=key, **markers)
+                found.extend(page.get('Versions') or ())
+                found.extend({**m, 'DeleteMarker': True} for m in page.get('DeleteMarkers') or ())
+                if not page.get('IsTruncated'):
+                    return found
+                markers = {'KeyMarker': page['NextKeyMarker'], 'VersionIdMarker': page['NextVersionIdMarker']}
+
 
 def _code(err: BaseException) -> str | None:
     """The S3 error code behind an exception that s3fs translated (it keeps the boto error as the cause)."""

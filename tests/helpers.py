@@ -1,11 +1,15 @@
-"""Test helpers: building real ForML packages and tags."""
+"""Test helpers: building real ForML packages and tags, running the ``forml-s3`` CLI in process."""
 
 import datetime
+import json
 import pathlib
 import uuid
 
+from click.testing import CliRunner
 from forml import project as prj
 from forml.io import asset
+
+from forml_s3.cli import main
 
 PROJECT = 'demo-proj'
 
@@ -42,3 +46,16 @@ def commit(registry, generation: int, payloads=(b'a', b'b'), project=PROJECT, re
     committed = tag(sids, ordinal)
     registry.close(project, release, generation, committed)
     return committed, sids
+
+
+def s3_options(server, flag: str = '--option') -> list[str]:
+    """The CLI storage options reaching the test server."""
+    args = []
+    for key, value in server.storage_options().items():
+        args += [flag, f'{key}={json.dumps(value) if not isinstance(value, str) else value}']
+    return args
+
+
+def run_cli(*args: str):
+    """The ``forml-s3`` CLI in process (stdout and stderr apart)."""
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)

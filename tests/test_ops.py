@@ -15,15 +15,15 @@ import uuid
 import numpy
 import pytest
 import toml
-from click.testing import CliRunner
 from forml.io import asset
 from forml.provider.registry.filesystem import posix
 
 from forml_s3 import inspect, layout, migrate
-from forml_s3.cli import main
 from forml_s3.registry import Registry
 
 from . import helpers
+from .helpers import run_cli as run
+from .helpers import s3_options
 
 OTHER = 'other-proj'
 GENERATIONS = {  # (project, release) -> generation numbers; 2 projects, 3 releases, 5 generations (one gap)
@@ -72,19 +72,6 @@ def describe(registry: asset.Registry) -> dict:
                 generations[int(generation)] = (tag, states)
             found[(str(project), str(release))] = (package, generations)
     return found
-
-
-def s3_options(server, flag: str = '--option') -> list[str]:
-    """The CLI storage options reaching the test server."""
-    args = []
-    for key, value in server.storage_options().items():
-        args += [flag, f'{key}={json.dumps(value) if not isinstance(value, str) else value}']
-    return args
-
-
-def run(*args: str):
-    """The ``forml-s3`` CLI in process (stdout and stderr apart)."""
-    return CliRunner().invoke(main, list(args), catch_exceptions=False)
 
 
 @pytest.fixture

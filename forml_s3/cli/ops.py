@@ -80,7 +80,8 @@ def _loglevel() -> None:
     logging.getLogger().setLevel(level.upper())
 
 
-def _store(url: str, options: tuple[str, ...]):
+def open_store(url: str, options: tuple[str, ...]):
+    """The store of a registry URL with the command's ``--option`` values (bad ones: exit code 2)."""
     from forml_s3 import inspect  # noqa: PLC0415
 
     _loglevel()
@@ -93,7 +94,8 @@ def _store(url: str, options: tuple[str, ...]):
         raise Fatal(str(err)) from err
 
 
-def _bar(length: int, label: str, **kwargs: typing.Any):
+def progress_bar(length: int, label: str, **kwargs: typing.Any):
+    """A progress bar on stderr (stdout stays clean for --json and pipes)."""
     return click.progressbar(length=length, label=label, file=sys.stderr, **kwargs)
 
 
@@ -115,7 +117,7 @@ def ls(url: str, options: tuple[str, ...], as_json: bool) -> None:
     """
     from forml_s3 import inspect  # noqa: PLC0415
 
-    st = _store(url, options)
+    st = open_store(url, options)
     with fatal_errors():
         data = inspect.tree(inspect.snapshot(st))
     if as_json:
@@ -155,11 +157,11 @@ def verify(
 
     from forml_s3 import inspect  # noqa: PLC0415
 
-    st = _store(url, options)
+    st = open_store(url, options)
     with fatal_errors():
         snap = inspect.snapshot(st)
         total = sum(size for _, size, _, _ in inspect.expected(st, snap))
-        with _bar(total, 'Verifying', show_pos=False) as bar:
+        with progress_bar(total, 'Verifying', show_pos=False) as bar:
             _, problems = inspect.verify(
                 st,
                 snap=snap,
@@ -237,7 +239,7 @@ def copy(
             todo = sum(s.action is migrate.Action.COPY for s in steps)
             click.echo(f'{todo} to copy, {sum(s.action is migrate.Action.SKIP for s in steps)} already there')
             return
-        with _bar(len(steps), 'Copying', item_show_func=lambda s: s.label if s else '') as bar:
+        with progress_bar(len(steps), 'Copying', item_show_func=lambda s: s.label if s else '') as bar:
             summary = migrate.copy(src, dst, steps=steps, progress=lambda step: bar.update(1, step))
     for message in summary.failed:
         click.echo(f'FAILED: {message}', err=True)
@@ -273,14 +275,14 @@ def gc(url: str, options: tuple[str, ...], days: float, dry_run: bool) -> None:
     """
     from forml_s3 import inspect  # noqa: PLC0415
 
-    st = _store(url, options)
+    st = open_store(url, options)
     age = datetime.timedelta(days=days)
     with fatal_errors():
         if dry_run:
             doomed = inspect.collect(st, age, dry_run=True)
         else:
             snap = inspect.snapshot(st)
-            with _bar(len(inspect.candidates(snap, age)), 'Deleting') as bar:
+            with progress_bar(len(inspect.candidates(snap, age)), 'Deleting') as bar:
                 doomed = inspect.collect(st, age, progress=lambda _: bar.update(1), snap=snap)
     for obj in doomed:
         click.echo(f'{"would delete" if dry_run else "deleted"} {st.uri(obj.path)} ({inspect.human(obj.size)})')
