@@ -117,6 +117,8 @@ class RequestRecord:
     """HTTP status sent; 0 for a dropped connection."""
     fault: str | None = None
     """The injected fault that answered the request (an S3 error code or ``'drop'``), if any."""
+    range: str | None = None
+    """The request's ``Range`` header (ranged GETs), if any."""
 
 
 @dataclasses.dataclass
@@ -214,7 +216,10 @@ class Middleware:
         self._sequence = 0
 
     # --- accounting ---------------------------------------------------------------------------------------------
-    def _record(self, record: RequestRecord) -> None:
+    def _record(self, call: Call, bytes_in: int, bytes_out: int, status: int, fault: str | None = None) -> None:
+        record = RequestRecord(
+            call.method, call.path, call.query, bytes_in, bytes_out, status, fault, call.headers.get('range')
+        )
         with self._lock:
             self._records.append(record)
 
@@ -279,7 +284,7 @@ class Middleware:
             # Read the request first, so the client sees "connection closed without a response" rather than a
             # broken pipe mid-upload; then shut the socket down and let werkzeug treat it as a dropped connection.
             self._drain(environ, bytes_in)
-            self._record(RequestRecord(call.method, call.path, call.query, bytes_in, 0, 0, 'drop'))
+            self._record(call, bytes_in, 0, 0, 'drop')
             sock = environ.get('werkzeug.socket')
             if sock is not None:
                 with contextlib.suppress(OSError):
@@ -301,7 +306,7 @@ class Middleware:
                 ('x-amz-request-id', request_id),
             ],
         )
-        self._record(RequestRecord(call.method, call.path, call.query, bytes_in, len(body), fault.status, fault.code))
+        self._record(call, bytes_in, len(body), fault.status, fault.code)
         return [body]
 
     # --- WSGI ---------------------------------------------------------------------------------------------------
@@ -322,12 +327,12 @@ class Middleware:
         bytes_in = _content_length(environ)
 
         def done(sent: int) -> None:
-            self._record(RequestRecord(call.method, call.path, call.query, bytes_in, sent, status[0]))
+            self._record(call, bytes_in, sent, status[0])
 
         try:
             body = self.app(environ, recording_start_response)
         except Exception:
-            self._record(RequestRecord(call.method, call.path, call.query, bytes_in, 0, 500))
+            self._record(call, bytes_in, 0, 500)
             raise
         return _CountingBody(body, done)
 

@@ -357,7 +357,7 @@ def _sha256(st: store.Store, path: str, size: int) -> str:
         return hashlib.sha256(st.read(path)).hexdigest()
     with tempfile.TemporaryDirectory(prefix='forml-s3-verify-') as temp:
         target = pathlib.Path(temp) / 'object'
-        st.download(path, target)
+        st.download(path, target, size)
         return cachemod.sha256_of(target)[1]
 
 

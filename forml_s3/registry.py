@@ -288,7 +288,7 @@ class Registry(asset.Registry, alias='s3'):
         path = self._cache.fetch(
             sha256,
             size,
-            lambda target: self._store.download(key, target),
+            lambda target: self._store.download(key, target, size),
             name=self._store.uri(key),
             suffix=layout.PACKAGE_SUFFIX,
         )
@@ -361,9 +361,9 @@ class Registry(asset.Registry, alias='s3'):
 
     def _retire(self, project: str, release: str) -> None:
         """Apply ``keep_generations`` after a commit; a failure here never undoes the commit."""
-        from . import retention  # imported here: only registries with a retention setting need it
-
         try:
+            from . import retention  # noqa: PLC0415 - only registries with a retention setting need it
+
             retired = retention.retire(
                 self._store, self._layout, project, release, self._keep_generations, read=self._marker
             )
@@ -438,7 +438,7 @@ class Registry(asset.Registry, alias='s3'):
         return self._cache.fetch(
             str(info['sha256']),
             int(info['size']),
-            lambda target: self._store.download(key, target),
+            lambda target: self._store.download(key, target, int(info['size'])),
             name=self._store.uri(key),
         )
 

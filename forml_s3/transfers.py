@@ -13,11 +13,36 @@ import threading
 import typing
 
 DEFAULT_WORKERS = 16
+QUEUED_BYTES = 256 * 2**20
+"""Bytes of states held by queued and running uploads at most (one larger state is let through alone)."""
 
 _lock = threading.Lock()
 _pool: concurrent.futures.ThreadPoolExecutor | None = None
 _pool_pid: int | None = None
 _inflight: threading.BoundedSemaphore | None = None
+
+
+class _Budget:
+    """Bounds the bytes held by pending uploads: ``write`` blocks while the budget is spent (backpressure on
+    ForML's serial dump loop). A state larger than the whole budget waits until nothing else is held."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.used = 0
+        self._changed = threading.Condition()
+
+    def acquire(self, size: int) -> None:
+        with self._changed:
+            self._changed.wait_for(lambda: self.used == 0 or self.used + size <= self.limit)
+            self.used += size
+
+    def release(self, size: int) -> None:
+        with self._changed:
+            self.used -= size
+            self._changed.notify_all()
+
+
+_budget: _Budget | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,11 +59,12 @@ _pending: dict[str, Pending] = {}
 
 def pool(workers: int = DEFAULT_WORKERS) -> concurrent.futures.ThreadPoolExecutor:
     """The process's transfer pool (created anew after a fork: threads do not survive it)."""
-    global _pool, _pool_pid, _inflight  # noqa: PLW0603 - one pool per process by design
+    global _pool, _pool_pid, _inflight, _budget  # noqa: PLW0603 - one pool per process by design
     with _lock:
         if _pool is None or _pool_pid != os.getpid():
             _pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix='forml-s3')
             _inflight = threading.BoundedSemaphore(workers * 2)
+            _budget = _Budget(QUEUED_BYTES)
             _pool_pid = os.getpid()
             _pending.clear()
         return _pool
@@ -47,23 +73,29 @@ def pool(workers: int = DEFAULT_WORKERS) -> concurrent.futures.ThreadPoolExecuto
 def submit_upload(url: str, size: int, sha256: str, upload: typing.Callable[[], None]) -> Pending:
     """Start an upload in the background and record it as pending under ``url``.
 
-    At most twice the pool size of uploads are queued at once; beyond that the caller blocks, which bounds
-    the memory held by bytes waiting to be sent.
+    At most twice the pool size of uploads, holding at most :data:`QUEUED_BYTES`, are pending at once; beyond
+    that the caller blocks, which bounds the memory held by bytes waiting to be sent.
     """
     executor = pool()
-    assert _inflight is not None
-    _inflight.acquire()
+    inflight, budget = _inflight, _budget
+    assert inflight is not None and budget is not None
+    inflight.acquire()
+    budget.acquire(size)
+
+    def release() -> None:
+        budget.release(size)
+        inflight.release()
 
     def run() -> None:
         try:
             upload()
         finally:
-            _inflight.release()
+            release()
 
     try:
         future = executor.submit(run)
     except BaseException:
-        _inflight.release()
+        release()
         raise
     pending = Pending(future, size, sha256)
     with _lock:

@@ -92,6 +92,13 @@ class Endpoint:
                 print(f'Could not delete test bucket {name} at {self.endpoint}: {err}')
 
 
+@pytest.fixture(autouse=True)
+def private_cache_home(tmp_path, monkeypatch):
+    """Registries made with ``cache_dir=None`` (and forml-s3 CLI subprocesses) cache under the test's own
+    directory, never in the user's ``~/.cache/forml-s3``."""
+    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'xdg-cache'))
+
+
 @pytest.fixture(scope='session')
 def s3server():
     """The S3 endpoint of the session: the embedded moto server (started once), or ``FORML_S3_TEST_ENDPOINT``."""

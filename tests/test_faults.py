@@ -102,3 +102,19 @@ def test_persistently_dropped_connections_are_a_failed_error(s3server, make, pac
     with pytest.raises(forml.FailedError, match=r'Could not list .*retries exhausted'):
         list(make(max_attempts=1, retries=1).releases(PROJECT))
     assert fault.fired >= 2
+
+
+def test_a_412_without_condition_on_the_marker_is_a_conflict(s3server, make, package_factory):
+    """Several S3-compatible servers answer a lost ``If-None-Match: *`` with a bare 412 (no ``<Condition>``),
+    which s3fs raises as ``OSError(EINVAL)``, not ``FileExistsError``: any 412 there means "exists"."""
+    registry = make()
+    registry.push(package_factory('0.1'))
+    sid = uuid.uuid4()
+    registry.write(PROJECT, '0.1', sid, b'lost')
+    fault = s3server.inject(
+        412, 'PreconditionFailed', match=lambda c: c.method == 'PUT' and c.path.endswith('/generations/1.json')
+    )
+    with pytest.raises(asset.Level.Invalid, match='Generation 1 of demo-proj-0.1 was committed by another writer'):
+        registry.close(PROJECT, '0.1', 1, tag([sid]))
+    assert fault.fired == 1
+    assert list(make().generations(PROJECT, '0.1')) == []

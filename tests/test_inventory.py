@@ -1,6 +1,7 @@
 """The Inventory provider on memory://, file:// and S3 (moto over HTTP): list, get, put, bad input."""
 
 import pathlib
+import re
 import threading
 import uuid
 
@@ -72,9 +73,18 @@ def test_a_descriptor_that_is_not_a_valid_module_is_invalid(inventory, tmp_path,
         inventory.get('broken')
 
 
-@pytest.mark.parametrize('name', ['../escape', 'a/b', '', 'x' * 300, 'bad\nname'])
-def test_names_that_would_escape_are_refused(inventory, name):
-    with pytest.raises(asset.Level.Invalid):
+@pytest.mark.parametrize(
+    'name, message',
+    [
+        ('../escape', 'use letters, digits'),
+        ('a/b', 'use letters, digits'),
+        ('', 'Invalid application name: empty'),
+        ('x' * 300, 'longer than 128 characters'),
+        ('bad\nname', 'no "/", "..", spaces or control characters'),
+    ],
+)
+def test_names_that_would_escape_are_refused(inventory, name, message):
+    with pytest.raises(asset.Level.Invalid, match=re.escape(message)):
         inventory.get(name)
 
 

@@ -1,0 +1,105 @@
+"""Large and many transfers: multipart uploads and ranged downloads of large states (seen in moto's request
+log), and the byte budget that bounds what ``write`` holds in memory while uploads are pending."""
+
+import threading
+import uuid
+
+import forml
+import pytest
+
+from forml_s3 import store, transfers
+from forml_s3.registry import Registry
+
+from .helpers import PROJECT, tag
+
+MiB = 2**20
+
+
+def test_large_state_uploads_in_parts_and_downloads_in_ranges(counted, s3server, bucket, tmp_path, package_factory):
+    size = 40 * MiB  # 3 parts of 16 MiB (the last one short)
+    state = uuid.uuid4().bytes * (size // 16)
+    writer = Registry(f's3://{bucket}/forml', storage_options=s3server.storage_options(), cache_dir=tmp_path / 'w')
+    writer.push(package_factory('0.1'))
+    sid = uuid.uuid4()
+    counted.reset_counts()
+    writer.write(PROJECT, '0.1', sid, state)
+    writer.close(PROJECT, '0.1', 1, tag([sid]))
+    key = f'/{bucket}/forml/{PROJECT}/0.1/states/{sid}.bin'
+    parts = [r for r in counted.requests if r.method == 'PUT' and r.path == key and 'partNumber=' in r.query]
+    assert len(parts) == 3 and sum(r.bytes_in for r in parts) == size
+    assert max(r.bytes_in for r in parts) == store.PART_SIZE
+    assert counted.count(method='POST', path_prefix=key, query_contains='uploads') == 1  # create the upload
+    assert counted.count(method='POST', path_prefix=key, query_contains='uploadId') == 1  # complete it
+
+    counted.reset_counts()
+    reader = Registry(f's3://{bucket}/forml', storage_options=s3server.storage_options(), cache_dir=tmp_path / 'r')
+    reader.open(PROJECT, '0.1', 1)
+    assert reader.read(PROJECT, '0.1', 1, sid) == state
+    ranged = [r for r in counted.requests if r.method == 'GET' and r.path == key]
+    assert sorted(r.range for r in ranged) == [
+        'bytes=0-16777215',
+        'bytes=16777216-33554431',
+        'bytes=33554432-41943039',
+    ]
+    assert sum(r.bytes_out for r in ranged) == size  # every byte once, no whole-object GET on top
+
+
+def test_pending_uploads_hold_at_most_the_byte_budget():
+    """A third 100 MiB upload waits while two hold 200 MiB of the 256 MiB budget, and goes once one is done."""
+    transfers.pool()  # this process's pool and budget
+    gates = [threading.Event() for _ in range(3)]
+    started = []
+
+    def upload(number: int):
+        def run() -> None:
+            started.append(number)
+            gates[number].wait(30)
+
+        return run
+
+    size = 100 * MiB
+    urls = [f'memory://budget/{uuid.uuid4()}' for _ in range(3)]
+    first = transfers.submit_upload(urls[0], size, 'x', upload(0))
+    transfers.submit_upload(urls[1], size, 'x', upload(1))
+    third: list[transfers.Pending] = []
+    waiting = threading.Thread(target=lambda: third.append(transfers.submit_upload(urls[2], size, 'x', upload(2))))
+    waiting.start()
+    waiting.join(0.5)
+    assert waiting.is_alive() and not third  # blocked: 300 MiB would exceed the budget
+    gates[0].set()
+    first.future.result(30)
+    waiting.join(30)
+    assert not waiting.is_alive() and third
+    gates[1].set()
+    gates[2].set()
+    third[0].future.result(30)
+    assert sorted(started) == [0, 1, 2]
+    for url in urls:
+        transfers.forget(url)
+
+
+def test_a_state_larger_than_the_whole_budget_still_goes_alone():
+    done = threading.Event()
+    pending = transfers.submit_upload('memory://budget/huge', transfers.QUEUED_BYTES * 2, 'x', done.set)
+    pending.future.result(30)
+    assert done.is_set()
+    transfers.forget('memory://budget/huge')
+
+
+@pytest.mark.parametrize('keep', [20 * MiB, 40 * MiB - 1])
+def test_a_large_state_truncated_in_the_bucket_is_corrupted_not_a_network_error(
+    s3server, bucket, tmp_path, package_factory, keep
+):
+    """Truncated before the last part (the ranged GET is refused: 416) or inside it (a short part)."""
+    writer = Registry(f's3://{bucket}/forml', storage_options=s3server.storage_options(), cache_dir=tmp_path / 'w')
+    writer.push(package_factory('0.1'))
+    sid = uuid.uuid4()
+    state = uuid.uuid4().bytes * (40 * MiB // 16)
+    writer.write(PROJECT, '0.1', sid, state)
+    writer.close(PROJECT, '0.1', 1, tag([sid]))
+    key = f'forml/{PROJECT}/0.1/states/{sid}.bin'
+    s3server.client().put_object(Bucket=bucket, Key=key, Body=state[:keep])
+
+    reader = Registry(f's3://{bucket}/forml', storage_options=s3server.storage_options(), cache_dir=tmp_path / 'r')
+    with pytest.raises(forml.InvalidError, match=f'Object s3://{bucket}/{key} is corrupted'):
+        reader.read(PROJECT, '0.1', 1, sid)
