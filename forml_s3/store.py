@@ -121,6 +121,7 @@ class Store:
             retries = optmod.s3fs_retries(self._options) if self.is_s3 else None
             if retries is not None:
                 kwargs['skip_instance_cache'] = True  # the attribute is set on this instance only
+            LOGGER.debug('Connecting to %s with storage options %s', self.url, optmod.redacted(kwargs))
             self._fs = fsspec.filesystem(self.protocol, **kwargs)
             if retries is not None:
                 self._fs.retries = retries

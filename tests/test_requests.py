@@ -5,9 +5,11 @@ belong to the benchmarks, not here."""
 import uuid
 
 import pytest
+from forml import application
 from forml.io import asset
 
 from forml_s3 import transfers
+from forml_s3.inventory import Inventory
 from forml_s3.registry import Registry
 
 from .helpers import PROJECT, commit, tag
@@ -105,3 +107,33 @@ def test_write_and_close_cost(s3server, s3registry, package_factory):
     markers = s3server.count(method='PUT', path_prefix=f'/{s3registry.bucket}/forml/{PROJECT}/0.1/generations/')
     assert (puts, untag, markers) == (100, 100, 1)
     assert len(s3server.requests) == 201
+
+
+def test_a_level_past_one_page_costs_one_list_per_1000(s3server, s3registry, package_factory):
+    """1,001 generations: two LIST pages, continued by token, every generation listed once."""
+    writer = s3registry()
+    writer.push(package_factory('0.1'))
+    commit(writer, 1, payloads=())
+    marker = writer._store.read(writer._layout.generation_marker(PROJECT, '0.1', 1))
+    client = s3server.client()
+    prefix = writer._layout.generations(PROJECT, '0.1').partition('/')[2]
+    transfers.run_all(  # the same (valid) marker under 1,000 more numbers: the listing reads no content
+        lambda g: client.put_object(Bucket=s3registry.bucket, Key=f'{prefix}/{g}.json', Body=marker), range(2, 1002)
+    )
+    s3server.reset_counts()
+    generations = list(s3registry().generations(PROJECT, '0.1'))
+    assert sorted(generations) == list(range(1, 1002))
+    pages = [r for r in s3server.requests if 'list-type=2' in r.query]
+    assert len(pages) == len(s3server.requests) == 2
+    assert 'continuation-token=' in pages[1].query
+
+
+def test_listing_the_inventory_is_one_list(s3server, bucket, tmp_path):
+    inventory = Inventory(f's3://{bucket}/apps', storage_options=s3server.storage_options())
+    for name in ('alpha', 'beta', 'gamma'):
+        path = tmp_path / f'{name}.py'
+        path.write_text(f'from forml import application\napplication.setup(application.Generic({name!r}))\n')
+        inventory.put(application.Descriptor.Handle(path))
+    s3server.reset_counts()
+    assert sorted(inventory.list()) == ['alpha', 'beta', 'gamma']
+    assert s3server.count(method='GET', query_contains='list-type=2') == len(s3server.requests) == 1
