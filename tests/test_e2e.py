@@ -208,3 +208,33 @@ def test_demo_command_runs_whole(tmp_path):
     numpy.testing.assert_allclose([r['c0'] for r in served], reference(2, QUERY), rtol=1e-6)
     assert 'generations/\n' in done.stdout and '2.json' in done.stdout
     assert (tmp_path / 'kept' / 'home' / 'config.toml').exists()
+
+
+def test_full_path_providers_need_no_path(world, tmp_path):
+    """``provider = "forml_s3.registry:Registry"`` (and the inventory's) work without ``[REGISTRY] path``."""
+    import toml
+
+    home = tmp_path / 'home'
+    config = demo.render_config(
+        home,
+        registry_url=f's3://{world.bucket}/registry',
+        storage_options=world.s3server.storage_options(),
+        inventory_url=f's3://{world.bucket}/apps',
+    )
+    settings = toml.loads(config.read_text())
+    for section, provider in (
+        ('REGISTRY', 'forml_s3.registry:Registry'),
+        ('INVENTORY', 'forml_s3.inventory:Inventory'),
+    ):
+        del settings[section]['path']
+        settings[section]['s3']['provider'] = provider
+    config.write_text(toml.dumps(settings))
+
+    listed = demo.run_forml(home, 'model', 'list', PROJECT, demo.RELEASE)
+    prefix = f'registry/{PROJECT}/{demo.RELEASE}/generations/'
+    stored = world.s3server.client().list_objects_v2(Bucket=world.bucket, Prefix=prefix)['Contents']
+    committed = sorted(int(o['Key'][len(prefix) : -len('.json')]) for o in stored)
+    assert committed[:2] == [1, 2] and sorted(int(w) for w in words(listed)) == committed, listed.stderr
+    put = demo.run_forml(home, 'application', 'put', str(demo.APPLICATION))
+    applications = demo.run_forml(home, 'application', 'list')
+    assert words(applications) == [PROJECT], put.stdout + put.stderr + applications.stderr
