@@ -490,3 +490,13 @@ def test_forml_model_apply_works_from_the_copy(s3server, bucket, tmp_path):
     predictions = parse_predictions(applied.stdout)
     assert len(predictions) == demo.BATCH_ROWS, applied.stdout + applied.stderr
     numpy.testing.assert_allclose(predictions, expected, rtol=1e-9)
+
+
+def test_long_commands_show_progress_on_stderr_and_keep_stdout_clean(s3server, s3_url, committed, tmp_path):
+    verified = run('verify', '--json', s3_url, *s3_options(s3server))
+    assert verified.exit_code == 0 and verified.stderr.splitlines()[0] == 'Verifying'  # the bar's label
+    assert json.loads(verified.stdout) == []  # the bar never mixes into --json output
+    copied = run('copy', s3_url, str(tmp_path / 'posix-copy'), *s3_options(s3server, '--src-option'))
+    assert copied.exit_code == 0 and 'Copying' in copied.stderr.splitlines()[1:] and 'Copying' not in copied.stdout
+    collected = run('gc', s3_url, '--older-than', '0', *s3_options(s3server))
+    assert collected.exit_code == 0 and 'Deleting' in collected.stderr.splitlines()
