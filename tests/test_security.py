@@ -2,7 +2,9 @@
 multipart states and packages included), and credentials never reach a repr, an error or a log line, even at
 DEBUG level."""
 
+import json
 import logging
+import pathlib
 import uuid
 
 import pytest
@@ -65,3 +67,62 @@ def test_a_url_with_credentials_is_refused(tmp_path):
     with pytest.raises(Exception, match='Credentials in the registry URL are not supported') as refused:
         store.Store('s3://AKIAEXAMPLE:secret-in-url@bucket/forml')
     assert 'secret-in-url' not in str(refused.value)
+
+
+def documented_policy(bucket: str) -> dict:
+    """The writers' policy of docs/security.md ("Minimal IAM policy"), for ``bucket``."""
+    text = (pathlib.Path(__file__).parent.parent / 'docs' / 'security.md').read_text()
+    block = text.split('## Minimal IAM policy', 1)[1].split('```json', 1)[1].split('```', 1)[0]
+    return json.loads(block.replace('my-bucket', bucket))
+
+
+def user_with(s3server, policy: dict) -> dict:
+    iam = s3server.client('iam')
+    name = f'user-{uuid.uuid4().hex[:8]}'
+    iam.create_user(UserName=name)
+    iam.put_user_policy(UserName=name, PolicyName='policy', PolicyDocument=json.dumps(policy))
+    keys = iam.create_access_key(UserName=name)['AccessKey']
+    return {'key': keys['AccessKeyId'], 'secret': keys['SecretAccessKey']}
+
+
+def test_the_documented_minimal_policies_suffice(embedded_server, s3server, bucket, tmp_path, package_factory):
+    """Writers with the policy of docs/security.md release, train and read; readers with ListBucket and GetObject
+    alone list, read and mount. Under moto's IAM enforcement, on its HTTP server.
+
+    What moto cannot show: AWS also requires s3:PutObjectTagging for a PutObject carrying ``x-amz-tagging`` (how
+    forml-s3 tags uploads uncommitted); moto authorizes it as plain PutObject. The policy grants it.
+    """
+    writer_policy = documented_policy(bucket)
+    # moto authorizes DeleteObjectTagging as s3:DeleteObject (AWS: s3:DeleteObjectTagging, in the policy): allow
+    # it here, and check below from the request log that no object is ever really deleted.
+    writer_policy['Statement'].append(
+        {'Effect': 'Allow', 'Action': 's3:DeleteObject', 'Resource': f'arn:aws:s3:::{bucket}/forml/*'}
+    )
+    writer = user_with(s3server, writer_policy)
+    reader_policy = {
+        'Version': '2012-10-17',
+        'Statement': [
+            {'Effect': 'Allow', 'Action': 's3:ListBucket', 'Resource': f'arn:aws:s3:::{bucket}'},
+            {'Effect': 'Allow', 'Action': 's3:GetObject', 'Resource': f'arn:aws:s3:::{bucket}/forml/*'},
+        ],
+    }
+    reader = user_with(s3server, reader_policy)
+    url = f's3://{bucket}/forml'
+    previous = s3server.set_auth(0)
+    try:
+        s3server.reset_counts()
+        trainer = Registry(url, storage_options=s3server.storage_options(**writer), cache_dir=tmp_path / 'w')
+        trainer.push(package_factory('0.1'))
+        big = uuid.uuid4().bytes * (33 * MiB // 16)  # multipart: CreateMultipartUpload, UploadPart, Complete
+        _, sids = commit(trainer, 1, payloads=(b'small', big))
+        requests = s3server.requests
+        assert all(r.status < 400 for r in requests), [r for r in requests if r.status >= 400]
+        assert not [r for r in requests if r.method == 'DELETE' and 'tagging' not in r.query]
+
+        serving = Registry(url, storage_options=s3server.storage_options(**reader), cache_dir=tmp_path / 'r')
+        assert list(serving.generations(PROJECT, '0.1')) == [1]
+        serving.open(PROJECT, '0.1', 1)
+        assert [serving.read(PROJECT, '0.1', 1, s) for s in sids] == [b'small', big]
+        assert serving.mount(PROJECT, '0.1').path.exists()
+    finally:
+        s3server.set_auth(previous)
