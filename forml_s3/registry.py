@@ -297,13 +297,11 @@ class Registry(asset.Registry, alias='s3'):
     def mount(self, project: asset.Project.Key, release: asset.Release.Key) -> 'prj.Artifact':
         project, release = names.project(project), names.release(release)
         sha256 = str(self._release_marker(project, release).get('package', {}).get('sha256'))
-        target = staging.target(self._staging, str(project), str(release))
-        if not staging.installed(target, sha256):
-            with staging.locked(target):
-                if not staging.installed(target, sha256):
-                    package, sha256 = self._package_blob(project, release)
-                    staging.install(package, sha256, target)
-        staging.touch(target)
+        target = staging.ensure(
+            staging.target(self._staging, str(project), str(release)),
+            sha256,
+            lambda: self._package_blob(project, release),
+        )
         manifest = prj.Manifest.read(target)
         setup.search(target)
         return prj.Artifact(target, manifest.package, **manifest.modules)

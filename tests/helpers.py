@@ -26,7 +26,8 @@ class PackageFactory:
         (source / 'demo' / '__init__.py').write_text(f'VERSION = {version!r}\nPAYLOAD = {payload!r}\n')
         if data:
             (source / 'demo' / 'data.bin').write_bytes(data)
-        return prj.Package.create(source, prj.Manifest(project, version, 'demo'), source.with_suffix('.4ml'))
+        package = source.with_name(f'{source.name}.4ml')  # with_suffix would cut at the version's dot
+        return prj.Package.create(source, prj.Manifest(project, version, 'demo'), package)
 
 
 def tag(states=(), ordinal=None) -> asset.Tag:

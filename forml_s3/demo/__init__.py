@@ -130,7 +130,11 @@ def render_config(
     config: dict[str, typing.Any] = {
         'RUNNER': {'default': 'demo', 'demo': dict(runner or {'provider': 'dask', 'scheduler': 'threads'})},
         'REGISTRY': {'default': 's3', 'path': ['forml_s3.registry'], 's3': section},
-        'FEED': {'default': ['demo'], 'demo': {'provider': 'monolite', 'csv': {SCHEMA: str(data)}}},
+        # name the CSV columns: on Dask workers ForML's schema arrives with its fields sorted (docs/staging.md)
+        'FEED': {
+            'default': ['demo'],
+            'demo': {'provider': 'monolite', 'csv': {SCHEMA: {'path': str(data), 'kwargs': {'names': list(COLUMNS)}}}},
+        },
         'SINK': {'default': 'print', 'print': {'provider': 'stdout'}},
         'GATEWAY': {
             'default': 'http',

@@ -1,0 +1,216 @@
+"""``forml-s3 staging ls`` and ``forml-s3 staging prune``: what is installed in a staging path, and pruning it.
+
+Thin click commands over :mod:`forml_s3.staging` (where the install lock and the prune protocol live). They
+work on the local (or network-mounted) staging directory only: no registry is contacted.
+
+Exit codes: 0 success; 2 bad usage, or PATH exists but is not a directory.
+"""
+
+import datetime
+import json
+import pathlib
+import time
+import typing
+
+import click
+
+from .ops import Fatal, _loglevel
+
+if typing.TYPE_CHECKING:
+    from forml_s3.staging import Pruned
+
+
+def _root(path: pathlib.Path | None) -> pathlib.Path:
+    """The staging root to work on: PATH, or the registry's default staging path."""
+    from forml_s3 import staging  # noqa: PLC0415 - imports ForML: only when a command runs
+
+    _loglevel()
+    root = path if path is not None else staging.default_root()
+    if root.exists() and not root.is_dir():
+        raise Fatal(f'{root} is not a directory')
+    if not root.exists():
+        click.echo(f'{root} does not exist: nothing has been mounted there', err=True)
+    return root
+
+
+def _when(epoch: float | None) -> str:
+    if epoch is None:
+        return '-'
+    return datetime.datetime.fromtimestamp(epoch, datetime.UTC).strftime('%Y-%m-%d %H:%M:%S')
+
+
+def _iso(epoch: float | None) -> str | None:
+    return None if epoch is None else datetime.datetime.fromtimestamp(epoch, datetime.UTC).isoformat()
+
+
+def _age(epoch: float | None, now: float) -> str:
+    if epoch is None:
+        return '-'
+    days = max(now - epoch, 0) / 86400
+    return f'{days:.1f} days' if days >= 1 else f'{days * 24:.1f} hours'
+
+
+def _human(size: int) -> str:
+    from forml_s3.inspect import human  # noqa: PLC0415
+
+    return human(size)
+
+
+def _table(rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ['  '.join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
+
+
+@click.group()
+def staging() -> None:
+    """Releases installed in a staging path: list them, prune those not mounted for a while.
+
+    Every mount of a release (ForML's train, apply, tune, the gateway loading a model) installs it under
+    the registry's staging path once, as <PATH>/<project>/<release>, and records the time of each use.
+    Point PATH at the registry's `staging` setting (the shared directory of a cluster), or leave it out for
+    the default of a registry configured without one.
+
+    \b
+    Examples:
+      forml-s3 staging ls
+      forml-s3 staging ls /mnt/shared/forml-staging --json
+      forml-s3 staging prune /mnt/shared/forml-staging --older-than 30 --dry-run
+      forml-s3 staging prune /mnt/shared/forml-staging --older-than 30
+    """
+
+
+path_argument = click.argument('path', required=False, type=click.Path(file_okay=False, path_type=pathlib.Path))
+
+
+@staging.command(short_help='List the installed releases: size, last use, package sha256.')
+@path_argument
+@click.option('--json', 'as_json', is_flag=True, help='Print the releases as JSON (for scripts).')
+def ls(path: pathlib.Path | None, as_json: bool) -> None:
+    """List the releases installed under PATH, with size, package sha256 and last use.
+
+    PATH defaults to $XDG_CACHE_HOME/forml-s3/staging (~/.cache/forml-s3/staging). Trees left behind by a
+    killed installer or prune are listed as leftovers (`forml-s3 staging prune` removes them).
+
+    \b
+    Examples:
+      forml-s3 staging ls
+      forml-s3 staging ls /mnt/shared/forml-staging --json | jq '.releases[].release'
+    """
+    from forml_s3 import staging as stagingmod  # noqa: PLC0415
+
+    root = _root(path)
+    now = time.time()
+    releases = stagingmod.staged(root, sizes=True)
+    leftovers = stagingmod.leftovers(root)
+    if as_json:
+        data = {
+            'staging': str(root),
+            'releases': [
+                {
+                    'project': r['project'],
+                    'release': r['release'],
+                    'path': r['path'],
+                    'sha256': r['sha256'],
+                    'size': r['size'],
+                    'used': _iso(r['used']),
+                    'age_days': round((now - r['used']) / 86400, 3),
+                }
+                for r in releases
+            ],
+            'leftovers': [str(p) for p in leftovers],
+        }
+        click.echo(json.dumps(data, indent=1))
+        return
+    click.echo(f'Staging {root}')
+    if releases:
+        rows = [('PROJECT', 'RELEASE', 'SIZE', 'LAST USED (UTC)', 'AGE', 'PACKAGE SHA256')]
+        rows += [
+            (
+                r['project'],
+                r['release'],
+                _human(r['size']),
+                _when(r['used']),
+                _age(r['used'], now),
+                str(r['sha256'])[:12],
+            )
+            for r in releases
+        ]
+        for line in _table(rows):
+            click.echo(f'  {line}')
+    for leftover in leftovers:
+        click.echo(f'  leftover {leftover} (an interrupted install or prune: prune removes it)')
+    total = _human(sum(r['size'] for r in releases))
+    click.echo(f'{len(releases)} releases staged ({total}), {len(leftovers)} leftovers')
+
+
+@staging.command(short_help='Delete the releases not mounted for DAYS days (safe while runners mount).')
+@path_argument
+@click.option(
+    '--older-than',
+    'days',
+    type=click.FloatRange(min=0),
+    required=True,
+    metavar='DAYS',
+    help='Prune releases not mounted for more than DAYS days (fractions allowed: 0.5 is 12 hours).',
+)
+@click.option('--dry-run', is_flag=True, help='List what would be pruned, change nothing.')
+@click.option('--json', 'as_json', is_flag=True, help='Print what was pruned as JSON (for scripts).')
+def prune(path: pathlib.Path | None, days: float, dry_run: bool, as_json: bool) -> None:
+    """Delete the releases installed under PATH that were not mounted for more than DAYS days.
+
+    Safe while runners mount: each release is re-checked under the same lock mounts take (one mounted
+    meanwhile is kept), then renamed aside and only then deleted, so a runner finds the complete tree or
+    none, never a half-deleted one; a release pruned and needed again is reinstalled by its next mount from
+    the local cache (or downloaded once). Releases mounted within the last minute are always kept. Trees
+    left behind by a killed installer or prune are removed too (half-extracted ones after an hour).
+
+    Choose DAYS longer than your longest-running runner or gateway process: a process that mounted a
+    release and imports from it much later does not renew its last use.
+
+    PATH defaults to $XDG_CACHE_HOME/forml-s3/staging (~/.cache/forml-s3/staging).
+
+    \b
+    Examples:
+      forml-s3 staging prune --older-than 30 --dry-run
+      forml-s3 staging prune /mnt/shared/forml-staging --older-than 30
+    """
+    from forml_s3 import staging as stagingmod  # noqa: PLC0415
+
+    root = _root(path)
+    now = time.time()
+    done = stagingmod.prune(root, days * 86400, dry_run=dry_run, now=now)
+    if as_json:
+        click.echo(json.dumps([_record(p, now) for p in done], indent=1))
+        return
+    for outcome in done:
+        click.echo(_line(outcome, now))
+    pruned = [p for p in done if p.action != stagingmod.Pruned.KEPT]
+    releases = sum(not p.leftover for p in pruned)
+    verb = 'would be pruned' if dry_run else 'pruned'
+    click.echo(
+        f'{releases} releases not mounted for {days:g} days and {len(pruned) - releases} leftovers {verb} '
+        f'({_human(sum(p.size for p in pruned))})'
+    )
+
+
+def _line(outcome: 'Pruned', now: float) -> str:
+    what = f'leftover {outcome.path}' if outcome.leftover else f'{outcome.project} {outcome.release}'
+    if outcome.used is None:
+        return f'{outcome.action} {what} ({_human(outcome.size)})'
+    if outcome.action == outcome.KEPT:
+        return f'{outcome.action} {what}: mounted while the prune waited for it'
+    used = f'last used {_when(outcome.used)} UTC, {_age(outcome.used, now)} ago'
+    return f'{outcome.action} {what} ({used}, {_human(outcome.size)})'
+
+
+def _record(outcome: 'Pruned', now: float) -> dict[str, typing.Any]:
+    return {
+        'action': outcome.action,
+        'project': outcome.project,
+        'release': outcome.release,
+        'path': outcome.path,
+        'leftover': outcome.leftover,
+        'used': _iso(outcome.used),
+        'age_days': None if outcome.used is None else round((now - outcome.used) / 86400, 3),
+        'size': outcome.size,
+    }
