@@ -43,6 +43,9 @@ PART_SIZE = 16 * 2**20
 PART_CONCURRENCY = 8
 """Parts in flight at once: bounds the extra memory of a large transfer to about PART_SIZE x PART_CONCURRENCY."""
 
+_NEXT_LIST = {'NextContinuationToken': 'ContinuationToken'}
+"""How ListObjectsV2 asks for its next page."""
+
 _MEMORY_LOCK = threading.Lock()
 """Serialises exclusive creates on the (process-global) ``memory://`` file system."""
 
@@ -188,45 +191,40 @@ class Store:
                 if e.get('type') == 'file'
             ]
 
+    def _pages(self, method: str, follow: typing.Mapping[str, str], **params: typing.Any) -> typing.Iterator[dict]:
+        """Every page of a paginated S3 listing (one request a page of up to 1,000 entries); ``follow`` maps the
+        response fields naming the next page to the request parameters that ask for it."""
+        after: dict[str, str] = {}
+        while True:
+            page = self.fs.call_s3(method, **params, **after)
+            yield page
+            if not page.get('IsTruncated'):
+                return
+            after = {request: page[response] for response, request in follow.items()}
+
     def _s3_listdir(self, prefix: str) -> list[Entry]:
         bucket, key = self._bucket_key(prefix)
         key = f'{key}/' if key else ''
-        entries: list[Entry] = []
-        token: dict[str, str] = {}
-        while True:  # one request a page of up to 1,000 keys
-            page = self.fs.call_s3('list_objects_v2', Bucket=bucket, Prefix=key, Delimiter='/', **token)
-            entries.extend(
-                Entry(o['Key'][len(key) :], int(o['Size']), o.get('ETag', '').strip('"'), _modified(o))
-                for o in page.get('Contents', ())
-                if o['Key'] != key
-            )
-            if not page.get('IsTruncated'):
-                return entries
-            token = {'ContinuationToken': page['NextContinuationToken']}
+        return [
+            Entry(o['Key'][len(key) :], int(o['Size']), o.get('ETag', '').strip('"'), _modified(o))
+            for page in self._pages('list_objects_v2', _NEXT_LIST, Bucket=bucket, Prefix=key, Delimiter='/')
+            for o in page.get('Contents', ())
+            if o['Key'] != key
+        ]
 
     def walk(self, prefix: str) -> typing.Iterator[tuple[str, Entry]]:
         """Every object below ``prefix`` (recursive), as (path, entry); for operator tools, not for ForML calls."""
         with self._boundary('list', prefix):
             if self.is_s3:
                 bucket, key = self._bucket_key(prefix)
-                paginator_token: dict[str, str] = {}
                 key = f'{key}/' if key else ''
-                while True:
-                    page = self.fs.call_s3('list_objects_v2', Bucket=bucket, Prefix=key, **paginator_token)
+                for page in self._pages('list_objects_v2', _NEXT_LIST, Bucket=bucket, Prefix=key):
                     for obj in page.get('Contents', ()):
                         path = f'{bucket}/{obj["Key"]}'
-                        yield (
-                            path,
-                            Entry(
-                                path.rsplit('/', 1)[-1],
-                                int(obj['Size']),
-                                obj.get('ETag', '').strip('"'),
-                                _modified(obj),
-                            ),
-                        )
-                    if not page.get('IsTruncated'):
-                        return
-                    paginator_token = {'ContinuationToken': page['NextContinuationToken']}
+                        entry = Entry(path.rsplit('/', 1)[-1], int(obj['Size']), obj.get('ETag', '').strip('"'),
+                                      _modified(obj))  # fmt: skip
+                        yield path, entry
+                return
             try:
                 found = self.fs.find(prefix, detail=True)
             except FileNotFoundError:
@@ -434,30 +432,22 @@ class Store:
     def multipart_uploads(self, prefix: str) -> list[dict[str, typing.Any]]:
         """Incomplete multipart uploads under ``prefix`` (``Key``, ``UploadId``, ``Initiated``), all pages."""
         bucket, key = self._bucket_key(prefix)
-        uploads: list[dict[str, typing.Any]] = []
-        markers: dict[str, str] = {}
+        follow = {'NextKeyMarker': 'KeyMarker', 'NextUploadIdMarker': 'UploadIdMarker'}
         with self._boundary('list the multipart uploads of', prefix):
-            while True:
-                page = self.fs.call_s3('list_multipart_uploads', Bucket=bucket, Prefix=key, **markers)
-                uploads.extend(page.get('Uploads') or ())
-                if not page.get('IsTruncated'):
-                    return uploads
-                markers = {'KeyMarker': page['NextKeyMarker'], 'UploadIdMarker': page['NextUploadIdMarker']}
+            pages = self._pages('list_multipart_uploads', follow, Bucket=bucket, Prefix=key)
+            return [upload for page in pages for upload in page.get('Uploads') or ()]
 
     def versions(self, prefix: str) -> list[dict[str, typing.Any]]:
         """Every version and delete marker under ``prefix`` (``Key``, ``VersionId``, ``IsLatest``,
         ``LastModified``, ``Size``; delete markers with ``DeleteMarker=True``), all pages."""
         bucket, key = self._bucket_key(prefix)
+        follow = {'NextKeyMarker': 'KeyMarker', 'NextVersionIdMarker': 'VersionIdMarker'}
         found: list[dict[str, typing.Any]] = []
-        markers: dict[str, str] = {}
         with self._boundary('list the object versions of', prefix):
-            while True:
-                page = self.fs.call_s3('list_object_versions', Bucket=bucket, Prefix=key, **markers)
+            for page in self._pages('list_object_versions', follow, Bucket=bucket, Prefix=key):
                 found.extend(page.get('Versions') or ())
                 found.extend({**m, 'DeleteMarker': True} for m in page.get('DeleteMarkers') or ())
-                if not page.get('IsTruncated'):
-                    return found
-                markers = {'KeyMarker': page['NextKeyMarker'], 'VersionIdMarker': page['NextVersionIdMarker']}
+        return found
 
 
 def _code(err: BaseException) -> str | None:
