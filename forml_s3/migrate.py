@@ -292,17 +292,20 @@ def plan(source: Side, target: Side) -> list[Step]:
     return steps
 
 
-def execute(source: Side, target: Side, step: Step) -> int:
-    """Carry out one COPY step; returns the bytes written to the target."""
+def execute(source: Side, target: Side, step: Step, written: typing.Callable[[int], None] | None = None) -> int:
+    """Carry out one COPY step; returns the bytes written to the target. ``written`` is told the byte count of
+    each object (the package, each state) as it goes, so a long step shows movement."""
     project, release = names.project(step.project), names.release(step.release)
     if step.generation is None:
         package = source.pull(project, release)
         path = pathlib.Path(package.path)
         size = path.stat().st_size if path.is_file() else sum(f.stat().st_size for f in path.rglob('*') if f.is_file())
         target.registry.push(package)
+        if written:
+            written(size)
         return size
     tag = source.open(project, release, step.generation)
-    written = 0
+    total = 0
     for sid in tag.states:
         data = source.read(project, release, step.generation, sid)
         if not data:
@@ -311,9 +314,11 @@ def execute(source: Side, target: Side, step: Step) -> int:
                 f'at {source}: generation not copied'
             )
         target.registry.write(project, release, sid, data)
-        written += len(data)
+        total += len(data)
+        if written:
+            written(len(data))
     target.registry.close(project, release, step.generation, tag)
-    return written
+    return total
 
 
 def copy(
@@ -322,8 +327,11 @@ def copy(
     *,
     steps: list[Step] | None = None,
     progress: typing.Callable[[Step], None] | None = None,
+    written: typing.Callable[[Step, int], None] | None = None,
 ) -> Summary:
     """Copy everything ``source`` holds that ``target`` does not; returns the counts.
+
+    ``progress`` is called after each step, ``written`` with the byte count of each object a step writes.
 
     A failed step (a conflict, a release older than the target's newest, a missing state) is recorded in the
     summary and the copy goes on; generations of a release that could not be copied are not attempted.
@@ -343,7 +351,8 @@ def copy(
                 summary.failed.append(f'{step.label}: not copied, its release could not be copied')
             else:
                 try:
-                    summary.bytes += execute(source, target, step)
+                    report = (lambda size, step=step: written(step, size)) if written else None
+                    summary.bytes += execute(source, target, step, report)
                     summary.copied += 1
                 except (forml.AnyError, asset.Level.Invalid, OSError) as err:
                     LOGGER.debug('Copy of %s failed', step.label, exc_info=True)

@@ -500,3 +500,16 @@ def test_long_commands_show_progress_on_stderr_and_keep_stdout_clean(s3server, s
     assert copied.exit_code == 0 and 'Copying' in copied.stderr.splitlines()[1:] and 'Copying' not in copied.stdout
     collected = run('gc', s3_url, '--older-than', '0', *s3_options(s3server))
     assert collected.exit_code == 0 and 'Deleting' in collected.stderr.splitlines()
+
+
+def test_copy_reports_every_object_it_writes(s3server, s3_url, posix_registry, tmp_path):
+    """The bytes behind ``copy``'s progress: each package and state, as written, adding up to the summary."""
+    with migrate.Workdir() as workdir:
+        source = migrate.open_side(str(posix_registry), {}, workdir / 'source', 'auto')
+        target = migrate.open_side(s3_url, s3server.storage_options(), workdir / 'destination', 'auto')
+        seen: list[tuple[str, int]] = []
+        summary = migrate.copy(source, target, written=lambda step, size: seen.append((step.label, size)))
+    packages = [label for label, _ in seen if 'generation' not in label]
+    states = [label for label, _ in seen if 'generation' in label]
+    assert len(packages) == 3 and len(states) == 10  # 3 releases; 5 generations of 2 states
+    assert sum(size for _, size in seen) == summary.bytes > 0 and summary.copied == 8

@@ -239,8 +239,20 @@ def copy(
             todo = sum(s.action is migrate.Action.COPY for s in steps)
             click.echo(f'{todo} to copy, {sum(s.action is migrate.Action.SKIP for s in steps)} already there')
             return
-        with progress_bar(len(steps), 'Copying', item_show_func=lambda s: s.label if s else '') as bar:
-            summary = migrate.copy(src, dst, steps=steps, progress=lambda step: bar.update(1, step))
+        from forml_s3 import inspect  # noqa: PLC0415
+
+        moved = {'bytes': 0}
+
+        def shown(step: migrate.Step | None) -> str:
+            return f'{step.label} ({inspect.human(moved["bytes"])} written)' if step else ''
+
+        def written(step: migrate.Step, size: int) -> None:
+            moved['bytes'] += size
+            bar.current_item = step  # re-render within the step: one with large states shows its bytes as they go
+            bar.render_progress()
+
+        with progress_bar(len(steps), 'Copying', item_show_func=shown) as bar:
+            summary = migrate.copy(src, dst, steps=steps, progress=lambda step: bar.update(1, step), written=written)
     for message in summary.failed:
         click.echo(f'FAILED: {message}', err=True)
     click.echo(summary.line())
