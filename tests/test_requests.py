@@ -128,7 +128,7 @@ def test_a_level_past_one_page_costs_one_list_per_1000(s3server, s3registry, pac
     assert 'continuation-token=' in pages[1].query
 
 
-def test_listing_the_inventory_is_one_list(s3server, bucket, tmp_path):
+def test_listing_the_inventory_is_one_list(counted, s3server, bucket, tmp_path):
     inventory = Inventory(f's3://{bucket}/apps', storage_options=s3server.storage_options())
     for name in ('alpha', 'beta', 'gamma'):
         path = tmp_path / f'{name}.py'
