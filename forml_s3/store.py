@@ -39,7 +39,9 @@ if typing.TYPE_CHECKING:
 LOGGER = logging.getLogger(__name__)
 
 PART_SIZE = 16 * 2**20
-"""Multipart part size and ranged-GET size on S3 (objects from twice this size up are split)."""
+"""Multipart part size and ranged-GET size on S3 (see :data:`MULTIPART_FROM`; larger downloads are ranged)."""
+MULTIPART_FROM = 2 * PART_SIZE
+"""Objects from this size up are uploaded in parts (smaller ones in one PUT)."""
 PART_CONCURRENCY = 8
 """Parts in flight at once: bounds the extra memory of a large transfer to about PART_SIZE x PART_CONCURRENCY."""
 
@@ -263,6 +265,53 @@ class Store:
             else:
                 self.fs.get_file(path, str(target))
 
+    def _multipart_upload(self, path: str, data: bytes | pathlib.Path, size: int, extra: dict[str, typing.Any]) -> None:
+        """Upload in parts of :data:`PART_SIZE`, up to :data:`PART_CONCURRENCY` in flight: a part's bytes are made
+        (sliced or read from the file) only when its turn comes, so the extra memory is bounded by the parts in
+        flight, and a slow part never holds the others back (no batches). A failure aborts the upload."""
+        import asyncio  # noqa: PLC0415
+
+        from fsspec.asyn import sync  # noqa: PLC0415
+
+        bucket, key = self._bucket_key(path)
+
+        async def part(number: int, read: typing.Callable[[int, int], bytes], slots: asyncio.Semaphore) -> dict:
+            start = (number - 1) * PART_SIZE
+            async with slots:
+                body = read(start, min(PART_SIZE, size - start))
+                response = await self.fs._call_s3(
+                    'upload_part', Bucket=bucket, Key=key, UploadId=upload, PartNumber=number, Body=body
+                )
+            return {'PartNumber': number, 'ETag': response['ETag']}
+
+        async def run(read: typing.Callable[[int, int], bytes]) -> None:
+            slots = asyncio.Semaphore(PART_CONCURRENCY)
+            count = -(-size // PART_SIZE)
+            try:
+                parts = await asyncio.gather(*(part(n, read, slots) for n in range(1, count + 1)))
+                await self.fs._call_s3(
+                    'complete_multipart_upload',
+                    Bucket=bucket,
+                    Key=key,
+                    UploadId=upload,
+                    MultipartUpload={'Parts': list(parts)},
+                )
+            except BaseException:
+                with contextlib.suppress(Exception):  # the lifecycle rule aborts it later if this fails too
+                    await self.fs._call_s3('abort_multipart_upload', Bucket=bucket, Key=key, UploadId=upload)
+                raise
+
+        upload = self.fs.call_s3('create_multipart_upload', Bucket=bucket, Key=key, **extra)['UploadId']
+        if isinstance(data, pathlib.Path):
+            fd = os.open(data, os.O_RDONLY)
+            try:
+                sync(self.fs.loop, run, lambda start, length: os.pread(fd, length, start))
+            finally:
+                os.close(fd)
+        else:
+            view = memoryview(data)
+            sync(self.fs.loop, run, lambda start, length: view[start : start + length].tobytes())
+
     def _ranged_download(self, path: str, target: pathlib.Path, size: int) -> None:
         import asyncio  # noqa: PLC0415
 
@@ -342,11 +391,11 @@ class Store:
                     extra['Tagging'] = urllib.parse.urlencode(dict(tags))
                 if metadata:
                     extra['Metadata'] = dict(metadata)
-                parts = {'chunksize': PART_SIZE, 'max_concurrency': PART_CONCURRENCY}
-                if isinstance(data, pathlib.Path):
-                    self.fs.put_file(str(data), path, **parts, **extra)
+                size = data.stat().st_size if isinstance(data, pathlib.Path) else len(data)
+                if size >= MULTIPART_FROM:
+                    self._multipart_upload(path, data, size, extra)
                 else:
-                    self.fs.pipe_file(path, data, **parts, **extra)
+                    self.fs.pipe_file(path, data.read_bytes() if isinstance(data, pathlib.Path) else data, **extra)
             elif self.is_local:
                 _local_write(path, data, exclusive=False)
             else:

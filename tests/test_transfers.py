@@ -103,3 +103,25 @@ def test_a_large_state_truncated_in_the_bucket_is_corrupted_not_a_network_error(
     reader = Registry(f's3://{bucket}/forml', storage_options=s3server.storage_options(), cache_dir=tmp_path / 'r')
     with pytest.raises(forml.InvalidError, match=f'Object s3://{bucket}/{key} is corrupted'):
         reader.read(PROJECT, '0.1', 1, sid)
+
+
+def test_a_failed_part_aborts_the_upload_and_commits_nothing(
+    embedded_server, s3server, bucket, tmp_path, package_factory
+):
+    writer = Registry(
+        f's3://{bucket}/forml',
+        storage_options=s3server.storage_options(max_attempts=1, retries=1),
+        cache_dir=tmp_path / 'w',
+    )
+    writer.push(package_factory('0.1'))
+    fault = s3server.inject(500, 'InternalError', count=100, match=lambda c: 'partNumber=2' in c.query)
+    try:
+        sid = uuid.uuid4()
+        writer.write(PROJECT, '0.1', sid, uuid.uuid4().bytes * (40 * MiB // 16))
+        with pytest.raises(Exception, match='InternalError|Upload of state'):
+            writer.close(PROJECT, '0.1', 1, tag([sid]))
+    finally:
+        s3server.clear_faults()
+    assert fault.fired >= 1
+    assert s3server.client().list_multipart_uploads(Bucket=bucket).get('Uploads', []) == []  # aborted
+    assert list(writer.generations(PROJECT, '0.1')) == []
