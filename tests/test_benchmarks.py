@@ -1,0 +1,76 @@
+"""The benchmark harness runs end to end in quick mode (forml-s3 and the raw-boto3 floor only, no MLflow) and
+produces what its report promises. Structure and request counts only: timings are the benchmark's business, a
+unit test on a shared 2-core machine must not judge them."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks import harness, report
+
+ROOT = pathlib.Path(__file__).parent.parent
+PROVIDERS = ('forml-s3', 'boto3')
+
+
+@pytest.fixture(scope='module')
+def result(tmp_path_factory) -> dict:
+    """One quick run through the real command line, as a user would start it."""
+    out = tmp_path_factory.mktemp('bench') / 'result.json'
+    done = subprocess.run(
+        [sys.executable, '-m', 'benchmarks', '--quick', '--providers', ','.join(PROVIDERS), '--json', str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    assert 'Targets' in done.stdout and 'x boto3' in done.stdout  # the table and the targets were printed
+    return json.loads(out.read_text())
+
+
+def test_every_workload_has_a_row_with_requests_and_bytes(result):
+    rows = {(r['job'], r['provider']): r for r in result['rows']}
+    assert set(rows) == {(job, provider) for job in harness.JOBS for provider in PROVIDERS}
+    for (job, provider), row in rows.items():
+        assert not row['problems'], (job, provider, row['problems'])
+        assert row['seconds'] is not None and row['peak'] is not None
+        if job == 'mount_second':  # the second mount fetches nothing, for both
+            assert (row['requests'], row['bytes']) == (0, 0), (job, provider)
+        else:
+            assert row['requests'] > 0 and row['bytes'] > 0, (job, provider)
+
+
+def test_listing_is_one_list_request(result):
+    listing = next(r for r in result['rows'] if (r['job'], r['provider']) == ('list', 'forml-s3'))
+    assert [(s['lists'], s['requests']) for s in listing['samples']] == [(1, 1)]
+    assert listing['mix'] == {'LIST': 1}
+
+
+def test_second_mount_moves_no_package_bytes(result):
+    second = next(r for r in result['rows'] if (r['job'], r['provider']) == ('mount_second', 'forml-s3'))
+    first = next(r for r in result['rows'] if (r['job'], r['provider']) == ('mount_first', 'forml-s3'))
+    assert [s['package_bytes'] for s in second['samples']] == [0]
+    assert first['samples'][0]['package_bytes'] >= result['sizes']['package']
+
+
+def test_targets_are_reported(result):
+    targets = {t['name']: t['status'] for t in result['targets']}
+    assert len(targets) == 8 and set(targets.values()) <= {'PASS', 'FAIL', 'SKIP'}
+    assert targets['listing 100 generations: one LIST page'] == 'PASS'
+    assert targets['second mount: zero package bytes'] == 'PASS'
+    assert next(s for n, s in targets.items() if 'MLflow' in n) == 'SKIP'  # not asked for here
+
+
+def test_docs_section_is_replaced_between_markers(result, tmp_path):
+    page = tmp_path / 'benchmarks.md'
+    page.write_text(f'# Benchmarks\n\nby hand\n\n{report.BEGIN}\nSTALE-RESULTS\n{report.END}\n\nafter\n')
+    report.write_docs(page, result)
+    text = page.read_text()
+    assert text.startswith('# Benchmarks\n\nby hand') and text.rstrip().endswith('after')
+    assert 'STALE-RESULTS' not in text and text.count(report.BEGIN) == 1
+    assert '| workload | provider | median s | x boto3 |' in text
+    assert 'moto' in text and 'Load average' in text  # the machine and endpoint are described
