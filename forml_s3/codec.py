@@ -90,10 +90,17 @@ def loads(raw: bytes, key: str) -> dict[str, typing.Any]:
 
 
 def generation_marker(
-    project: str, release: str, generation: int, tag: asset.Tag, states: dict[str, dict[str, typing.Any]], writer: str
+    project: str,
+    release: str,
+    generation: int,
+    tag: asset.Tag,
+    states: dict[str, dict[str, typing.Any]],
+    writer: str,
+    packs: dict[str, dict[str, typing.Any]] | None = None,
 ) -> dict[str, typing.Any]:
-    """The content of a generation marker: the tag plus size and sha256 of every state it names."""
-    return {
+    """The content of a generation marker: the tag plus size and sha256 of every state it names (and, for
+    states stored in a pack, the pack's id and the state's offset in it; the packs' own sizes and sha256s)."""
+    marker = {
         'project': project,
         'release': release,
         'generation': generation,
@@ -102,6 +109,9 @@ def generation_marker(
         'created': now(),
         'writer': writer,
     }
+    if packs:
+        marker['packs'] = packs
+    return marker
 
 
 def tag_of(marker: dict[str, typing.Any], key: str) -> asset.Tag:

@@ -49,7 +49,13 @@ class Kind(enum.Enum):
     TOMBSTONE = 'tombstone'
     PACKAGE = 'package'
     STATE = 'state'
+    PACK = 'pack'
+    """Small states of one commit side by side."""
     OTHER = 'other'
+
+
+STORED = (Kind.PACKAGE, Kind.STATE, Kind.PACK)
+"""Kinds of the objects markers name (the rest are markers or foreign)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,11 +82,17 @@ class Generation:
     created: str | None = None
     tag: asset.Tag | None = None
     states: dict[str, dict[str, typing.Any]] = dataclasses.field(default_factory=dict)
+    packs: dict[str, dict[str, typing.Any]] = dataclasses.field(default_factory=dict)
+    """Packs holding some of the states (by pack id: size, sha256)."""
     error: str | None = None
 
     @property
     def size(self) -> int:
         return sum(int(s.get('size', 0)) for s in self.states.values())
+
+    def stored(self, lay: layout.Layout, project: str, release: str) -> dict[str, tuple[int, str, str]]:
+        """The objects holding the generation's states, by key: (size, sha256, what)."""
+        return lay.stored(project, release, {'states': self.states, 'packs': self.packs})
 
 
 @dataclasses.dataclass
@@ -125,15 +137,15 @@ class Snapshot:
                 if release.package and isinstance(release.package.get('key'), str):
                     add(lay.release_object, project.name, release.name, release.package['key'])
                 for generation in release.generations:
-                    for sid in generation.states:
-                        add(lay.state, project.name, release.name, sid)
+                    with contextlib.suppress(asset.Level.Invalid):
+                        named.update(generation.stored(lay, project.name, release.name))
         return named
 
     def orphans(self) -> list[Object]:
         """Packages and states that no marker names (uncommitted: in progress or abandoned)."""
         named = self.named()
         return sorted(
-            (o for o in self.objects.values() if o.kind in (Kind.STATE, Kind.PACKAGE) and o.path not in named),
+            (o for o in self.objects.values() if o.kind in STORED and o.path not in named),
             key=lambda o: o.path,
         )
 
@@ -176,6 +188,8 @@ def classify(lay: layout.Layout, path: str) -> tuple[Kind, str | None, str | Non
                     return Kind.PIN_MARKER, project, str(names.release(release)), stem
             if base.endswith(layout.STATE_SUFFIX) and lay.state(project, release, stem) == path:
                 return Kind.STATE, project, str(names.release(release)), str(names.state(stem))
+            if base.endswith(layout.PACK_SUFFIX) and lay.pack(project, release, stem) == path:
+                return Kind.PACK, project, str(names.release(release)), str(names.state(stem))
     except (asset.Level.Invalid, ValueError):
         pass
     return Kind.OTHER, None, None, None
@@ -232,6 +246,8 @@ def snapshot(st: store.Store) -> Snapshot:
             try:
                 generation.tag = codec.tag_of(marker, st.uri(obj.path))
                 generation.states = {str(k): dict(v) for k, v in marker['states'].items()}
+                generation.packs = {str(k): dict(v) for k, v in (marker.get('packs') or {}).items()}
+                lay.stored(obj.project, obj.release, marker)  # a state in no pack the marker names: corrupted
             except (asset.Level.Invalid, TypeError, ValueError, AttributeError) as err:
                 generation.error = str(err)
         release = releases.setdefault((obj.project, obj.release), Release(obj.release, None))
@@ -374,10 +390,10 @@ def expected(st: store.Store, snap: Snapshot) -> list[tuple[str, int, str, str]]
             for generation in release.generations:
                 if generation.retired:
                     continue
-                for sid, info in generation.states.items():
-                    what = f'state {sid} of generation {generation.number} of {project.name}-{release.name}'
-                    expected.append((lay.state(project.name, release.name, sid), int(info.get('size', -1)),
-                                     str(info.get('sha256')), what))  # fmt: skip
+                with contextlib.suppress(asset.Level.Invalid):  # reported as a corrupted marker
+                    for path, (size, sha256, what) in generation.stored(lay, project.name, release.name).items():
+                        what = f'{what} of generation {generation.number} of {project.name}-{release.name}'
+                        expected.append((path, size, sha256, what))
     return expected
 
 
@@ -457,7 +473,7 @@ def verify(
         problems.extend(p for p in pool.map(hashed, check) if p is not None)
     if orphans:
         for obj in snap.orphans():
-            what = 'package' if obj.kind is Kind.PACKAGE else 'state'
+            what = obj.kind.value
             problems.append(
                 Problem(
                     'orphan',

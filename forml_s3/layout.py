@@ -9,6 +9,7 @@ Paths are relative to the registry root (the configured URL)::
     <project>/<release>/retired/<n>.json            marker of a retired generation (hidden from listings)
     <project>/<release>/pinned/<n>.json             pin: the generation is never retired
     <project>/<release>/states/<sid>.bin            states, written once, uncommitted until a marker names them
+    <project>/<release>/states/<pack-id>.pack       small states of one commit side by side (see forml_s3.packing)
 
 Markers of one level sit side by side under a prefix that holds nothing else, so one delimiter LIST
 returns the whole level (up to 1,000 entries a page) and shows only what is committed. The package key
@@ -30,6 +31,7 @@ from . import names
 MARKER = '.json'
 PACKAGE_SUFFIX = '.4ml'
 STATE_SUFFIX = '.bin'
+PACK_SUFFIX = '.pack'
 RELEASES = 'releases'
 GENERATIONS = 'generations'
 RETIRED = 'retired'
@@ -114,6 +116,34 @@ class Layout:
 
     def state(self, project: asset.Project.Key, release: asset.Release.Key, sid: uuid.UUID) -> str:
         return f'{self.states(project, release)}/{names.state(sid)}{STATE_SUFFIX}'
+
+    def pack(self, project: asset.Project.Key, release: asset.Release.Key, pack: uuid.UUID | str) -> str:
+        return f'{self.states(project, release)}/{names.state(pack)}{PACK_SUFFIX}'
+
+    def stored(
+        self, project: asset.Project.Key, release: asset.Release.Key, marker: typing.Mapping[str, typing.Any]
+    ) -> dict[str, tuple[int, str, str]]:
+        """Objects a generation marker names, by key: (size, sha256, what) - each state stored on its own and
+        each pack (whose states the marker locates by offset).
+
+        Raises:
+            asset.Level.Invalid: The marker's states or packs are malformed.
+        """
+        try:
+            packs = marker.get('packs') or {}
+            stored = {
+                self.pack(project, release, pid): (int(info['size']), str(info['sha256']), f'pack {pid}')
+                for pid, info in packs.items()
+            }
+            for sid, info in marker['states'].items():
+                if 'pack' in info:
+                    if str(info['pack']) not in packs:
+                        raise ValueError(f'state {sid} is in pack {info["pack"]}, which the marker does not name')
+                    continue
+                stored[self.state(project, release, sid)] = (int(info['size']), str(info['sha256']), f'state {sid}')
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise asset.Level.Invalid(f'Malformed states in generation marker: {err}') from err
+        return stored
 
     # parsing listings -------------------------------------------------------------------------
     @staticmethod

@@ -7,10 +7,13 @@ or nothing, and of two writers racing for the same one exactly one wins.
 """
 
 import contextlib
+import dataclasses
+import functools
 import hashlib
 import logging
 import os
 import pathlib
+import shutil
 import tempfile
 import threading
 import time
@@ -24,7 +27,7 @@ from forml import setup
 from forml.io import asset
 
 from . import cache as cachemod
-from . import codec, layout, names, staging, store, transfers
+from . import codec, layout, names, packing, staging, store, transfers
 
 LOGGER = logging.getLogger(__name__)
 
@@ -50,6 +53,8 @@ class Registry(asset.Registry, alias='s3'):
         listing_ttl: Seconds a listing is reused within a process (own writes invalidate it at once).
         commit_timeout: Seconds ``close`` waits for states written by another process to appear.
         tag_uncommitted: Tag objects ``forml-s3=uncommitted`` until committed, for lifecycle expiry (S3 only).
+        pack_states: Store the small states a commit in the writing process finds still held (written less
+                     than a second before) side by side in one object (see :mod:`forml_s3.packing`).
         keep_generations: After each commit, retire all but the newest N generations of the release (pinned
                           ones excepted; see :mod:`forml_s3.retention`). Default: keep everything.
 
@@ -79,6 +84,7 @@ class Registry(asset.Registry, alias='s3'):
         listing_ttl: float = 3.0,
         commit_timeout: float = 300.0,
         tag_uncommitted: bool = True,
+        pack_states: bool = True,
         keep_generations: int | None = None,
     ):
         self._store: store.Store = store.Store(url, storage_options)
@@ -88,6 +94,7 @@ class Registry(asset.Registry, alias='s3'):
         self._listing_ttl: float = float(listing_ttl)
         self._commit_timeout: float = float(commit_timeout)
         self._tag_uncommitted: bool = bool(tag_uncommitted)
+        self._pack_states: bool = bool(pack_states)
         if keep_generations is not None and int(keep_generations) < 1:
             raise forml.InvalidError(f'keep_generations must be at least 1, not {keep_generations}')
         self._keep_generations: int | None = None if keep_generations is None else int(keep_generations)
@@ -310,13 +317,14 @@ class Registry(asset.Registry, alias='s3'):
     def write(self, project: asset.Project.Key, release: asset.Release.Key, sid: uuid.UUID, state: bytes) -> None:
         key = self._layout.state(project, release, sid)
         sha256 = hashlib.sha256(state).hexdigest()
-        LOGGER.debug('Uploading state %s (%d bytes) in the background', sid, len(state))
-        transfers.submit_upload(
-            self._store.uri(key),
-            len(state),
-            sha256,
-            lambda: self._store.write(key, state, tags=self._uncommitted(), metadata={'sha256': sha256}),
-        )
+        uri = self._store.uri(key)
+        upload = functools.partial(self._store.write, key, state, tags=self._uncommitted(), metadata={'sha256': sha256})
+        if self._pack_states and len(state) <= packing.MAX_STATE:
+            LOGGER.debug('Holding state %s (%d bytes) for packing', sid, len(state))
+            packing.hold(uri, state, sha256, upload)
+        else:
+            LOGGER.debug('Uploading state %s (%d bytes) in the background', sid, len(state))
+            transfers.submit_upload(uri, len(state), sha256, upload)
 
     def close(
         self,
@@ -333,27 +341,56 @@ class Registry(asset.Registry, alias='s3'):
             known = self._listings.get(prefix, (0, {}))[1]
         if str(int(generation)) in known:
             raise self._conflict(project, release, generation)
-        keys = [self._layout.state(project, release, sid) for sid in tag.states]
-        checksums = transfers.run_all(self._stored_checksum, keys)
-        self._commit_tags(keys)
-        marker = codec.generation_marker(
-            str(project),
-            str(release),
-            int(generation),
-            tag,
-            {str(sid): {'size': size, 'sha256': sha} for sid, (size, sha) in zip(tag.states, checksums, strict=True)},
-            codec.writer(),
-        )
+        sids = list(dict.fromkeys(str(s) for s in tag.states))
+        keys = {sid: self._layout.state(project, release, sid) for sid in sids}
+        held = packing.claim(self._store.uri(k) for k in keys.values())
+        if len(held) == 1:  # nothing to pack it with: stored on its own
+            packing.send(*held.values())
+            held = {}
+        alone = {sid: key for sid, key in keys.items() if self._store.uri(key) not in held}
+        packed = [(sid, held[self._store.uri(key)]) for sid, key in keys.items() if sid not in alone]
+        pack = _Pack.of(self._layout.pack(project, release, uuid.uuid4()), packed) if packed else None
         try:
-            self._store.create(self._layout.generation_marker(project, release, generation), codec.dumps(marker))
-        except FileExistsError:
-            self._uncommit_tags(keys)
-            raise self._conflict(project, release, generation) from None
-        finally:
-            self._invalidate(prefix)
-        for key in keys:
+            jobs = [functools.partial(self._stored_checksum, key) for key in alone.values()]
+            if pack:
+                jobs.append(functools.partial(self._store_pack, pack))
+            checksums = transfers.run_all(lambda job: job(), jobs)
+            stored = list(alone.values()) + ([pack.key] if pack else [])
+            self._commit_tags(stored)
+            states = {
+                sid: {'size': size, 'sha256': sha}
+                for sid, (size, sha) in zip(alone, checksums[: len(alone)], strict=True)
+            }
+            if pack:
+                states.update(pack.states())
+            marker = codec.generation_marker(
+                str(project),
+                str(release),
+                int(generation),
+                tag,
+                {sid: states[sid] for sid in sids},
+                codec.writer(),
+                packs={pack.name: {'size': len(pack.body), 'sha256': pack.sha256}} if pack else None,
+            )
+            try:
+                self._store.create(self._layout.generation_marker(project, release, generation), codec.dumps(marker))
+            except FileExistsError:
+                self._uncommit_tags(stored)
+                raise self._conflict(project, release, generation) from None
+            finally:
+                self._invalidate(prefix)
+        except BaseException:
+            if pack:  # the pack (if stored) stays uncommitted; its states stay committable, as stored ones do
+                packing.restore(held for _, held in pack.held)
+            raise
+        if pack:
+            pack.done()
+        for key in keys.values():
             transfers.forget(self._store.uri(key))
-        LOGGER.info('Committed generation %s of %s-%s (%d states)', generation, project, release, len(keys))
+        LOGGER.info(
+            'Committed generation %s of %s-%s (%d states%s)',
+            generation, project, release, len(keys), f', {len(held)} of them in one pack' if pack else '',
+        )  # fmt: skip
         if self._keep_generations:
             self._retire(project, release)
 
@@ -379,6 +416,15 @@ class Registry(asset.Registry, alias='s3'):
             f'({self.url}); your states were not committed. Train again to build generation '
             f'{int(generation) + 1} on top of it.'
         )
+
+    def _store_pack(self, pack: '_Pack') -> tuple[int, str]:
+        uri = self._store.uri(pack.key)
+        LOGGER.debug('Uploading %d states in one pack %s (%d bytes)', len(pack.held), uri, len(pack.body))
+        try:
+            self._store.write(pack.key, pack.body, tags=self._uncommitted(), metadata={'sha256': pack.sha256})
+        except Exception as err:
+            raise asset.Level.Invalid(f'Upload of state pack {uri} failed: {err}') from err
+        return len(pack.body), pack.sha256
 
     def _stored_checksum(self, key: str) -> tuple[int, str]:
         """Size and sha256 of a state about to be committed, once it is stored.
@@ -422,23 +468,66 @@ class Registry(asset.Registry, alias='s3'):
         if marker is None:
             raise asset.Level.Listing.Empty(f'No generation {generation} of {project}-{release} in {self.url}')
         tag = codec.tag_of(marker, self._store.uri(key))
+        self._layout.stored(project, release, marker)  # validates the states' locations before fetching any
         self._prefetch(project, release, marker)
         return tag
 
     def _prefetch(self, project: str, release: str, marker: dict[str, typing.Any]) -> None:
-        """Start fetching the generation's states not cached yet, all at once, in the background."""
+        """Start fetching the generation's states not cached yet, all at once, in the background (a pack once)."""
+        packed: dict[str, list[str]] = {}
         for sid, info in marker['states'].items():
             if self._cache.get(info['sha256']) is None:
-                transfers.pool().submit(self._fetch_state, project, release, sid, info)
+                if 'pack' in info:
+                    packed.setdefault(str(info['pack']), []).append(sid)
+                else:
+                    transfers.pool().submit(self._fetch_state, project, release, marker, sid)
+        for sids in packed.values():
+            transfers.pool().submit(self._fetch_packed, project, release, marker, sids)
 
-    def _fetch_state(self, project: str, release: str, sid: str, info: dict[str, typing.Any]) -> pathlib.Path:
+    def _fetch_state(self, project: str, release: str, marker: dict[str, typing.Any], sid: str) -> None:
+        info = marker['states'][sid]
+        if 'pack' in info:
+            self._fetch_packed(project, release, marker, [sid])
+            return
         key = self._layout.state(project, release, sid)
-        return self._cache.fetch(
+        self._cache.fetch(
             str(info['sha256']),
             int(info['size']),
             lambda target: self._store.download(key, target, int(info['size'])),
             name=self._store.uri(key),
         )
+
+    def _fetch_packed(self, project: str, release: str, marker: dict[str, typing.Any], sids: list[str]) -> None:
+        """Cache states of one pack: the pack is fetched (once, and cached), each state cut out and verified."""
+        try:
+            pid = str(marker['states'][sids[0]]['pack'])
+            key = self._layout.pack(project, release, pid)
+            size, sha256 = int(marker['packs'][pid]['size']), str(marker['packs'][pid]['sha256'])
+            located = [(sid, marker['states'][sid]) for sid in sids]
+            spans = [(sid, str(i['sha256']), int(i['offset']), int(i['size'])) for sid, i in located]
+        except (KeyError, TypeError, ValueError, IndexError, asset.Level.Invalid) as err:
+            raise asset.Level.Invalid(
+                f'Corrupted generation marker of {project}-{release}: bad pack of states {sids}: {err!r}'
+            ) from err
+        for attempt in range(3):  # the pack may be evicted between its fetch and its reading
+            path = self._cache.fetch(
+                sha256, size, lambda target: self._store.download(key, target, size), name=self._store.uri(key)
+            )
+            try:
+                with path.open('rb') as pack:
+                    for sid, state_sha, offset, state_size in spans:
+                        pack.seek(offset)
+                        data = pack.read(state_size)
+                        self._cache.fetch(
+                            state_sha,
+                            state_size,
+                            lambda target, data=data: target.write_bytes(data),
+                            name=f'{self._store.uri(key)} (state {sid} at {offset})',
+                        )
+                return
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise
 
     def read(
         self,
@@ -459,7 +548,7 @@ class Registry(asset.Registry, alias='s3'):
             data = self._cache.read(str(info['sha256']))
             if data is not None:
                 return data
-            self._fetch_state(names.project(project), names.release(release), str(sid), info)
+            self._fetch_state(names.project(project), names.release(release), marker, str(sid))
         raise forml.UnexpectedError(f'State {sid} keeps disappearing from the cache at {self._cache.root}')
 
     # tags -----------------------------------------------------------------------------------------------
@@ -481,7 +570,39 @@ class Registry(asset.Registry, alias='s3'):
 
 
 def _copy(source: pathlib.Path, target: pathlib.Path) -> None:
-    target.write_bytes(source.read_bytes())
+    shutil.copyfile(source, target)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Pack:
+    """Held states of one commit, side by side in one object (see :mod:`forml_s3.packing`)."""
+
+    key: str
+    held: list[tuple[str, packing.Held]]
+    """State ids and their held states, in the order they are stored."""
+    body: bytes
+    sha256: str
+
+    @classmethod
+    def of(cls, key: str, held: list[tuple[str, packing.Held]]) -> '_Pack':
+        body = b''.join(h.data for _, h in held)
+        return cls(key, held, body, hashlib.sha256(body).hexdigest())
+
+    @property
+    def name(self) -> str:
+        return self.key.rsplit('/', 1)[-1][: -len(layout.PACK_SUFFIX)]
+
+    def states(self) -> dict[str, dict[str, typing.Any]]:
+        """Marker entries of the packed states, by state id: size, sha256, pack and offset."""
+        entries, offset = {}, 0
+        for sid, held in self.held:
+            entries[sid] = {'size': len(held.data), 'sha256': held.sha256, 'pack': self.name, 'offset': offset}
+            offset += len(held.data)
+        return entries
+
+    def done(self) -> None:
+        for _, held in self.held:
+            held.future.set_result(None)
 
 
 def _package_file(path: pathlib.Path, temp: pathlib.Path) -> pathlib.Path:

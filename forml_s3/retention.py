@@ -102,7 +102,7 @@ def retire(
             strict=True,
         )
     )
-    shared = {sid for g in todo.kept for sid in _states(markers[g])}
+    shared = {key for g in todo.kept for key in _stored(lay, project, release, markers[g])}
     tags = RETIRED if st.is_s3 else None
     for generation in todo.retired:
         marker = markers[generation]
@@ -110,15 +110,18 @@ def retire(
         st.write(lay.retired_marker(project, release, generation), codec.dumps(retired), tags=tags)
         st.write(lay.generation_marker(project, release, generation), layout.TOMBSTONE)
         if tags:
-            keys = [lay.state(project, release, sid) for sid in _states(marker) if sid not in shared]
+            keys = [key for key in _stored(lay, project, release, marker) if key not in shared]
             transfers.run_all(lambda k: st.set_tags(k, RETIRED), keys)
         LOGGER.info('Retired generation %d of %s-%s', generation, project, release)
     return todo.retired
 
 
-def _states(marker: typing.Mapping[str, typing.Any]) -> list[str]:
-    states = marker.get('states')
-    return [str(s) for s in states] if isinstance(states, dict) else []
+def _stored(lay: layout.Layout, project: str, release: str, marker: typing.Mapping[str, typing.Any]) -> list[str]:
+    """Keys of the objects holding a generation's states (none if its marker is malformed)."""
+    try:
+        return list(lay.stored(project, release, marker))
+    except asset.Level.Invalid:
+        return []
 
 
 # pins -------------------------------------------------------------------------------------------------------

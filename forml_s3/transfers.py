@@ -71,7 +71,12 @@ def pool(workers: int = DEFAULT_WORKERS) -> concurrent.futures.ThreadPoolExecuto
 
 
 def submit_upload(url: str, size: int, sha256: str, upload: typing.Callable[[], None]) -> Pending:
-    """Start an upload in the background and record it as pending under ``url``.
+    """Start an upload in the background and record it as pending under ``url``."""
+    return record(url, Pending(submit(size, upload), size, sha256))
+
+
+def submit(size: int, task: typing.Callable[[], None]) -> concurrent.futures.Future:
+    """Run ``task``, an upload of ``size`` bytes, on the pool.
 
     At most twice the pool size of uploads, holding at most :data:`QUEUED_BYTES`, are pending at once; beyond
     that the caller blocks, which bounds the memory held by bytes waiting to be sent.
@@ -88,16 +93,19 @@ def submit_upload(url: str, size: int, sha256: str, upload: typing.Callable[[], 
 
     def run() -> None:
         try:
-            upload()
+            task()
         finally:
             release()
 
     try:
-        future = executor.submit(run)
+        return executor.submit(run)
     except BaseException:
         release()
         raise
-    pending = Pending(future, size, sha256)
+
+
+def record(url: str, pending: Pending) -> Pending:
+    """Record ``pending`` as the upload of ``url`` (what ``close`` waits for)."""
     with _lock:
         _pending[url] = pending
     return pending
@@ -107,6 +115,13 @@ def pending(url: str) -> Pending | None:
     """The pending upload of ``url`` started in this process, if any."""
     with _lock:
         return _pending.get(url)
+
+
+def wait_all() -> None:
+    """Wait for every pending upload of this process to finish (successfully or not)."""
+    with _lock:
+        futures = [p.future for p in _pending.values()] if _pool_pid == os.getpid() else []
+    concurrent.futures.wait(futures)
 
 
 def forget(url: str) -> None:

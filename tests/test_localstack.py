@@ -54,6 +54,7 @@ SUBSET = (
     'tests/test_security.py',
     'tests/test_selector.py',
     'tests/test_ops.py',
+    'tests/test_packing.py',
 )
 # Left out:
 # * test_forml_model_apply_works_from_the_copy: passes against LocalStack, but runs the real ForML CLI (12 s here);

@@ -87,7 +87,12 @@ def s3_url(s3server, bucket) -> str:
 
 
 def s3_registry(server, url: str, tmp_path: pathlib.Path) -> Registry:
-    return Registry(url, storage_options=server.storage_options(), cache_dir=tmp_path / f'cache-{uuid.uuid4().hex[:6]}')
+    return Registry(  # one object per state: the tests below damage single states (packs: test_packing.py)
+        url,
+        storage_options=server.storage_options(),
+        cache_dir=tmp_path / f'cache-{uuid.uuid4().hex[:6]}',
+        pack_states=False,
+    )
 
 
 # copy ------------------------------------------------------------------------------------------------------

@@ -30,8 +30,11 @@ def url(bucket) -> str:
 
 @pytest.fixture
 def seven(s3server, url, tmp_path, package_factory):
-    """A registry on S3 with 7 generations of one release: {generation: [state ids]}."""
-    registry = Registry(url, storage_options=s3server.storage_options(), cache_dir=tmp_path / 'cache')
+    """A registry on S3 with 7 generations of one release: {generation: [state ids]}, one object per state (the
+    tests follow single states' tags; a packed generation: test_packing.py)."""
+    registry = Registry(
+        url, storage_options=s3server.storage_options(), cache_dir=tmp_path / 'cache', pack_states=False
+    )
     registry.push(package_factory('0.1'))
     sids = {g: commit(registry, g, payloads=(f'{g}a'.encode(), f'{g}b'.encode()))[1] for g in range(1, 8)}
     return registry, sids
