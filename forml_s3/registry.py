@@ -343,13 +343,7 @@ class Registry(asset.Registry, alias='s3'):
             raise self._conflict(project, release, generation)
         sids = list(dict.fromkeys(str(s) for s in tag.states))
         keys = {sid: self._layout.state(project, release, sid) for sid in sids}
-        held = packing.claim(self._store.uri(k) for k in keys.values())
-        if len(held) == 1:  # nothing to pack it with: stored on its own
-            packing.send(*held.values())
-            held = {}
-        alone = {sid: key for sid, key in keys.items() if self._store.uri(key) not in held}
-        packed = [(sid, held[self._store.uri(key)]) for sid, key in keys.items() if sid not in alone]
-        pack = _Pack.of(self._layout.pack(project, release, uuid.uuid4()), packed) if packed else None
+        alone, pack = self._claim_pack(project, release, keys)
         try:
             jobs = [functools.partial(self._stored_checksum, key) for key in alone.values()]
             if pack:
@@ -389,7 +383,7 @@ class Registry(asset.Registry, alias='s3'):
             transfers.forget(self._store.uri(key))
         LOGGER.info(
             'Committed generation %s of %s-%s (%d states%s)',
-            generation, project, release, len(keys), f', {len(held)} of them in one pack' if pack else '',
+            generation, project, release, len(keys), f', {len(pack.held)} of them in one pack' if pack else '',
         )  # fmt: skip
         if self._keep_generations:
             self._retire(project, release)
@@ -416,6 +410,16 @@ class Registry(asset.Registry, alias='s3'):
             f'({self.url}); your states were not committed. Train again to build generation '
             f'{int(generation) + 1} on top of it.'
         )
+
+    def _claim_pack(self, project: str, release: str, keys: dict[str, str]) -> tuple[dict[str, str], '_Pack | None']:
+        """The states (by id: key) held in this process, claimed as one pack; and the others, stored on their own."""
+        held = packing.claim(self._store.uri(k) for k in keys.values())
+        if len(held) == 1:  # nothing to pack it with: stored on its own
+            packing.send(*held.values())
+            held = {}
+        alone = {sid: key for sid, key in keys.items() if self._store.uri(key) not in held}
+        packed = [(sid, held[self._store.uri(key)]) for sid, key in keys.items() if sid not in alone]
+        return alone, _Pack.of(self._layout.pack(project, release, uuid.uuid4()), packed) if packed else None
 
     def _store_pack(self, pack: '_Pack') -> tuple[int, str]:
         uri = self._store.uri(pack.key)
