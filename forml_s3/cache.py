@@ -5,9 +5,12 @@ many keys name it, and a blob on disk is correct by construction. A blob is fill
 ``.incomplete`` file, verifying size and sha256, then renaming into place, all under a per-blob file lock:
 many processes asking for the same object at once cause one download, the rest wait and reuse it.
 
-The cache is capped (``max_bytes``); after each insert the least recently used blobs are evicted. Eviction
-only unlinks files: a reader that already opened a blob keeps reading it (POSIX semantics), and a reader
-that finds it gone simply fetches it again.
+The cache is capped (``max_bytes``) and the least recently used blobs are evicted. Knowing the cache's size takes
+a stat of every blob, so a process does not scan after every insert (writing many blobs would be quadratic): after
+a scan it may add :data:`RESCAN_FRACTION` of the cap before it scans again, and a scan that finds the cache over
+its cap evicts down to :data:`EVICT_TO_FRACTION` of it. The cache can so exceed its cap by less than one rescan
+step per process writing to it, between that process's scans. Eviction only unlinks files: a reader that already
+opened a blob keeps reading it (POSIX semantics), and a reader that finds it gone simply fetches it again.
 """
 
 import contextlib
@@ -17,6 +20,7 @@ import logging
 import os
 import pathlib
 import tempfile
+import threading
 import typing
 
 import forml
@@ -24,6 +28,10 @@ import forml
 LOGGER = logging.getLogger(__name__)
 
 DEFAULT_MAX_BYTES = 10 * 2**30
+RESCAN_FRACTION = 0.05
+"""A process scans the cache again once it has added this fraction of the cap since its last scan."""
+EVICT_TO_FRACTION = 0.9
+"""A scan that finds the cache over its cap evicts the least recently used blobs down to this fraction of it."""
 
 
 def default_root() -> pathlib.Path:
@@ -60,14 +68,42 @@ class Corrupted(forml.InvalidError):
 
 
 class BlobCache:
-    """Blobs by sha256 under ``root`` with a size cap."""
+    """Blobs by sha256 under ``root`` with a size cap (see the module docs for when it is enforced).
+
+    Thread-safe; pickles without its per-process state (the lock and the headroom), which starts afresh in the
+    unpickled copy and in a forked child: their first insert scans.
+    """
 
     def __init__(self, root: pathlib.Path | str | None = None, max_bytes: int = DEFAULT_MAX_BYTES):
         self.root: pathlib.Path = pathlib.Path(root) if root else default_root()
         self.max_bytes: int = int(max_bytes)
+        self._init_volatile()
+
+    def _init_volatile(self) -> None:
+        self._pid: int = os.getpid()
+        self._lock: threading.Lock = threading.Lock()
+        self._headroom: int = 0
+        """Bytes this process may still add before it scans again (0: scan at the next insert)."""
+        self.scans: int = 0
+        """Scans (a stat of every blob) this process has made through this instance."""
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        for volatile in ('_pid', '_lock', '_headroom', 'scans'):
+            state.pop(volatile, None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._init_volatile()
 
     def __repr__(self):
         return f'BlobCache({self.root})'
+
+    @property
+    def rescan_step(self) -> int:
+        """Bytes a process adds between two scans."""
+        return max(1, int(self.max_bytes * RESCAN_FRACTION))
 
     def path(self, sha256: str, suffix: str = '') -> pathlib.Path:
         return self.root / 'blobs' / sha256[:2] / f'{sha256}{suffix}'
@@ -134,7 +170,7 @@ class BlobCache:
             finally:
                 with contextlib.suppress(FileNotFoundError):
                     temp_path.unlink()
-        self.evict(keep=target)
+        self._added(size, keep=target)
         return target
 
     def put(self, data: bytes, sha256: str, suffix: str = '') -> pathlib.Path:
@@ -147,7 +183,7 @@ class BlobCache:
         with os.fdopen(fd, 'wb') as file:
             file.write(data)
         os.replace(temp, target)
-        self.evict(keep=target)
+        self._added(len(data), keep=target)
         return target
 
     def blobs(self) -> list[tuple[pathlib.Path, os.stat_result]]:
@@ -158,23 +194,50 @@ class BlobCache:
                 continue
             with contextlib.suppress(FileNotFoundError):
                 found.append((path, path.stat()))
-        return sorted(found, key=lambda item: item[1].st_mtime)
+        return sorted(found, key=lambda item: item[1].st_mtime_ns)
 
     def size(self) -> int:
         return sum(stat.st_size for _, stat in self.blobs())
 
+    def _added(self, size: int, keep: pathlib.Path) -> int:
+        """Account for a blob of ``size`` bytes this process just stored at ``keep``: scan (and evict) once the
+        bytes added since the last scan reach the rescan step; returns the bytes freed."""
+        with self._volatile():
+            self._headroom -= size
+            if self._headroom > 0:
+                return 0
+            return self._scan(keep)
+
     def evict(self, keep: pathlib.Path | None = None) -> int:
-        """Unlink least recently used blobs until the cache fits ``max_bytes``; returns bytes freed."""
+        """Scan now: if the cache is over ``max_bytes``, unlink the least recently used blobs (never ``keep``) down to
+        :data:`EVICT_TO_FRACTION` of it; returns the bytes freed."""
+        with self._volatile():
+            return self._scan(keep)
+
+    @contextlib.contextmanager
+    def _volatile(self) -> typing.Iterator[None]:
+        """This process's lock over the headroom (made anew in a forked child, where the parent's may be held)."""
+        if self._pid != os.getpid():
+            self._init_volatile()
+        with self._lock:
+            yield
+
+    def _scan(self, keep: pathlib.Path | None) -> int:
+        """Stat every blob, evict if over the cap, and start a new rescan step (the caller holds the lock)."""
+        self.scans += 1
         blobs = self.blobs()
         total = sum(stat.st_size for _, stat in blobs)
         freed = 0
-        for path, stat in blobs:
-            if total - freed <= self.max_bytes:
-                break
-            if keep is not None and path == keep:
-                continue
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-                freed += stat.st_size
-                LOGGER.debug('Evicted %s (%d bytes)', path.name, stat.st_size)
+        if total > self.max_bytes:
+            target = int(self.max_bytes * EVICT_TO_FRACTION)
+            for path, stat in blobs:
+                if total - freed <= target:
+                    break
+                if keep is not None and path == keep:
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                    freed += stat.st_size
+                    LOGGER.debug('Evicted %s (%d bytes)', path.name, stat.st_size)
+        self._headroom = self.rescan_step
         return freed

@@ -70,8 +70,12 @@ def s3url(s3server, bucket):
 
 @pytest.fixture
 def reader(s3url, tmp_path):
+    """The test process's view of the bucket. It lists anew every time (``listing_ttl=0``): the tests list, let
+    workers change the bucket, and list again, often within the default 3 s its own listing cache would serve."""
     url, options = s3url
-    return Registry(url, storage_options=options, cache_dir=tmp_path / 'reader-cache', staging=tmp_path / 'staging')
+    return Registry(
+        url, storage_options=options, cache_dir=tmp_path / 'reader-cache', staging=tmp_path / 'staging', listing_ttl=0
+    )
 
 
 def test_racing_closes_of_one_generation_have_exactly_one_winner(s3server, s3url, reader, tmp_path, package_factory):
