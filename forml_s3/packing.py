@@ -8,8 +8,9 @@ seconds; a ``close`` in this process within that time claims it, with its siblin
 one tag clear for all of them). A state nobody claims in time - written by a Dask worker whose driver commits
 in another process, or by a long training that commits much later - is uploaded on its own under its own key,
 exactly as it would have been without holding, so any process finds it. At most :data:`HELD_BYTES` are held;
-beyond that the oldest states are sent on their own at once. What is held when the interpreter exits is sent
-before the transfer pool shuts down.
+beyond that ``write`` sends the oldest on their own itself, so a writer faster than the uploads blocks on the
+transfer pool's byte budget as it would without holding. What is held when the interpreter exits is sent, and
+waited for, before the transfer pool shuts down.
 
 The table is per process (keyed by the state's full URL), like :mod:`forml_s3.transfers`, whose pending table
 records a held state too: its future completes once the state is stored, in a pack or on its own.
@@ -43,7 +44,7 @@ class Held:
     url: str
     data: bytes
     sha256: str
-    send: typing.Callable[[], None]
+    upload: typing.Callable[[], None]
     """Uploads the state under its own key (blocking)."""
     future: concurrent.futures.Future
     """Completes once the state is stored (its pack or its own upload); what ``close`` waits for."""
@@ -56,11 +57,11 @@ _held_bytes = 0
 _pid: int | None = None
 
 
-def hold(url: str, data: bytes, sha256: str, send: typing.Callable[[], None]) -> transfers.Pending:
+def hold(url: str, data: bytes, sha256: str, upload: typing.Callable[[], None]) -> transfers.Pending:
     """Hold a small state for a commit to claim; returns its pending record (also in the transfers table)."""
     global _held_bytes  # noqa: PLW0603 - one table per process by design
     _started()
-    held = Held(url, data, sha256, send, concurrent.futures.Future(), time.monotonic() + LINGER)
+    held = Held(url, data, sha256, upload, concurrent.futures.Future(), time.monotonic() + LINGER)
     pending = transfers.record(url, transfers.Pending(held.future, len(data), sha256))
     with _lock:
         if (previous := _held.pop(url, None)) is not None:  # the same state id written again: last one wins
@@ -69,6 +70,11 @@ def hold(url: str, data: bytes, sha256: str, send: typing.Callable[[], None]) ->
         _held[url] = held
         _held_bytes += len(data)
         _lock.notify_all()
+    for overflow in _take(overflow_only=True):  # in the writer's thread: it waits for the pool (backpressure)
+        try:
+            send(overflow)
+        except Exception as err:  # its future failed: the commit naming it reports that, not this write
+            LOGGER.warning('Could not send held state %s: %s', overflow.url, err)
     return pending
 
 
@@ -104,17 +110,22 @@ def restore(states: typing.Iterable[Held]) -> None:
 
 
 def send(held: Held) -> None:
-    """Upload one held state on its own, in the background (a claimed state too small to pack alone)."""
+    """Upload one held state on its own, in the background (blocks while the pool's budget is spent). If the pool
+    refuses it (shutting down, interrupted), the state's future fails, so no commit or exit waits for it forever."""
 
     def upload() -> None:
         try:
-            held.send()
+            held.upload()
         except BaseException as err:
             held.future.set_exception(err)
             raise
         held.future.set_result(None)
 
-    transfers.submit(len(held.data), upload)
+    try:
+        transfers.submit(len(held.data), upload)
+    except BaseException as err:
+        held.future.set_exception(err)
+        raise
 
 
 def flush() -> None:
@@ -123,20 +134,27 @@ def flush() -> None:
     Runs at interpreter exit before the transfer pool stops: later, the pool refuses work and asyncio (s3fs)
     cannot start the threads it resolves host names in, so an upload started then would hang.
     """
+    if _pid != os.getpid():
+        return  # a forked child: what it inherited held is its parent's to send
     for held in _take(everything=True):
-        send(held)
+        try:
+            send(held)
+        except Exception as err:  # its future has failed; send the others
+            LOGGER.warning('Could not send held state %s at exit: %s', held.url, err)
     transfers.wait_all()
 
 
-def _take(everything: bool = False) -> list[Held]:
-    """Remove and return the states due to be sent on their own: lingered too long, or over the byte cap."""
+def _take(everything: bool = False, overflow_only: bool = False, limit: int | None = None) -> list[Held]:
+    """Remove and return the oldest states due to be sent on their own: lingered too long, or over the byte cap
+    (only those with ``overflow_only``; all of them with ``everything``), at most ``limit`` of them."""
     global _held_bytes  # noqa: PLW0603
     now = time.monotonic()
     due = []
     with _lock:
-        while _held:
+        while _held and (limit is None or len(due) < limit):
             oldest = next(iter(_held.values()))
-            if not (everything or oldest.deadline <= now or _held_bytes > HELD_BYTES):
+            lingered = not overflow_only and oldest.deadline <= now
+            if not (everything or lingered or _held_bytes > HELD_BYTES):
                 break
             del _held[oldest.url]
             _held_bytes -= len(oldest.data)
@@ -152,23 +170,33 @@ def _sender() -> None:
             oldest = next(iter(_held.values()))
             if _held_bytes <= HELD_BYTES:
                 _lock.wait(max(0.0, oldest.deadline - time.monotonic()))
-        for held in _take():
+        while due := _take(limit=1):  # one at a time: while the pool is busy, the rest stay claimable
             try:
-                send(held)
-            except Exception as err:  # the pool refused it (shutting down): the commit reports the failure
-                held.future.set_exception(err)
-                LOGGER.warning('Could not send held state %s: %s', held.url, err)
+                send(due[0])
+            except Exception as err:  # the pool refused it (shutting down): its future failed, the commit reports it
+                LOGGER.warning('Could not send held state %s: %s', due[0].url, err)
 
 
 def _started() -> None:
     """Start this process's sender thread and exit hook (anew after a fork: threads do not survive it)."""
-    global _pid, _held_bytes  # noqa: PLW0603
+    global _pid  # noqa: PLW0603
     with _lock:
         if _pid == os.getpid():
             return
-        _held.clear()  # a forked child must not send its parent's states: the parent does
-        _held_bytes = 0
-        _pid = os.getpid()
         transfers.pool()  # registers the pool's own exit hook first, so that ours runs before it (LIFO)
-        threading.Thread(target=_sender, name='forml-s3-packing', daemon=True).start()
         threading._register_atexit(flush)  # noqa: SLF001 - runs before the pool stops taking work
+        threading.Thread(target=_sender, name='forml-s3-packing', daemon=True).start()
+        _pid = os.getpid()
+
+
+def _forget_after_fork() -> None:
+    """In a forked child: drop the parent's held states (the parent sends them) and a lock a parent's thread may
+    have held at the fork; the child's first ``hold`` starts its own sender."""
+    global _lock, _held_bytes, _pid  # noqa: PLW0603
+    _lock = threading.Condition()
+    _held.clear()
+    _held_bytes = 0
+    _pid = None
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)

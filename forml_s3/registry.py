@@ -345,16 +345,10 @@ class Registry(asset.Registry, alias='s3'):
         keys = {sid: self._layout.state(project, release, sid) for sid in sids}
         alone, pack = self._claim_pack(project, release, keys)
         try:
-            jobs = [functools.partial(self._stored_checksum, key) for key in alone.values()]
-            if pack:
-                jobs.append(functools.partial(self._store_pack, pack))
-            checksums = transfers.run_all(lambda job: job(), jobs)
+            checksums = self._stored_checksums(alone, pack)
             stored = list(alone.values()) + ([pack.key] if pack else [])
             self._commit_tags(stored)
-            states = {
-                sid: {'size': size, 'sha256': sha}
-                for sid, (size, sha) in zip(alone, checksums[: len(alone)], strict=True)
-            }
+            states = {sid: {'size': size, 'sha256': sha} for sid, (size, sha) in checksums.items()}
             if pack:
                 states.update(pack.states())
             marker = codec.generation_marker(
@@ -373,8 +367,12 @@ class Registry(asset.Registry, alias='s3'):
                 raise self._conflict(project, release, generation) from None
             finally:
                 self._invalidate(prefix)
+        except Conflict as conflict:
+            if pack:  # ForML trains again rather than committing these states under another number
+                pack.fail(conflict)
+            raise
         except BaseException:
-            if pack:  # the pack (if stored) stays uncommitted; its states stay committable, as stored ones do
+            if pack:  # the pack (if stored) is an orphan; its states stay committable, as stored ones do
                 packing.restore(held for _, held in pack.held)
             raise
         if pack:
@@ -413,13 +411,42 @@ class Registry(asset.Registry, alias='s3'):
 
     def _claim_pack(self, project: str, release: str, keys: dict[str, str]) -> tuple[dict[str, str], '_Pack | None']:
         """The states (by id: key) held in this process, claimed as one pack; and the others, stored on their own."""
+        if not self._pack_states:
+            return keys, None
         held = packing.claim(self._store.uri(k) for k in keys.values())
-        if len(held) == 1:  # nothing to pack it with: stored on its own
-            packing.send(*held.values())
-            held = {}
-        alone = {sid: key for sid, key in keys.items() if self._store.uri(key) not in held}
-        packed = [(sid, held[self._store.uri(key)]) for sid, key in keys.items() if sid not in alone]
-        return alone, _Pack.of(self._layout.pack(project, release, uuid.uuid4()), packed) if packed else None
+        try:
+            if len(held) == 1:  # nothing to pack it with: stored on its own
+                packing.send(*held.values())
+                held = {}
+            alone = {sid: key for sid, key in keys.items() if self._store.uri(key) not in held}
+            packed = [(sid, held[self._store.uri(key)]) for sid, key in keys.items() if sid not in alone]
+            return alone, _Pack.of(self._layout.pack(project, release, uuid.uuid4()), packed) if packed else None
+        except BaseException:  # interrupted: nothing claimed may be left neither held nor sent
+            packing.restore(held.values())
+            raise
+
+    def _stored_checksums(self, alone: dict[str, str], pack: '_Pack | None') -> dict[str, tuple[int, str]]:
+        """Size and sha256 of each state stored on its own (by id), once stored; and the pack stored, if any.
+
+        This process's own uploads are waited for here, in the calling thread, never in a pool worker: an upload
+        queued behind such a waiting worker (the packing sender queues them any time) could never start once
+        every worker waits. Pool workers only upload the pack and poll for states written by other processes.
+        """
+        uploads = {sid: transfers.pending(self._store.uri(key)) for sid, key in alone.items()}
+        pool = transfers.pool()
+        stored_pack = pool.submit(self._store_pack, pack) if pack else None
+        polls = {sid: pool.submit(self._polled_checksum, alone[sid]) for sid, up in uploads.items() if up is None}
+        try:
+            checksums = {
+                sid: self._uploaded_checksum(alone[sid], up) if up is not None else polls[sid].result()
+                for sid, up in uploads.items()
+            }
+            if stored_pack:
+                stored_pack.result()
+        finally:
+            for poll in polls.values():
+                poll.cancel()
+        return checksums
 
     def _store_pack(self, pack: '_Pack') -> tuple[int, str]:
         uri = self._store.uri(pack.key)
@@ -430,21 +457,21 @@ class Registry(asset.Registry, alias='s3'):
             raise asset.Level.Invalid(f'Upload of state pack {uri} failed: {err}') from err
         return len(pack.body), pack.sha256
 
-    def _stored_checksum(self, key: str) -> tuple[int, str]:
-        """Size and sha256 of a state about to be committed, once it is stored.
-
-        A state written in this process: wait for its upload. Written by another process (a Dask worker):
-        wait for it to appear, up to ``commit_timeout``, then take the checksum from its S3 metadata (or hash
-        its content where the store keeps no metadata).
-        """
+    def _uploaded_checksum(self, key: str, pending: transfers.Pending) -> tuple[int, str]:
+        """Size and sha256 of a state written in this process, once its upload (or its pack's) has finished."""
         uri = self._store.uri(key)
-        if (pending := transfers.pending(uri)) is not None:
-            try:
-                pending.future.result()
-            except Exception as err:
-                transfers.forget(uri)
-                raise asset.Level.Invalid(f'Upload of state {uri} failed: {err}') from err
-            return pending.size, pending.sha256
+        try:
+            pending.future.result()
+        except Exception as err:
+            transfers.forget(uri)
+            raise asset.Level.Invalid(f'Upload of state {uri} failed: {err}') from err
+        return pending.size, pending.sha256
+
+    def _polled_checksum(self, key: str) -> tuple[int, str]:
+        """Size and sha256 of a state written by another process (a Dask worker): wait for it to appear, up to
+        ``commit_timeout``, then take the checksum from its S3 metadata (or hash its content where the store keeps
+        no metadata)."""
+        uri = self._store.uri(key)
         deadline = time.monotonic() + self._commit_timeout
         delay = 0.05
         while True:
@@ -607,6 +634,10 @@ class _Pack:
     def done(self) -> None:
         for _, held in self.held:
             held.future.set_result(None)
+
+    def fail(self, err: BaseException) -> None:
+        for _, held in self.held:
+            held.future.set_exception(err)
 
 
 def _package_file(path: pathlib.Path, temp: pathlib.Path) -> pathlib.Path:

@@ -112,9 +112,10 @@ def record(url: str, pending: Pending) -> Pending:
 
 
 def pending(url: str) -> Pending | None:
-    """The pending upload of ``url`` started in this process, if any."""
+    """The pending upload of ``url`` started in this process, if any (none in a forked child: the parent's
+    uploads are not the child's to wait for)."""
     with _lock:
-        return _pending.get(url)
+        return _pending.get(url) if _pool_pid == os.getpid() else None
 
 
 def wait_all() -> None:

@@ -18,7 +18,7 @@ import numpy
 import pytest
 from sklearn import linear_model, pipeline, preprocessing
 
-from forml_s3 import demo
+from forml_s3 import demo, layout
 from forml_s3.cli.demo import Gateway, free_port, parse_predictions
 
 PROJECT = demo.PROJECT
@@ -106,10 +106,9 @@ def test_bucket_holds_whole_releases_and_generations(world):
     ]
     packages = [k for k in keys if k.endswith('.4ml')]
     assert len(packages) == 1 and packages[0].startswith(f'{prefix}/{demo.RELEASE}/package-')
-    states = {k.rsplit('/', 1)[-1][: -len('.bin')] for k in keys if '/states/' in k}
-    assert len(states) == 4, 'two stateful actors, two generations'
+    stored = {k for k in keys if '/states/' in k}  # one object per state, or a pack of a commit's states
     client = world.s3server.client()
-    named = set()
+    named, sids = set(), set()
     for generation in (1, 2):
         marker = json.loads(
             client.get_object(Bucket=world.bucket, Key=f'{prefix}/{demo.RELEASE}/generations/{generation}.json')[
@@ -117,8 +116,11 @@ def test_bucket_holds_whole_releases_and_generations(world):
             ].read()
         )
         assert marker['generation'] == generation and len(marker['tag']['states']) == 2
-        named |= set(marker['tag']['states'])
-    assert named == states
+        assert set(marker['states']) == set(marker['tag']['states'])
+        sids |= set(marker['tag']['states'])
+        named |= set(layout.Layout('registry').stored(PROJECT, demo.RELEASE, marker))
+    assert len(sids) == 4, 'two stateful actors, two generations'
+    assert named == stored  # every stored object is named by a marker, and every named one is stored
     release = json.loads(
         client.get_object(Bucket=world.bucket, Key=f'{prefix}/releases/{demo.RELEASE}.json')['Body'].read()
     )

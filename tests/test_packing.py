@@ -2,9 +2,11 @@
 nobody commits in time are stored on their own. Against moto's HTTP server (or ``FORML_S3_TEST_ENDPOINT``)."""
 
 import json
+import multiprocessing
 import subprocess
 import sys
 import textwrap
+import threading
 import uuid
 
 import forml
@@ -219,3 +221,66 @@ def test_a_marker_naming_an_unknown_pack_is_corrupted(make, package_factory, lin
     registry._store.write(registry._layout.generation_marker(PROJECT, '0.1', 2), json.dumps(broken).encode())
     with pytest.raises(asset.Level.Invalid, match='does not name'):
         make().open(PROJECT, '0.1', 2)
+
+
+def test_a_close_racing_the_linger_never_deadlocks_the_pool(make, package_factory, monkeypatch):
+    """The sender queues lingered uploads while close waits for them: close waits in its own thread, not in pool
+    workers the uploads would queue behind."""
+    monkeypatch.setattr(packing, 'LINGER', 0.01)
+    registry = make()
+    registry.push(package_factory('0.1'))
+    sids = [uuid.uuid4() for _ in range(100)]
+    for sid in sids:
+        registry.write(PROJECT, '0.1', sid, sid.bytes * 64)
+    closing = threading.Thread(target=registry.close, args=(PROJECT, '0.1', 1, tag(sids)), daemon=True)
+    closing.start()
+    closing.join(timeout=120)
+    assert not closing.is_alive(), 'close hung'
+    reader = make()
+    reader.open(PROJECT, '0.1', 1)
+    assert [reader.read(PROJECT, '0.1', 1, s) for s in sids] == [s.bytes * 64 for s in sids]
+
+
+def test_held_bytes_are_capped_and_the_overflow_is_stored_on_its_own(make, package_factory, monkeypatch):
+    monkeypatch.setattr(packing, 'LINGER', 60.0)
+    monkeypatch.setattr(packing, 'HELD_BYTES', 10_000)
+    registry = make()
+    registry.push(package_factory('0.1'))
+    sids = [uuid.uuid4() for _ in range(10)]
+    for sid in sids:
+        registry.write(PROJECT, '0.1', sid, sid.bytes * 250)  # 4,000 bytes each
+        assert packing._held_bytes <= packing.HELD_BYTES
+    registry.close(PROJECT, '0.1', 1, tag(sids))
+    written = marker(registry, 1)
+    packed = [s for s in sids if 'pack' in written['states'][str(s)]]
+    assert packed == sids[-2:]  # the newest two fit the cap; the older ones were sent on their own by write
+    reader = make()
+    reader.open(PROJECT, '0.1', 1)
+    assert [reader.read(PROJECT, '0.1', 1, s) for s in sids] == [s.bytes * 250 for s in sids]
+
+
+def test_a_forked_child_leaves_its_parents_held_states_alone(make, package_factory, lingering):
+    registry = make()
+    registry.push(package_factory('0.1'))
+    sids = [uuid.uuid4() for _ in range(3)]
+    for sid in sids:
+        registry.write(PROJECT, '0.1', sid, sid.bytes)
+    child = multiprocessing.get_context('fork').Process(target=lambda: None)  # exits through threading's hooks
+    child.start()
+    child.join(timeout=60)
+    assert child.exitcode == 0
+    assert not any(registry._store.exists(registry._layout.state(PROJECT, '0.1', s)) for s in sids)
+    registry.close(PROJECT, '0.1', 1, tag(sids))
+    assert len(marker(registry, 1)['packs']) == 1
+
+
+def test_a_registry_with_packing_off_never_packs_what_another_holds(make, package_factory, monkeypatch):
+    monkeypatch.setattr(packing, 'LINGER', 0.2)  # the commit waits for the states to be sent on their own
+    writer = make()
+    writer.push(package_factory('0.1'))
+    sids = [uuid.uuid4() for _ in range(3)]
+    for sid in sids:
+        writer.write(PROJECT, '0.1', sid, sid.bytes)
+    make(pack_states=False).close(PROJECT, '0.1', 1, tag(sids))
+    assert 'packs' not in marker(writer, 1)
+    assert all('pack' not in info for info in marker(writer, 1)['states'].values())

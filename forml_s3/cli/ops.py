@@ -145,8 +145,8 @@ def verify(
 ) -> None:
     """Check that every object a marker at URL names exists with the recorded size and sha256.
 
-    Checks each release's package and each generation's states (downloading them to hash them, unless
-    --quick), reports orphans (uncommitted packages and states no marker names: a push or training in
+    Checks each release's package and each generation's states and packs (downloading them to hash them,
+    unless --quick), reports orphans (uncommitted packages, states, packs no marker names: a push or training in
     progress, or abandoned) and, with --staging, orphans in a staging directory. Each problem is printed
     on its own line: missing, size-mismatch, checksum-mismatch, orphan, corrupted-marker,
     unlisted-project, staging-orphan, staging-stale.
@@ -274,7 +274,7 @@ def copy(
 )
 @click.option('--dry-run', is_flag=True, help='List what would be deleted, delete nothing.')
 def gc(url: str, options: tuple[str, ...], days: float, dry_run: bool) -> None:
-    """Delete abandoned uncommitted objects at URL: packages and states no marker names, older than DAYS.
+    """Delete abandoned uncommitted objects at URL: packages, states, packs no marker names, older than DAYS.
 
     For buckets without lifecycle rules (and for file:// or other stores without object tags). An object
     is deleted only if two listings, one just before deleting, both find no release, generation or retired
