@@ -101,16 +101,21 @@ def test_racing_closes_of_one_generation_have_exactly_one_winner(s3server, s3url
     # the losers' states are intact but uncommitted: tagged for lifecycle expiry, named by no marker
     client = s3server.client()
     bucket = s3url[0].split('/')[2]
-    states = client.list_objects_v2(Bucket=bucket, Prefix=f'forml/{PROJECT}/0.1/states/')['Contents']
-    assert len(states) == 3 * RACERS
-    uncommitted = [
-        o['Key']
-        for o in states
-        if client.get_object_tagging(Bucket=bucket, Key=o['Key'])['TagSet']
+    stored = {
+        o['Key'] for o in client.list_objects_v2(Bucket=bucket, Prefix=f'forml/{PROJECT}/0.1/states/')['Contents']
+    }
+    marker = json.loads(client.get_object(Bucket=bucket, Key=f'forml/{PROJECT}/0.1/generations/1.json')['Body'].read())
+    named = set(layout.Layout('forml').stored(PROJECT, '0.1', marker))  # the winner's states, or its pack
+    assert named <= stored
+    # each loser left its 3 states, one object each, or one pack of them (if its close came within the linger)
+    assert RACERS - 1 <= len(stored - named) <= 3 * (RACERS - 1)
+    uncommitted = {
+        key
+        for key in stored
+        if client.get_object_tagging(Bucket=bucket, Key=key)['TagSet']
         == [{'Key': layout.UNCOMMITTED_TAG[0], 'Value': layout.UNCOMMITTED_TAG[1]}]
-    ]
-    assert len(uncommitted) == 3 * (RACERS - 1)
-    assert not any(sid in key for key in uncommitted for sid in winner['sids'])
+    }
+    assert uncommitted == stored - named
 
 
 def test_racing_pushes_of_one_version_have_exactly_one_winner(s3url, reader, tmp_path, package_factory):

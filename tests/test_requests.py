@@ -58,7 +58,8 @@ def test_listing_is_cached_in_process_and_invalidated_by_own_writes(s3server, s3
     assert lists(s3server) == 1  # own close invalidated the generations listing
 
 
-def test_immutable_objects_are_fetched_once_per_machine(s3server, s3registry, package_factory):
+def test_immutable_objects_are_fetched_once_per_machine(s3server, s3registry, package_factory, monkeypatch):
+    monkeypatch.setattr(packing, 'LINGER', 60.0)  # both states go into one pack however slow the machine is
     writer = s3registry(cache_dir=None)  # the trainer: its own cache
     writer.push(package_factory('0.1'))
     _, sids = commit(writer, 1, payloads=(b'x' * 5000, b'y' * 7000))
