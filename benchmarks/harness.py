@@ -203,7 +203,8 @@ class Harness:
         return MLFLOW_BUCKET if provider == 'mlflow' else f'bench-{provider}'
 
     def context(self, provider: str) -> providers.Context:
-        from forml_s3 import options, store, transfers
+        from forml_s3 import options, transfers
+        from forml_s3.storage import s3 as store
 
         return providers.Context(
             provider=provider,

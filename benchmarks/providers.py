@@ -20,7 +20,7 @@ client and connection (``warm``), and the ForML providers make the listing calls
 uses a level (``prime``): the clock measures the operation, not client construction.
 
 The floors (raw boto3, raw s3fs) do the same data reads and writes with no registry protocol: the same objects,
-the same part size and concurrency as forml-s3 (taken from :mod:`forml_s3.store` and :mod:`forml_s3.transfers`
+the same part size and concurrency as forml-s3 (taken from :mod:`forml_s3.storage.s3` and :mod:`forml_s3.transfers`
 by the harness), plus a small JSON object standing for each commit marker.
 """
 
@@ -407,9 +407,9 @@ class FormlS3(_Forml):
     def warm(self) -> None:
         """One HEAD through a separate store: it creates the s3fs client the registry then shares (fsspec caches
         file system instances per thread and options) without touching the registry's own listing caches."""
-        from forml_s3 import store
+        from forml_s3 import storage
 
-        store.Store(self.url, self.options).exists(f'{self.ctx.bucket}/warm-up')
+        storage.open_store(self.url, self.options).exists(f'{self.ctx.bucket}/warm-up')
 
     def setup_list(self) -> None:
         from forml_s3 import transfers

@@ -4,7 +4,7 @@ Package map:
     names     - validation of the names a user types before they become keys
     layout    - the one place that knows the key layout of a registry
     codec     - JSON encoding of markers and ForML generation tags
-    store     - the one place that talks to storage (fsspec, S3 specifics)
+    storage   - where bytes move: one store interface with capability flags, one class per backend
     cache     - local content-addressed cache of immutable objects
     registry  - ``forml.io.asset.Registry`` implementation (thin over layout + store)
     cli       - the ``forml-s3`` operator command line

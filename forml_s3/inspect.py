@@ -27,7 +27,7 @@ import typing
 from forml.io import asset
 
 from . import cache as cachemod
-from . import codec, layout, names, staging, store
+from . import codec, layout, names, staging, storage
 
 LOGGER = logging.getLogger(__name__)
 
@@ -195,13 +195,13 @@ def classify(lay: layout.Layout, path: str) -> tuple[Kind, str | None, str | Non
     return Kind.OTHER, None, None, None
 
 
-def listing(st: store.Store) -> list[tuple[str, int, float | None]]:
+def listing(st: storage.Store) -> list[tuple[str, int, float | None]]:
     """Every object under the store root: (path, size, last modified); one LIST a page of 1,000 on S3."""
     return [(path, entry.size, entry.modified) for path, entry in st.walk(st.root)]
 
 
 # snapshot ---------------------------------------------------------------------------------------------------
-def _read_marker(st: store.Store, path: str) -> tuple[dict[str, typing.Any] | None, str | None]:
+def _read_marker(st: storage.Store, path: str) -> tuple[dict[str, typing.Any] | None, str | None]:
     try:
         return codec.loads(st.read(path), st.uri(path)), None
     except FileNotFoundError:
@@ -210,7 +210,7 @@ def _read_marker(st: store.Store, path: str) -> tuple[dict[str, typing.Any] | No
         return None, str(err)
 
 
-def snapshot(st: store.Store) -> Snapshot:
+def snapshot(st: storage.Store) -> Snapshot:
     """List the registry at ``st`` and read all its release, generation and retired markers."""
     lay = layout.Layout(st.root)
     objects: dict[str, Object] = {}
@@ -368,7 +368,7 @@ class Problem:
     message: str
 
 
-def _sha256(st: store.Store, path: str, size: int) -> str:
+def _sha256(st: storage.Store, path: str, size: int) -> str:
     if size <= HASH_IN_MEMORY:
         return hashlib.sha256(st.read(path)).hexdigest()
     with tempfile.TemporaryDirectory(prefix='forml-s3-verify-') as temp:
@@ -377,7 +377,7 @@ def _sha256(st: store.Store, path: str, size: int) -> str:
         return cachemod.sha256_of(target)[1]
 
 
-def expected(st: store.Store, snap: Snapshot) -> list[tuple[str, int, str, str]]:
+def expected(st: storage.Store, snap: Snapshot) -> list[tuple[str, int, str, str]]:
     """(path, size, sha256, what) of every object a live marker names (retired generations may be expiring)."""
     lay = layout.Layout(st.root)
     expected = []
@@ -398,7 +398,7 @@ def expected(st: store.Store, snap: Snapshot) -> list[tuple[str, int, str, str]]
 
 
 def verify(
-    st: store.Store,
+    st: storage.Store,
     *,
     checksums: bool = True,
     orphans: bool = True,
@@ -568,7 +568,7 @@ def candidates(snap: Snapshot, older_than: datetime.timedelta, now: float | None
 
 
 def collect(
-    st: store.Store,
+    st: storage.Store,
     older_than: datetime.timedelta,
     *,
     dry_run: bool = False,
@@ -596,6 +596,10 @@ def collect(
     return doomed
 
 
-def store_for(url: str, storage_options: typing.Mapping[str, typing.Any] | None = None) -> store.Store:
-    """The store of a registry URL (a plain path is a local directory)."""
-    return store.Store(os.fspath(url), storage_options)
+def store_for(url: str, storage_options: typing.Mapping[str, typing.Any] | None = None) -> storage.Store:
+    """The store of a registry URL (on the command line, an absolute or ``./``-relative path is a local directory;
+    any other name without a scheme is refused, as ``bucket/prefix`` most likely meant a bucket)."""
+    url = os.fspath(url)
+    if '://' not in url and (os.path.isabs(url) or url.startswith(('.', '~'))):
+        url = pathlib.Path(url).expanduser().resolve().as_uri()
+    return storage.open_store(url, storage_options)

@@ -14,7 +14,7 @@ import forml
 from forml import application as appmod
 from forml.io import asset
 
-from . import layout, names, store
+from . import layout, names, storage
 
 LOGGER = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class Inventory(asset.Inventory, alias='s3'):
     """
 
     def __init__(self, url: str, storage_options: typing.Mapping[str, typing.Any] | None = None):
-        self._store: store.Store = store.Store(url, storage_options)
+        self._store: storage.Store = storage.open_store(url, storage_options)
         self._layout: layout.InventoryLayout = layout.InventoryLayout(self._store.root)
 
     def __repr__(self):

@@ -28,7 +28,7 @@ import typing
 
 import forml
 
-from . import layout, store, transfers
+from . import layout, storage, transfers
 
 LOGGER = logging.getLogger(__name__)
 
@@ -85,14 +85,14 @@ class Policy:
             )
 
 
-def scope(st: store.Store) -> str:
+def scope(st: storage.Store) -> str:
     """The key prefix of the registry in its bucket (``forml/``; empty for a registry at the bucket's root)."""
     _ = st.bucket  # S3 only
     key = st.root.partition('/')[2]
     return f'{key}/' if key else ''
 
 
-def id_prefix(st: store.Store) -> str:
+def id_prefix(st: storage.Store) -> str:
     """The start of the IDs of every rule forml-s3 owns for this registry."""
     prefix = scope(st)
     ident = f'{OWNER}:{prefix}:'
@@ -108,7 +108,7 @@ def _filter(prefix: str, tag: tuple[str, str] | None = None) -> dict[str, typing
     return {'And': {'Prefix': prefix, 'Tags': [tagged]}} if prefix else {'Tag': tagged}
 
 
-def plan(st: store.Store, policy: Policy) -> list[dict[str, typing.Any]]:
+def plan(st: storage.Store, policy: Policy) -> list[dict[str, typing.Any]]:
     """The rules forml-s3 recommends for the registry at ``st``, as ``PutBucketLifecycleConfiguration`` takes
     them."""
     prefix, ident = scope(st), id_prefix(st)
@@ -134,14 +134,14 @@ def plan(st: store.Store, policy: Policy) -> list[dict[str, typing.Any]]:
     return rules
 
 
-def owned(rule: typing.Mapping[str, typing.Any], st: store.Store | None = None) -> bool:
+def owned(rule: typing.Mapping[str, typing.Any], st: storage.Store | None = None) -> bool:
     """Whether forml-s3 owns the rule: for the registry at ``st``, or for any registry in the bucket."""
     ident = str(rule.get('ID') or '')
     return ident.startswith(id_prefix(st)) if st is not None else ident.startswith(f'{OWNER}:')
 
 
 def merge(
-    current: list[dict[str, typing.Any]], planned: list[dict[str, typing.Any]], st: store.Store
+    current: list[dict[str, typing.Any]], planned: list[dict[str, typing.Any]], st: storage.Store
 ) -> list[dict[str, typing.Any]]:
     """The bucket's rules with this registry's forml-s3 rules replaced by ``planned`` (others kept, in order)."""
     return [r for r in current if not owned(r, st)] + list(planned)
@@ -270,7 +270,7 @@ def _timestamp(value: typing.Any) -> datetime.datetime:
 
 
 def preview(
-    st: store.Store,
+    st: storage.Store,
     rules: list[dict[str, typing.Any]],
     at: datetime.datetime | None = None,
 ) -> list[Effect]:
@@ -304,9 +304,9 @@ def preview(
 
 def _effect(
     rule: dict[str, typing.Any],
-    st: store.Store,
+    st: storage.Store,
     at: datetime.datetime,
-    objects: list[tuple[str, store.Entry]],
+    objects: list[tuple[str, storage.Entry]],
     tags: dict[str, dict[str, str]],
     versions: list[dict[str, typing.Any]],
     uploads: list[dict[str, typing.Any]],

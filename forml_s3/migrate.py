@@ -4,7 +4,7 @@ Both sides are driven through ForML's ``asset.Registry`` API - ForML's own posix
 directory, :class:`forml_s3.registry.Registry` for any forml-s3 URL - so the copy stores exactly what ForML
 itself would: releases are pushed, states written and generations closed under their original numbers with
 their original tags. Where the API would move bytes just to compare, a forml-s3 side answers from its markers
-(read through :mod:`forml_s3.store` at keys from :mod:`forml_s3.layout`): a second copy reads markers and
+(read through :mod:`forml_s3.storage` at keys from :mod:`forml_s3.layout`): a second copy reads markers and
 local files only and transfers no package or state.
 
 The copy is resumable: a release or generation already at the destination with the same content (package
@@ -31,7 +31,7 @@ import forml
 from forml.io import asset
 
 from . import cache as cachemod
-from . import codec, layout, names, store
+from . import codec, layout, names, storage
 
 if typing.TYPE_CHECKING:
     from forml import project as prj
@@ -127,7 +127,7 @@ class S3Side(Side):
     def __init__(self, url: str, storage_options: typing.Mapping[str, typing.Any] | None, workdir: pathlib.Path):
         from .registry import Registry  # noqa: PLC0415
 
-        self.store = store.Store(url, storage_options)
+        self.store = storage.open_store(url, storage_options)
         super().__init__(self.store.url)
         self.layout = layout.Layout(self.store.root)
         self.registry = Registry(

@@ -1,6 +1,6 @@
 """ForML model registry provider over object storage: ``forml.io.asset.Registry`` on any fsspec URL.
 
-Thin over :mod:`forml_s3.layout` (where keys are made) and :mod:`forml_s3.store` (where bytes move). What it
+Thin over :mod:`forml_s3.layout` (where keys are made) and :mod:`forml_s3.storage` (where bytes move). What it
 adds is the commit protocol: a release or generation becomes visible only when its marker is created,
 exclusively, after everything the marker names is stored - so listings show whole releases and generations
 or nothing, and of two writers racing for the same one exactly one wins.
@@ -27,7 +27,7 @@ from forml import setup
 from forml.io import asset
 
 from . import cache as cachemod
-from . import codec, layout, names, packing, staging, store, transfers
+from . import codec, layout, names, packing, staging, storage, transfers
 
 LOGGER = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class Registry(asset.Registry, alias='s3'):
         pack_states: bool = True,
         keep_generations: int | None = None,
     ):
-        self._store: store.Store = store.Store(url, storage_options)
+        self._store: storage.Store = storage.open_store(url, storage_options)
         self._layout: layout.Layout = layout.Layout(self._store.root)
         self._cache: cachemod.BlobCache = cachemod.BlobCache(cache_dir, cache_size)
         super().__init__(staging or self._cache.root / 'staging')
@@ -103,7 +103,7 @@ class Registry(asset.Registry, alias='s3'):
     def _init_volatile(self) -> None:
         """Per-process state: listing cache and marker memo (never pickled)."""
         self._lock = threading.Lock()
-        self._listings: dict[str, tuple[float, dict[str, store.Entry]]] = {}
+        self._listings: dict[str, tuple[float, dict[str, storage.Entry]]] = {}
         self._markers: dict[tuple[str, str], dict[str, typing.Any]] = {}
 
     def __getstate__(self):
@@ -134,7 +134,7 @@ class Registry(asset.Registry, alias='s3'):
         return self._store.url
 
     # listings -------------------------------------------------------------------------------------------
-    def _list(self, prefix: str, fresh: bool = False) -> dict[str, store.Entry]:
+    def _list(self, prefix: str, fresh: bool = False) -> dict[str, storage.Entry]:
         """Markers under ``prefix`` by level name: one LIST per page, reused for ``listing_ttl`` seconds."""
         now = time.monotonic()
         with self._lock:
@@ -175,7 +175,7 @@ class Registry(asset.Registry, alias='s3'):
         return self._keys(self._list(self._layout.generations(project, release)), names.generation)
 
     # markers --------------------------------------------------------------------------------------------
-    def _marker(self, key: str, entry: store.Entry) -> dict[str, typing.Any]:
+    def _marker(self, key: str, entry: storage.Entry) -> dict[str, typing.Any]:
         """A marker by key and version: from memory, else the local cache, else one GET (then cached)."""
         with self._lock:
             memo = self._markers.get((key, entry.version))
@@ -197,7 +197,7 @@ class Registry(asset.Registry, alias='s3'):
             self._markers[(key, entry.version)] = marker
         return marker
 
-    def _entry(self, prefix: str, name: str) -> store.Entry | None:
+    def _entry(self, prefix: str, name: str) -> storage.Entry | None:
         """The listing entry of one marker: from the cached listing, else a fresh one (it may be new)."""
         return self._list(prefix).get(name) or self._list(prefix, fresh=True).get(name)
 
@@ -584,7 +584,7 @@ class Registry(asset.Registry, alias='s3'):
 
     # tags -----------------------------------------------------------------------------------------------
     def _uncommitted(self) -> dict[str, str] | None:
-        return UNCOMMITTED if self._tag_uncommitted and self._store.is_s3 else None
+        return UNCOMMITTED if self._tag_uncommitted and self._store.object_tags else None
 
     def _commit_tags(self, keys: list[str]) -> None:
         """Clear the uncommitted tag of objects about to be committed (in parallel)."""

@@ -23,13 +23,13 @@ import typing
 import forml
 from forml.io import asset
 
-from . import codec, layout, names, store, transfers
+from . import codec, layout, names, storage, transfers
 
 LOGGER = logging.getLogger(__name__)
 
 RETIRED = dict([layout.RETIRED_TAG])
 
-MarkerReader = typing.Callable[[str, store.Entry], dict[str, typing.Any]]
+MarkerReader = typing.Callable[[str, storage.Entry], dict[str, typing.Any]]
 """Reads the marker at a key given its listing entry (lets a registry serve it from its cache)."""
 
 
@@ -44,7 +44,7 @@ class Plan:
     retired: list[int]
 
 
-def _numbers(st: store.Store, prefix: str) -> dict[int, store.Entry]:
+def _numbers(st: storage.Store, prefix: str) -> dict[int, storage.Entry]:
     """Live markers under ``prefix`` by generation number (one LIST a page; tombstones skipped)."""
     entries = {e.name: e for e in st.listdir(prefix)}
     found = {}
@@ -54,14 +54,14 @@ def _numbers(st: store.Store, prefix: str) -> dict[int, store.Entry]:
     return found
 
 
-def plan(st: store.Store, lay: layout.Layout, project: str, release: str, keep: int) -> Plan:
+def plan(st: storage.Store, lay: layout.Layout, project: str, release: str, keep: int) -> Plan:
     """Which generations of a release retiring all but the newest ``keep`` would retire (two LISTs)."""
     return _plan(st, lay, project, release, keep)[0]
 
 
 def _plan(
-    st: store.Store, lay: layout.Layout, project: str, release: str, keep: int
-) -> tuple[Plan, dict[int, store.Entry]]:
+    st: storage.Store, lay: layout.Layout, project: str, release: str, keep: int
+) -> tuple[Plan, dict[int, storage.Entry]]:
     """The plan and the listing entries of the live generation markers it was made from."""
     if keep < 1:
         raise forml.InvalidError(f'keep must be at least 1, not {keep}: the newest generation is always kept')
@@ -74,7 +74,7 @@ def _plan(
 
 
 def retire(
-    st: store.Store,
+    st: storage.Store,
     lay: layout.Layout,
     project: str,
     release: str,
@@ -103,7 +103,7 @@ def retire(
         )
     )
     shared = {key for g in todo.kept for key in _stored(lay, project, release, markers[g])}
-    tags = RETIRED if st.is_s3 else None
+    tags = RETIRED if st.object_tags else None
     for generation in todo.retired:
         marker = markers[generation]
         retired = {**marker, 'retired': codec.now(), 'retired_by': codec.writer()}
@@ -125,12 +125,12 @@ def _stored(lay: layout.Layout, project: str, release: str, marker: typing.Mappi
 
 
 # pins -------------------------------------------------------------------------------------------------------
-def pins(st: store.Store, lay: layout.Layout, project: str, release: str) -> list[int]:
+def pins(st: storage.Store, lay: layout.Layout, project: str, release: str) -> list[int]:
     """The pinned generation numbers of a release (one LIST)."""
     return sorted(_numbers(st, lay.pinned(project, release)))
 
 
-def pin(st: store.Store, lay: layout.Layout, project: str, release: str, generation: int, note: str = '') -> None:
+def pin(st: storage.Store, lay: layout.Layout, project: str, release: str, generation: int, note: str = '') -> None:
     """Pin a live generation so it is never retired (idempotent).
 
     Raises ``forml.MissingError`` if the generation is not live: retired already, or never committed. The check
@@ -151,7 +151,7 @@ def pin(st: store.Store, lay: layout.Layout, project: str, release: str, generat
     _require_live(st, lay, project, release, generation, meanwhile=True)
 
 
-def unpin(st: store.Store, lay: layout.Layout, project: str, release: str, generation: int) -> bool:
+def unpin(st: storage.Store, lay: layout.Layout, project: str, release: str, generation: int) -> bool:
     """Remove a pin; returns whether there was one."""
     project, release = str(names.project(project)), str(names.release(release))
     generation = int(names.generation(generation))
@@ -163,7 +163,7 @@ def unpin(st: store.Store, lay: layout.Layout, project: str, release: str, gener
 
 
 def _require_live(
-    st: store.Store, lay: layout.Layout, project: str, release: str, generation: int, meanwhile: bool = False
+    st: storage.Store, lay: layout.Layout, project: str, release: str, generation: int, meanwhile: bool = False
 ) -> None:
     if generation in _numbers(st, lay.generations(project, release)):
         return
@@ -176,7 +176,7 @@ def _require_live(
 
 
 def releases(
-    st: store.Store, lay: layout.Layout, project: str | None = None, release: str | None = None
+    st: storage.Store, lay: layout.Layout, project: str | None = None, release: str | None = None
 ) -> list[tuple[str, str]]:
     """The (project, release) pairs a retire run covers: all, one project's, or one release (LISTs only)."""
     if release is not None and project is None:
@@ -194,7 +194,7 @@ def releases(
     return found
 
 
-def _valid(entries: typing.Iterable[store.Entry], key: typing.Callable[[str], typing.Any]) -> list[typing.Any]:
+def _valid(entries: typing.Iterable[storage.Entry], key: typing.Callable[[str], typing.Any]) -> list[typing.Any]:
     """The level keys of live markers among listed entries (foreign names are skipped, as the registry does)."""
     found = []
     for name in layout.Layout.marker_names({e.name: e.size for e in entries}):

@@ -8,7 +8,8 @@ import pathlib
 
 import pytest
 
-from forml_s3 import store as storemod
+from forml_s3 import storage
+from forml_s3.storage import s3 as storemod
 
 SIZE = storemod.MULTIPART_FROM + storemod.PART_SIZE // 2 + 7  # three parts, the last one short and odd
 
@@ -20,7 +21,7 @@ def payload() -> bytes:
 
 @pytest.mark.parametrize('source', ['bytes', 'file'])
 def test_a_multipart_upload_round_trips_with_part_checksums(embedded_server, bucket, tmp_path, payload, source):
-    st = storemod.Store(f's3://{bucket}/mp', embedded_server.storage_options())
+    st = storage.open_store(f's3://{bucket}/mp', embedded_server.storage_options())
     data: bytes | pathlib.Path = payload
     if source == 'file':
         data = tmp_path / 'state.bin'
@@ -41,7 +42,7 @@ def test_a_multipart_upload_round_trips_with_part_checksums(embedded_server, buc
 
 def test_no_part_checksums_when_the_client_checksums_only_when_required(embedded_server, bucket, tmp_path, payload):
     options = embedded_server.storage_options(config_kwargs={'request_checksum_calculation': 'when_required'})
-    st = storemod.Store(f's3://{bucket}/mp', options)
+    st = storage.open_store(f's3://{bucket}/mp', options)
     st.write(f'{bucket}/mp/state.bin', payload)
     head = embedded_server.client().head_object(Bucket=bucket, Key='mp/state.bin', ChecksumMode='ENABLED')
     assert 'ChecksumCRC32' not in head

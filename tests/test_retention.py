@@ -141,7 +141,7 @@ def test_policy_validates_in_the_library_too():
 
 def test_lifecycle_off_s3_is_a_clear_error(tmp_path):
     result = run_cli('lifecycle', 'apply', f'file://{tmp_path}/registry')
-    assert result.exit_code == 2 and 'is not on S3: lifecycle rules and object tags are S3 features' in result.output
+    assert result.exit_code == 2 and 'has no bucket lifecycle rules forml-s3 can manage (file store' in result.output
 
 
 def test_missing_bucket_is_a_clear_error(s3server):

@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from forml_s3 import store
+from forml_s3 import storage
 from forml_s3.registry import Registry
 
 from .helpers import PROJECT, commit
@@ -65,7 +65,7 @@ def test_credentials_never_reach_reprs_errors_or_logs(s3server, bucket, tmp_path
 
 def test_a_url_with_credentials_is_refused(tmp_path):
     with pytest.raises(Exception, match='Credentials in the registry URL are not supported') as refused:
-        store.Store('s3://AKIAEXAMPLE:secret-in-url@bucket/forml')
+        storage.open_store('s3://AKIAEXAMPLE:secret-in-url@bucket/forml')
     assert 'secret-in-url' not in str(refused.value)
 
 

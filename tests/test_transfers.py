@@ -7,8 +7,9 @@ import uuid
 import forml
 import pytest
 
-from forml_s3 import store, transfers
+from forml_s3 import transfers
 from forml_s3.registry import Registry
+from forml_s3.storage import s3 as s3store
 
 from .helpers import PROJECT, tag
 
@@ -27,7 +28,7 @@ def test_large_state_uploads_in_parts_and_downloads_in_ranges(counted, s3server,
     key = f'/{bucket}/forml/{PROJECT}/0.1/states/{sid}.bin'
     parts = [r for r in counted.requests if r.method == 'PUT' and r.path == key and 'partNumber=' in r.query]
     assert len(parts) == 3 and sum(r.bytes_in for r in parts) == size
-    assert max(r.bytes_in for r in parts) == store.PART_SIZE
+    assert max(r.bytes_in for r in parts) == s3store.PART_SIZE
     assert counted.count(method='POST', path_prefix=key, query_contains='uploads') == 1  # create the upload
     assert counted.count(method='POST', path_prefix=key, query_contains='uploadId') == 1  # complete it
 

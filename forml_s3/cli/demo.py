@@ -66,7 +66,7 @@ class Demo:
 
     def __init__(self, workdir: pathlib.Path, storage_options: dict[str, typing.Any], verbose: bool = False):
         from forml_s3 import demo as project
-        from forml_s3 import registry, store
+        from forml_s3 import registry, storage
 
         self.project = project
         self.workdir = workdir
@@ -92,7 +92,7 @@ class Demo:
         self.registry = registry.Registry(
             self.registry_url, storage_options=storage_options, cache_dir=workdir / 'check-cache', listing_ttl=0
         )
-        self.store = store.Store(f's3://{BUCKET}', storage_options)
+        self.store = storage.open_store(f's3://{BUCKET}', storage_options)
 
     def run(self, serve: bool = True) -> None:
         name = self.project.PROJECT

@@ -1,40 +1,27 @@
-"""The one place that talks to storage: a narrow store interface over fsspec, with S3 specifics.
+"""Amazon S3 and S3-compatible servers (s3fs/aiobotocore): exclusive create by ``If-None-Match: *``, object tags,
+bucket lifecycle rules, SSE, multipart uploads with a sliding window and ranged parallel downloads.
 
-Operations (paths are full fsspec paths without protocol, e.g. ``bucket/forml/p/releases/1.json``):
-
-* ``listdir`` - the objects directly under a prefix (one delimiter LIST request per 1,000 entries on S3);
-* ``read`` / ``download`` - whole objects (large S3 objects in parallel ranged GETs straight to disk);
-* ``write`` - an object, whole or not at all (S3 PUT / parallel multipart; local temp file + rename),
-  optionally carrying S3 object tags and user metadata set in the same request;
-* ``create`` - exclusive create: S3 ``If-None-Match: *``, ``O_EXCL``-like hard link on local disks, a lock
-  in memory; raises ``FileExistsError`` when the object exists (any HTTP 412 counts, see DESIGN pitfalls);
-* ``set_tags`` / ``head`` / ``delete``.
-
-Errors that the user must act on are translated here, once: a missing bucket raises ``forml.MissingError``,
-denied access ``forml.InvalidError``; both name the URL and say what to check. ``FileNotFoundError`` for a
-missing key and ``FileExistsError`` for a lost exclusive create pass through for callers to interpret.
+Any HTTP 412 on a conditional create counts as "exists" (several S3-compatible servers omit ``<Condition>`` from
+the error, so s3fs raises ``OSError(EINVAL)`` there, not ``FileExistsError``): translated once, in
+:meth:`S3Store._translate`.
 """
 
+import asyncio
 import base64
 import contextlib
-import dataclasses
-import datetime
 import errno
 import io
 import logging
 import os
 import pathlib
-import shutil
-import tempfile
-import threading
 import typing
 import urllib.parse
-import uuid
 import zlib
 
 import forml
 
-from . import options as optmod
+from .. import options as optmod
+from . import base
 
 if typing.TYPE_CHECKING:
     import fsspec
@@ -42,7 +29,7 @@ if typing.TYPE_CHECKING:
 LOGGER = logging.getLogger(__name__)
 
 PART_SIZE = 16 * 2**20
-"""Multipart part size and ranged-GET size on S3 (see :data:`MULTIPART_FROM`; larger downloads are ranged)."""
+"""Multipart part size and ranged-GET size (see :data:`MULTIPART_FROM`; larger downloads are ranged)."""
 MULTIPART_FROM = 2 * PART_SIZE
 """Objects from this size up are uploaded in parts (smaller ones in one PUT)."""
 PART_CONCURRENCY = 8
@@ -54,151 +41,62 @@ _CRC_CHUNK = 2**20
 _NEXT_LIST = {'NextContinuationToken': 'ContinuationToken'}
 """How ListObjectsV2 asks for its next page."""
 
-_MEMORY_LOCK = threading.Lock()
-"""Serialises exclusive creates on the (process-global) ``memory://`` file system."""
 
+class S3Store(base.Store):
+    """A registry root on S3: ``s3://bucket[/prefix]`` (``s3a://`` accepted)."""
 
-@dataclasses.dataclass(frozen=True)
-class Entry:
-    """One object of a listing."""
+    protocol = 's3'
+    exclusive_create = True
+    object_tags = True
+    user_metadata = True
+    lifecycle = True
+    multipart = True
 
-    name: str
-    """Basename of the object."""
-    size: int
-    version: str
-    """Identity of this version of the object (S3 ETag; size and mtime elsewhere): a cache key part."""
-    modified: float | None = None
-    """Last modification, seconds since the epoch (from the same listing; ``None`` where the store has none)."""
+    def _connect(self) -> 'fsspec.AbstractFileSystem':
+        import fsspec  # noqa: PLC0415 - lazy: keeps `forml-s3 --help` and provider loading fast
 
+        kwargs = optmod.s3_kwargs(self._options)
+        retries = optmod.s3fs_retries(self._options)
+        if retries is not None:
+            kwargs['skip_instance_cache'] = True  # the attribute is set on this instance only
+        LOGGER.debug('Connecting to %s with storage options %s', self.url, optmod.redacted(kwargs))
+        fs = fsspec.filesystem('s3', **kwargs)
+        if retries is not None:
+            fs.retries = retries
+        return fs
 
-class Store:
-    """Storage at one fsspec URL with the options that configure its file system.
-
-    The file system is created lazily and is not pickled, so a store (and the providers holding it)
-    travels into Dask tasks and gateway processes cheaply and reconnects there.
-    """
-
-    def __init__(self, url: str, storage_options: typing.Mapping[str, typing.Any] | None = None):
-        parsed = urllib.parse.urlsplit(url)
-        if not parsed.scheme or parsed.scheme == 'file':
-            protocol = 'file'
-            root = os.path.abspath(os.path.expanduser(parsed.path if parsed.scheme else url))
-        else:
-            protocol = parsed.scheme
-            if parsed.username or parsed.password:
-                raise forml.InvalidError(
-                    'Credentials in the registry URL are not supported: use storage_options or the AWS chain'
-                )
-            root = (parsed.netloc + parsed.path).rstrip('/')
-        if protocol in ('s3', 's3a'):
-            protocol = 's3'
-            if not parsed.netloc:
-                raise forml.InvalidError(f'Invalid S3 URL {url!r}: expected s3://bucket[/prefix]')
-        self.protocol: str = protocol
-        self.root: str = root.rstrip('/') if protocol != 'file' else root
-        self._options: dict[str, typing.Any] = dict(storage_options or {})
-        self._fs: fsspec.AbstractFileSystem | None = None
-        self._pid: int = os.getpid()
-
-    # identity and pickling --------------------------------------------------------------------------
-    @property
-    def url(self) -> str:
-        """The store root as a URL (never carries credentials)."""
-        return f'{self.protocol}://{self.root}'
-
-    def __repr__(self):
-        return f'Store({self.url})'
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state['_fs'] = None
-        return state
-
-    @property
-    def is_s3(self) -> bool:
-        return self.protocol == 's3'
-
-    @property
-    def is_local(self) -> bool:
-        return self.protocol == 'file'
-
-    @property
-    def fs(self) -> 'fsspec.AbstractFileSystem':
-        """The fsspec file system (created on first use, and anew in a forked child)."""
-        if self._fs is None or self._pid != os.getpid():
-            import fsspec  # noqa: PLC0415 - lazy: keeps `forml-s3 --help` and provider loading fast
-
-            kwargs = optmod.s3_kwargs(self._options) if self.is_s3 else dict(self._options)
-            retries = optmod.s3fs_retries(self._options) if self.is_s3 else None
-            if retries is not None:
-                kwargs['skip_instance_cache'] = True  # the attribute is set on this instance only
-            LOGGER.debug('Connecting to %s with storage options %s', self.url, optmod.redacted(kwargs))
-            self._fs = fsspec.filesystem(self.protocol, **kwargs)
-            if retries is not None:
-                self._fs.retries = retries
-            self._pid = os.getpid()
-        return self._fs
-
-    def uri(self, path: str) -> str:
-        """The URL of a path (for messages)."""
-        return f'{self.protocol}://{path}'
+    denied_hint = (
+        'check the credentials (AWS_PROFILE, AWS_ACCESS_KEY_ID or storage_options key/secret) and the bucket policy'
+    )
 
     def _bucket_key(self, path: str) -> tuple[str, str]:
         bucket, _, key = path.partition('/')
         return bucket, key
 
     # error translation ------------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _boundary(self, action: str, path: str) -> typing.Iterator[None]:
-        """Translate the errors a user must act on into ForML errors naming the URL."""
-        try:
-            yield
-        except PermissionError as err:
-            raise forml.InvalidError(
-                f'Access denied while trying to {action} {self.uri(path)}: check the credentials (AWS_PROFILE, '
-                f'AWS_ACCESS_KEY_ID or storage_options key/secret) and the bucket policy ({_code(err) or err})'
-            ) from None
-        except FileNotFoundError as err:
+    def _reason(self, err: BaseException) -> str:
+        return _code(err) or str(err)
+
+    def _translate(self, err: Exception, action: str, path: str) -> BaseException | None:
+        if isinstance(err, FileNotFoundError):
             if _code(err) == 'NoSuchBucket':
-                raise forml.MissingError(
+                return forml.MissingError(
                     f'Bucket {path.partition("/")[0]!r} does not exist (while trying to {action} {self.uri(path)}): '
                     'create it or fix the url in the config section'
-                ) from None
-            raise
-        except (FileExistsError, IsADirectoryError, NotADirectoryError):
-            raise
-        except Exception as err:
-            if not isinstance(err, OSError) and not _is_transport_error(err):
-                raise
-            if self.is_s3 and (_code(err) == 'PreconditionFailed' or 'Precondition' in str(err)):
-                # any 412 on a conditional create means "exists": some S3-compatible servers omit <Condition>
-                raise FileExistsError(errno.EEXIST, f'{self.uri(path)} exists') from err
-            if self.is_s3:
-                raise forml.FailedError(
-                    f'Could not {action} {self.uri(path)}, retries exhausted ({_code(err) or err}): the registry is '
-                    'unchanged by this step; check the endpoint and try again (storage_options max_attempts and '
-                    'retry_mode set the retries)'
-                ) from err
-            raise
+                )
+            return None
+        if not isinstance(err, OSError) and not _is_transport_error(err):
+            return None
+        if _code(err) == 'PreconditionFailed' or 'Precondition' in str(err):
+            # any 412 on a conditional create means "exists": some S3-compatible servers omit <Condition>
+            return FileExistsError(errno.EEXIST, f'{self.uri(path)} exists')
+        return forml.FailedError(
+            f'Could not {action} {self.uri(path)}, retries exhausted ({_code(err) or err}): the registry is '
+            'unchanged by this step; check the endpoint and try again (storage_options max_attempts and '
+            'retry_mode set the retries)'
+        )
 
     # listing ------------------------------------------------------------------------------------------
-    def listdir(self, prefix: str) -> list[Entry]:
-        """The objects directly under ``prefix`` (a missing prefix lists empty; a missing bucket raises)."""
-        with self._boundary('list', prefix):
-            if self.is_s3:
-                return self._s3_listdir(prefix)
-            if self.is_local:
-                return _local_listdir(prefix)
-            try:
-                found = self.fs.ls(prefix, detail=True)
-            except FileNotFoundError:
-                return []
-            return [
-                Entry(e['name'].rstrip('/').rsplit('/', 1)[-1], int(e.get('size') or 0), _version_of(e), _modified(e))
-                for e in found
-                if e.get('type') == 'file'
-            ]
-
     def _pages(self, method: str, follow: typing.Mapping[str, str], **params: typing.Any) -> typing.Iterator[dict]:
         """Every page of a paginated S3 listing (one request a page of up to 1,000 entries); ``follow`` maps the
         response fields naming the next page to the request parameters that ask for it."""
@@ -210,66 +108,83 @@ class Store:
                 return
             after = {request: page[response] for response, request in follow.items()}
 
-    def _s3_listdir(self, prefix: str) -> list[Entry]:
-        bucket, key = self._bucket_key(prefix)
-        key = f'{key}/' if key else ''
-        return [
-            Entry(o['Key'][len(key) :], int(o['Size']), o.get('ETag', '').strip('"'), _modified(o))
-            for page in self._pages('list_objects_v2', _NEXT_LIST, Bucket=bucket, Prefix=key, Delimiter='/')
-            for o in page.get('Contents', ())
-            if o['Key'] != key
-        ]
-
-    def walk(self, prefix: str) -> typing.Iterator[tuple[str, Entry]]:
-        """Every object below ``prefix`` (recursive), as (path, entry); for operator tools, not for ForML calls."""
+    def listdir(self, prefix: str) -> list[base.Entry]:
         with self._boundary('list', prefix):
-            if self.is_s3:
-                bucket, key = self._bucket_key(prefix)
-                key = f'{key}/' if key else ''
-                for page in self._pages('list_objects_v2', _NEXT_LIST, Bucket=bucket, Prefix=key):
-                    for obj in page.get('Contents', ()):
-                        path = f'{bucket}/{obj["Key"]}'
-                        entry = Entry(path.rsplit('/', 1)[-1], int(obj['Size']), obj.get('ETag', '').strip('"'),
-                                      _modified(obj))  # fmt: skip
-                        yield path, entry
-                return
-            try:
-                found = self.fs.find(prefix, detail=True)
-            except FileNotFoundError:
-                return
-            for path, info in found.items():
-                path = path if self.is_local or not path.startswith('/') else path.lstrip('/')
-                if self.is_local and path.rsplit('/', 1)[-1].startswith('.tmp-'):
-                    continue  # a local write in progress
-                yield (
-                    path,
-                    Entry(path.rsplit('/', 1)[-1], int(info.get('size') or 0), _version_of(info), _modified(info)),
-                )
+            bucket, key = self._bucket_key(prefix)
+            key = f'{key}/' if key else ''
+            return [
+                _entry(o, o['Key'][len(key) :])
+                for page in self._pages('list_objects_v2', _NEXT_LIST, Bucket=bucket, Prefix=key, Delimiter='/')
+                for o in page.get('Contents', ())
+                if o['Key'] != key
+            ]
+
+    def walk(self, prefix: str) -> typing.Iterator[tuple[str, base.Entry]]:
+        with self._boundary('list', prefix):
+            bucket, key = self._bucket_key(prefix)
+            key = f'{key}/' if key else ''
+            for page in self._pages('list_objects_v2', _NEXT_LIST, Bucket=bucket, Prefix=key):
+                for obj in page.get('Contents', ()):
+                    path = f'{bucket}/{obj["Key"]}'
+                    yield path, _entry(obj, path.rsplit('/', 1)[-1])
 
     # reading ------------------------------------------------------------------------------------------
     def read(self, path: str) -> bytes:
-        """The whole object (``FileNotFoundError`` if missing)."""
         with self._boundary('read', path):
-            if self.is_s3:
-                bucket, key = self._bucket_key(path)
-                response = self.fs.call_s3('get_object', Bucket=bucket, Key=key)
-                return _sync_read(self.fs, response['Body'])
-            return self.fs.cat_file(path)
+            bucket, key = self._bucket_key(path)
+            response = self.fs.call_s3('get_object', Bucket=bucket, Key=key)
+            return _sync_read(self.fs, response['Body'])
 
     def download(self, path: str, target: pathlib.Path, size: int | None = None) -> None:
         """Download the object to a local file.
 
-        On S3 an object of known ``size`` larger than :data:`PART_SIZE` comes in ranged GETs, up to
+        An object of known ``size`` larger than :data:`PART_SIZE` comes in ranged GETs, up to
         :data:`PART_CONCURRENCY` in flight, each written at its offset as it arrives (bounded memory). Without a
         size s3fs first opens a whole-object GET to learn it, which a large object pays for twice.
         """
         with self._boundary('download', path):
-            if self.is_s3 and size is not None and size > PART_SIZE:
+            if size is not None and size > PART_SIZE:
                 self._ranged_download(path, target, size)
-            elif self.is_s3:
-                self.fs.get_file(path, str(target), chunksize=PART_SIZE, max_concurrency=PART_CONCURRENCY)
             else:
-                self.fs.get_file(path, str(target))
+                self.fs.get_file(path, str(target), chunksize=PART_SIZE, max_concurrency=PART_CONCURRENCY)
+
+    def head(self, path: str) -> tuple[int, dict[str, str]]:
+        with self._boundary('inspect', path):
+            bucket, key = self._bucket_key(path)
+            response = self.fs.call_s3('head_object', Bucket=bucket, Key=key)
+            return int(response['ContentLength']), dict(response.get('Metadata') or {})
+
+    # writing ------------------------------------------------------------------------------------------
+    def write(
+        self,
+        path: str,
+        data: bytes | pathlib.Path,
+        *,
+        tags: typing.Mapping[str, str] | None = None,
+        metadata: typing.Mapping[str, str] | None = None,
+    ) -> None:
+        """Store the object whole or not at all: one PUT, or a multipart upload from :data:`MULTIPART_FROM` up;
+        ``tags`` and ``metadata`` travel in the same PUT (or CreateMultipartUpload)."""
+        with self._boundary('write', path):
+            extra: dict[str, typing.Any] = {}
+            if tags:
+                extra['Tagging'] = urllib.parse.urlencode(dict(tags))
+            if metadata:
+                extra['Metadata'] = dict(metadata)
+            size = data.stat().st_size if isinstance(data, pathlib.Path) else len(data)
+            if size >= MULTIPART_FROM:
+                self._multipart_upload(path, data, size, extra)
+            else:
+                self.fs.pipe_file(path, data.read_bytes() if isinstance(data, pathlib.Path) else data, **extra)
+
+    def create(self, path: str, data: bytes) -> None:
+        """Exclusive create by ``If-None-Match: *`` (any 412 means the object exists)."""
+        with self._boundary('create', path):
+            self.fs.pipe_file(path, data, mode='create')
+
+    def delete(self, path: str) -> None:
+        with self._boundary('delete', path), contextlib.suppress(FileNotFoundError):
+            self.fs.rm_file(path)
 
     def _multipart_upload(self, path: str, data: bytes | pathlib.Path, size: int, extra: dict[str, typing.Any]) -> None:
         """Upload in parts of :data:`PART_SIZE`, up to :data:`PART_CONCURRENCY` in flight, and never in batches (a slow
@@ -284,8 +199,6 @@ class Store:
         ``ChecksumAlgorithm='CRC32'`` and the completion names every part's checksum, as S3 requires then. Over
         HTTPS botocore streams the body unsigned with a trailing checksum computed as it sends; a checksum given
         up front would make it sign the whole body with SHA-256 on the event loop instead, so it is left alone."""
-        import asyncio  # noqa: PLC0415
-
         from fsspec.asyn import sync  # noqa: PLC0415
 
         bucket, key = self._bucket_key(path)
@@ -351,8 +264,6 @@ class Store:
                 sync(self.fs.loop, run, _Source(view=octets))
 
     def _ranged_download(self, path: str, target: pathlib.Path, size: int) -> None:
-        import asyncio  # noqa: PLC0415
-
         from fsspec.asyn import sync  # noqa: PLC0415
 
         bucket, key = self._bucket_key(path)
@@ -392,70 +303,8 @@ class Store:
 
         sync(self.fs.loop, run)
 
-    def head(self, path: str) -> tuple[int, dict[str, str]]:
-        """Size and user metadata of an object (``FileNotFoundError`` if missing)."""
-        with self._boundary('inspect', path):
-            if self.is_s3:
-                bucket, key = self._bucket_key(path)
-                response = self.fs.call_s3('head_object', Bucket=bucket, Key=key)
-                return int(response['ContentLength']), dict(response.get('Metadata') or {})
-            return int(self.fs.info(path)['size']), {}
-
-    def exists(self, path: str) -> bool:
-        try:
-            self.head(path)
-        except FileNotFoundError:
-            return False
-        return True
-
-    # writing ------------------------------------------------------------------------------------------
-    def write(
-        self,
-        path: str,
-        data: bytes | pathlib.Path,
-        *,
-        tags: typing.Mapping[str, str] | None = None,
-        metadata: typing.Mapping[str, str] | None = None,
-    ) -> None:
-        """Store the object whole or not at all (bytes, or a local file to upload); overwrites.
-
-        On S3, ``tags`` and ``metadata`` travel in the same PUT (or CreateMultipartUpload); elsewhere they are
-        not stored (no lifecycle there; integrity comes from the markers).
-        """
-        with self._boundary('write', path):
-            if self.is_s3:
-                extra: dict[str, typing.Any] = {}
-                if tags:
-                    extra['Tagging'] = urllib.parse.urlencode(dict(tags))
-                if metadata:
-                    extra['Metadata'] = dict(metadata)
-                size = data.stat().st_size if isinstance(data, pathlib.Path) else len(data)
-                if size >= MULTIPART_FROM:
-                    self._multipart_upload(path, data, size, extra)
-                else:
-                    self.fs.pipe_file(path, data.read_bytes() if isinstance(data, pathlib.Path) else data, **extra)
-            elif self.is_local:
-                _local_write(path, data, exclusive=False)
-            else:
-                self.fs.pipe_file(path, data.read_bytes() if isinstance(data, pathlib.Path) else data)
-
-    def create(self, path: str, data: bytes) -> None:
-        """Create the object exclusively: ``FileExistsError`` if it exists, and then nothing is written."""
-        with self._boundary('create', path):
-            if self.is_s3:
-                self.fs.pipe_file(path, data, mode='create')
-            elif self.is_local:
-                _local_write(path, data, exclusive=True)
-            else:
-                with _MEMORY_LOCK:
-                    if self.fs.exists(path):
-                        raise FileExistsError(errno.EEXIST, f'{self.uri(path)} exists')
-                    self.fs.pipe_file(path, data)
-
+    # object tags --------------------------------------------------------------------------------------
     def set_tags(self, path: str, tags: typing.Mapping[str, str]) -> None:
-        """Replace the object's S3 tags (an empty mapping clears them); a no-op off S3."""
-        if not self.is_s3:
-            return
         with self._boundary('tag', path):
             bucket, key = self._bucket_key(path)
             if not tags:  # DeleteObjectTagging: the canonical clear (moto 5.2 fails an empty PutObjectTagging)
@@ -469,30 +318,12 @@ class Store:
             )
 
     def get_tags(self, path: str) -> dict[str, str]:
-        """The object's S3 tags (empty off S3)."""
-        if not self.is_s3:
-            return {}
         with self._boundary('read tags of', path):
             bucket, key = self._bucket_key(path)
             response = self.fs.call_s3('get_object_tagging', Bucket=bucket, Key=key)
             return {t['Key']: t['Value'] for t in response.get('TagSet', ())}
 
-    def delete(self, path: str) -> None:
-        """Delete an object (missing is fine)."""
-        with self._boundary('delete', path), contextlib.suppress(FileNotFoundError):
-            self.fs.rm_file(path)
-
     # bucket-level S3 features (lifecycle and its preview) ----------------------------------------------------
-    @property
-    def bucket(self) -> str:
-        """The S3 bucket of the store (``forml.InvalidError`` off S3: these features exist only there)."""
-        if not self.is_s3:
-            raise forml.InvalidError(
-                f'{self.url} is not on S3: lifecycle rules and object tags are S3 features '
-                '(elsewhere, retiring only hides generations and `forml-s3 gc` deletes abandoned uploads)'
-            )
-        return self.root.partition('/')[0]
-
     def lifecycle_rules(self) -> list[dict[str, typing.Any]]:
         """The bucket's lifecycle rules as ``GetBucketLifecycleConfiguration`` returns them (none: empty)."""
         bucket = self.bucket
@@ -535,6 +366,11 @@ class Store:
                 found.extend(page.get('Versions') or ())
                 found.extend({**m, 'DeleteMarker': True} for m in page.get('DeleteMarkers') or ())
         return found
+
+
+def _entry(obj: typing.Mapping[str, typing.Any], name: str) -> base.Entry:
+    """A listing entry from a ListObjectsV2 ``Contents`` item."""
+    return base.Entry(name, int(obj['Size']), obj.get('ETag', '').strip('"'), base.modified(obj))
 
 
 class _Source:
@@ -661,24 +497,6 @@ def _is_transport_error(err: BaseException) -> bool:
     return type(err).__module__.split('.')[0] in ('botocore', 'aiobotocore', 'aiohttp')
 
 
-def _version_of(info: typing.Mapping[str, typing.Any]) -> str:
-    for field in ('ETag', 'mtime', 'created', 'LastModified'):
-        if info.get(field):
-            return f'{info.get("size")}-{info[field]}'
-    return str(info.get('size'))
-
-
-def _modified(info: typing.Mapping[str, typing.Any]) -> float | None:
-    """Modification time of a listing entry (S3 ``LastModified``; fsspec ``mtime``/``created``), epoch seconds."""
-    for field in ('LastModified', 'mtime', 'created'):
-        value = info.get(field)
-        if isinstance(value, datetime.datetime):
-            return (value if value.tzinfo else value.replace(tzinfo=datetime.UTC)).timestamp()
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-    return None
-
-
 def _sync_read(fs: 'fsspec.AbstractFileSystem', body: typing.Any) -> bytes:
     """Read an aiobotocore streaming body from sync code, on the file system's loop."""
     from fsspec.asyn import sync  # noqa: PLC0415
@@ -690,38 +508,3 @@ def _sync_read(fs: 'fsspec.AbstractFileSystem', body: typing.Any) -> bytes:
             body.close()
 
     return sync(fs.loop, _read)
-
-
-def _local_listdir(prefix: str) -> list[Entry]:
-    try:
-        with os.scandir(prefix) as found:
-            return [
-                Entry(e.name, (st := e.stat()).st_size, f'{st.st_size}-{st.st_mtime_ns}', st.st_mtime)
-                for e in found
-                if e.is_file() and not e.name.startswith('.tmp-')
-            ]
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-
-
-def _local_write(path: str, data: bytes | pathlib.Path, *, exclusive: bool) -> None:
-    """Write via a temp file in the same directory, then rename (or hard-link when exclusive) into place."""
-    target = pathlib.Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f'.tmp-{uuid.uuid4().hex[:8]}-', dir=target.parent)
-    try:
-        with os.fdopen(fd, 'wb') as file:
-            if isinstance(data, pathlib.Path):
-                with data.open('rb') as source:
-                    shutil.copyfileobj(source, file, 8 * 2**20)
-            else:
-                file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        if exclusive:
-            os.link(temp, target)  # atomic and exclusive: FileExistsError if the target exists
-        else:
-            os.replace(temp, target)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)

@@ -1,0 +1,268 @@
+"""The narrow store interface every backend implements, with capability flags callers test instead of protocols.
+
+Paths are full paths without the protocol (``bucket/forml/p/releases/1.json``; absolute paths on local disk).
+Operations:
+
+* ``listdir`` - the objects directly under a prefix, fresh (never from a listings cache), one request per page;
+* ``walk`` - every object below a prefix (operator tools, not ForML's calls);
+* ``read`` / ``download`` / ``head`` / ``exists`` - whole objects, to memory or to a local file;
+* ``write`` - an object, whole or not at all (overwrites), optionally with tags and user metadata where the
+  backend keeps them (:attr:`Store.object_tags`, :attr:`Store.user_metadata`);
+* ``create`` - exclusive create: ``FileExistsError`` when the object exists, and then nothing is written;
+* ``delete``; ``set_tags`` / ``get_tags``; bucket lifecycle rules where :attr:`Store.lifecycle`.
+
+Errors the user must act on are translated once, in :meth:`Store._boundary`: denied access becomes
+``forml.InvalidError`` naming the URL; each backend adds its own translations in :meth:`Store._translate`.
+``FileNotFoundError`` for a missing key and ``FileExistsError`` for a lost exclusive create pass through.
+"""
+
+import contextlib
+import dataclasses
+import datetime
+import logging
+import os
+import pathlib
+import typing
+
+import forml
+
+if typing.TYPE_CHECKING:
+    import fsspec
+
+LOGGER = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One object of a listing."""
+
+    name: str
+    """Basename of the object."""
+    size: int
+    version: str
+    """Identity of this version of the object (S3 ETag; size and mtime elsewhere): a cache key part."""
+    modified: float | None = None
+    """Last modification, seconds since the epoch (from the same listing; ``None`` where the store has none)."""
+
+
+class Store:
+    """Storage at one URL with the options that configure its client.
+
+    The client (an fsspec file system) is created lazily and is not pickled, so a store (and the providers holding
+    it) travels into Dask tasks and gateway processes cheaply and reconnects there (and anew in a forked child).
+    """
+
+    protocol: str = ''
+    """The URL scheme of the store's root (``s3``, ``file``, ...)."""
+
+    # capability flags: callers test these, never protocol names
+    exclusive_create: typing.ClassVar[bool] = False
+    """``create`` is atomic across processes and machines (what a commit marker needs)."""
+    object_tags: typing.ClassVar[bool] = False
+    """Objects carry tags that bucket lifecycle rules can filter on (``write(tags=...)``, ``set_tags``)."""
+    user_metadata: typing.ClassVar[bool] = False
+    """``write(metadata=...)`` is stored and ``head`` returns it."""
+    lifecycle: typing.ClassVar[bool] = False
+    """The bucket has lifecycle rules forml-s3 can read and set (``lifecycle_rules``)."""
+    multipart: typing.ClassVar[bool] = False
+    """Large objects move in parallel parts; incomplete uploads can be listed (``multipart_uploads``)."""
+
+    denied_hint: typing.ClassVar[str] = 'check the credentials and the permissions of the store'
+    """What an access-denied message tells the user to check."""
+
+    def __init__(self, root: str, storage_options: typing.Mapping[str, typing.Any] | None = None):
+        self.root: str = root
+        self._options: dict[str, typing.Any] = dict(storage_options or {})
+        self._fs: fsspec.AbstractFileSystem | None = None
+        self._pid: int = os.getpid()
+
+    # identity and pickling --------------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        """The store root as a URL (never carries credentials)."""
+        return f'{self.protocol}://{self.root}'
+
+    def uri(self, path: str) -> str:
+        """The URL of a path (for messages)."""
+        return f'{self.protocol}://{path}'
+
+    def __repr__(self):
+        return f'{self.__class__.__name__}({self.url})'
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state['_fs'] = None
+        return state
+
+    @property
+    def fs(self) -> 'fsspec.AbstractFileSystem':
+        """The fsspec file system (created on first use, and anew in a forked child)."""
+        if self._fs is None or self._pid != os.getpid():
+            self._fs = self._connect()
+            self._pid = os.getpid()
+        return self._fs
+
+    def _connect(self) -> 'fsspec.AbstractFileSystem':
+        import fsspec  # noqa: PLC0415 - lazy: keeps `forml-s3 --help` and provider loading fast
+
+        return fsspec.filesystem(self.protocol, **self._options)
+
+    # error translation ------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _boundary(self, action: str, path: str) -> typing.Iterator[None]:
+        """Translate the errors a user must act on into ForML errors naming the URL."""
+        try:
+            yield
+        except (FileExistsError, IsADirectoryError, NotADirectoryError):
+            raise
+        except PermissionError as err:
+            raise forml.InvalidError(
+                f'Access denied while trying to {action} {self.uri(path)}: {self.denied_hint} ({self._reason(err)})'
+            ) from None
+        except Exception as err:
+            translated = self._translate(err, action, path)
+            if translated is None:
+                raise
+            raise translated from (None if isinstance(translated, forml.InvalidError | forml.MissingError) else err)
+
+    def _translate(self, err: Exception, action: str, path: str) -> BaseException | None:
+        """The backend's own translation of an error (``None``: let it pass unchanged)."""
+        return None
+
+    def _reason(self, err: BaseException) -> str:
+        """A short reason for a message (the backend's error code where it has one)."""
+        return str(err)
+
+    # listing ------------------------------------------------------------------------------------------
+    def listdir(self, prefix: str) -> list[Entry]:
+        """The objects directly under ``prefix`` (a missing prefix lists empty; a missing bucket raises)."""
+        with self._boundary('list', prefix):
+            try:
+                found = self.fs.ls(prefix, detail=True)
+            except FileNotFoundError:
+                return []
+            return [_entry(e['name'], e) for e in found if e.get('type') == 'file']
+
+    def walk(self, prefix: str) -> typing.Iterator[tuple[str, Entry]]:
+        """Every object below ``prefix`` (recursive), as (path, entry); for operator tools, not for ForML calls."""
+        with self._boundary('list', prefix):
+            try:
+                found = self.fs.find(prefix, detail=True)
+            except FileNotFoundError:
+                return
+            for path, info in found.items():
+                path = path.lstrip('/') if not path.startswith(self.root) else path
+                yield path, _entry(path, info)
+
+    # reading ------------------------------------------------------------------------------------------
+    def read(self, path: str) -> bytes:
+        """The whole object (``FileNotFoundError`` if missing)."""
+        with self._boundary('read', path):
+            return self.fs.cat_file(path)
+
+    def download(self, path: str, target: pathlib.Path, size: int | None = None) -> None:
+        """Download the object to a local file (``size``, where known, lets a backend fetch it in parallel)."""
+        with self._boundary('download', path):
+            self.fs.get_file(path, str(target))
+
+    def head(self, path: str) -> tuple[int, dict[str, str]]:
+        """Size and user metadata of an object (``FileNotFoundError`` if missing)."""
+        with self._boundary('inspect', path):
+            return int(self.fs.info(path)['size']), {}
+
+    def exists(self, path: str) -> bool:
+        try:
+            self.head(path)
+        except FileNotFoundError:
+            return False
+        return True
+
+    # writing ------------------------------------------------------------------------------------------
+    def write(
+        self,
+        path: str,
+        data: bytes | pathlib.Path,
+        *,
+        tags: typing.Mapping[str, str] | None = None,
+        metadata: typing.Mapping[str, str] | None = None,
+    ) -> None:
+        """Store the object whole or not at all (bytes, or a local file to upload); overwrites.
+
+        ``tags`` and ``metadata`` are stored where the backend keeps them (see the capability flags) and ignored
+        elsewhere: integrity comes from the markers, and lifecycle expiry needs tags anyway.
+        """
+        with self._boundary('write', path):
+            self.fs.pipe_file(path, data.read_bytes() if isinstance(data, pathlib.Path) else data)
+
+    def create(self, path: str, data: bytes) -> None:
+        """Create the object exclusively: ``FileExistsError`` if it exists, and then nothing is written."""
+        raise NotImplementedError
+
+    def delete(self, path: str) -> None:
+        """Delete an object (missing is fine)."""
+        with self._boundary('delete', path), contextlib.suppress(FileNotFoundError):
+            self.fs.rm_file(path)
+
+    # object tags --------------------------------------------------------------------------------------
+    def set_tags(self, path: str, tags: typing.Mapping[str, str]) -> None:
+        """Replace the object's tags (an empty mapping clears them); a no-op where objects carry none."""
+
+    def get_tags(self, path: str) -> dict[str, str]:
+        """The object's tags (empty where objects carry none)."""
+        return {}
+
+    # bucket-level features (lifecycle and its preview) -------------------------------------------------------
+    @property
+    def bucket(self) -> str:
+        """The bucket (container) of the store; ``forml.InvalidError`` where it has no lifecycle rules."""
+        if not self.lifecycle:
+            raise forml.InvalidError(
+                f'{self.url} has no bucket lifecycle rules forml-s3 can manage ({self.protocol} store; they are an '
+                'S3 feature): retiring only hides generations there and `forml-s3 gc` deletes abandoned uploads'
+            )
+        return self.root.partition('/')[0]
+
+    def lifecycle_rules(self) -> list[dict[str, typing.Any]]:
+        """The bucket's lifecycle rules (S3 ``GetBucketLifecycleConfiguration`` shape; none: empty)."""
+        _ = self.bucket
+        return []
+
+    def set_lifecycle_rules(self, rules: list[dict[str, typing.Any]]) -> None:
+        """Replace the bucket's lifecycle configuration (no rules deletes it)."""
+        _ = self.bucket
+
+    def multipart_uploads(self, prefix: str) -> list[dict[str, typing.Any]]:
+        """Incomplete multipart uploads under ``prefix`` (``Key``, ``UploadId``, ``Initiated``); none elsewhere."""
+        return []
+
+    def versions(self, prefix: str) -> list[dict[str, typing.Any]]:
+        """Every object version and delete marker under ``prefix`` (S3 ``ListObjectVersions`` shape)."""
+        _ = self.bucket
+        return []
+
+
+def _entry(path: str, info: typing.Mapping[str, typing.Any]) -> Entry:
+    """A listing entry from fsspec's ``info`` dictionary."""
+    return Entry(path.rstrip('/').rsplit('/', 1)[-1], int(info.get('size') or 0), version_of(info), modified(info))
+
+
+def version_of(info: typing.Mapping[str, typing.Any]) -> str:
+    """The version identity of an object from fsspec's ``info`` (ETag, else size and modification time)."""
+    for field in ('ETag', 'etag', 'generation', 'mtime', 'created', 'LastModified', 'last_modified'):
+        if info.get(field):
+            return f'{info.get("size")}-{info[field]}'
+    return str(info.get('size'))
+
+
+def modified(info: typing.Mapping[str, typing.Any]) -> float | None:
+    """Modification time of a listing entry (S3 ``LastModified``; fsspec ``mtime``/``created``), epoch seconds."""
+    for field in ('LastModified', 'last_modified', 'mtime', 'updated', 'created'):
+        value = info.get(field)
+        if isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                value = datetime.datetime.fromisoformat(value.replace('Z', '+00:00'))
+        if isinstance(value, datetime.datetime):
+            return (value if value.tzinfo else value.replace(tzinfo=datetime.UTC)).timestamp()
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    return None
