@@ -6,9 +6,7 @@ asking :mod:`forml_s3.layout` which key it is (see :func:`classify`), so this mo
 
 * :func:`verify` checks every committed object a marker names - exists, same size, same sha256 - and reports
   uncommitted objects no marker names (orphans), and, given a staging path, stale or half-installed trees there.
-* :func:`collect` deletes orphans older than a given age (for buckets without lifecycle rules); it lists the
-  registry twice and deletes only what both listings call an orphan, so a generation committed meanwhile keeps
-  its states.
+* :mod:`forml_s3.garbage` deletes old orphans (``gc``) from the same snapshots.
 """
 
 import concurrent.futures
@@ -71,6 +69,8 @@ class Object:
     release: str | None = None
     name: str | None = None
     """Generation number, state id or package file name (by kind)."""
+    version: str = ''
+    """The listing's identity of this version (S3 ETag): what a conditional delete names."""
 
 
 @dataclasses.dataclass
@@ -195,9 +195,9 @@ def classify(lay: layout.Layout, path: str) -> tuple[Kind, str | None, str | Non
     return Kind.OTHER, None, None, None
 
 
-def listing(st: storage.Store) -> list[tuple[str, int, float | None]]:
-    """Every object under the store root: (path, size, last modified); one LIST a page of 1,000 on S3."""
-    return [(path, entry.size, entry.modified) for path, entry in st.walk(st.root)]
+def listing(st: storage.Store) -> list[tuple[str, int, float | None, str]]:
+    """Every object under the store root: (path, size, last modified, version); one LIST a page of 1,000 on S3."""
+    return [(path, entry.size, entry.modified, entry.version) for path, entry in st.walk(st.root)]
 
 
 # snapshot ---------------------------------------------------------------------------------------------------
@@ -214,11 +214,11 @@ def snapshot(st: storage.Store) -> Snapshot:
     """List the registry at ``st`` and read all its release, generation and retired markers."""
     lay = layout.Layout(st.root)
     objects: dict[str, Object] = {}
-    for path, size, modified in listing(st):
+    for path, size, modified, version in listing(st):
         kind, project, release, name = classify(lay, path)
         if kind is Kind.GENERATION_MARKER and size <= len(layout.TOMBSTONE):
             kind = Kind.TOMBSTONE  # a retired generation's number, kept taken; its retired marker describes it
-        objects[path] = Object(path, size, modified, kind, project, release, name)
+        objects[path] = Object(path, size, modified, kind, project, release, name, version)
     markers = [
         o for o in objects.values() if o.kind in (Kind.RELEASE_MARKER, Kind.GENERATION_MARKER, Kind.RETIRED_MARKER)
     ]
@@ -546,54 +546,6 @@ def verify_staging(snap: Snapshot, path: pathlib.Path) -> list[Problem]:
                         )
                     )
     return problems
-
-
-# gc ---------------------------------------------------------------------------------------------------------
-def candidates(snap: Snapshot, older_than: datetime.timedelta, now: float | None = None) -> list[Object]:
-    """The orphans of a snapshot last modified more than ``older_than`` before ``now`` (default: the clock).
-
-    Objects whose store reports no modification time are never candidates, and neither is anything in a
-    release with a corrupted marker (its states may be named by the marker once it is restored).
-    """
-    now = time.time() if now is None else now
-    limit = now - older_than.total_seconds()
-    damaged = {
-        (p.name, r.name) for p in snap.projects for r in p.releases if r.error or any(g.error for g in r.generations)
-    }
-    return [
-        o
-        for o in snap.orphans()
-        if o.modified is not None and o.modified < limit and (o.project, o.release) not in damaged
-    ]
-
-
-def collect(
-    st: storage.Store,
-    older_than: datetime.timedelta,
-    *,
-    dry_run: bool = False,
-    now: float | None = None,
-    progress: typing.Callable[[Object], None] | None = None,
-    snap: Snapshot | None = None,
-) -> list[Object]:
-    """Delete orphans (uncommitted packages and states) older than ``older_than``; returns what was (or, with
-    ``dry_run``, would be) deleted.
-
-    The registry is listed twice: an object is deleted only if both listings find it unnamed by any marker, so
-    a generation committed between the two keeps its states. ``now`` overrides the clock (tests); ``snap`` is
-    the first listing if the caller has just taken it.
-    """
-    first = candidates(snap or snapshot(st), older_than, now)
-    if not first or dry_run:
-        return first
-    again = {o.path for o in snapshot(st).orphans()}
-    doomed = [o for o in first if o.path in again]
-    for obj in doomed:
-        LOGGER.info('Deleting orphan %s (%d bytes)', st.uri(obj.path), obj.size)
-        st.delete(obj.path)
-        if progress:
-            progress(obj)
-    return doomed
 
 
 def store_for(url: str, storage_options: typing.Mapping[str, typing.Any] | None = None) -> storage.Store:

@@ -10,6 +10,7 @@ Paths are relative to the registry root (the configured URL)::
     <project>/<release>/pinned/<n>.json             pin: the generation is never retired
     <project>/<release>/states/<sid>.bin            states, written once, uncommitted until a marker names them
     <project>/<release>/states/<pack-id>.pack       small states of one commit side by side (see forml_s3.packing)
+    .leases/<writer>.json                           a live process's uncommitted releases (see forml_s3.lease)
 
 Markers of one level sit side by side under a prefix that holds nothing else, so one delimiter LIST
 returns the whole level (up to 1,000 entries a page) and shows only what is committed. The package key
@@ -21,6 +22,7 @@ writer that still tries to commit that number loses the exclusive create instead
 """
 
 import dataclasses
+import re
 import typing
 import uuid
 
@@ -37,8 +39,13 @@ GENERATIONS = 'generations'
 RETIRED = 'retired'
 PINNED = 'pinned'
 STATES = 'states'
+LEASES = '.leases'
 TOMBSTONE = b''
 """Content of the generation marker of a retired generation (see the module docstring)."""
+
+PACKAGE_DIGEST = re.compile(r'[0-9a-f]{16}')
+"""What a package key carries of its sha256: a name like ``package-backup.4ml`` is never one of ours."""
+LEASE_NAME = re.compile(r'[A-Za-z0-9][A-Za-z0-9._-]{0,200}')
 
 UNCOMMITTED_TAG = ('forml-s3', 'uncommitted')
 """S3 object tag carried by states and packages until their marker commits them (lifecycle filter)."""
@@ -83,6 +90,20 @@ class Layout:
         """Prefix holding the state objects of a release."""
         return self._join(names.project(project), str(names.release(release)), STATES)
 
+    def release_dir(self, project: asset.Project.Key, release: asset.Release.Key) -> str:
+        """Prefix of a release's own objects (its package) and of its level prefixes."""
+        return self._join(names.project(project), str(names.release(release)))
+
+    def leases(self) -> str:
+        """Prefix listing the leases of live writers (starts with a dot: never a project)."""
+        return self._join(LEASES)
+
+    def lease(self, name: str) -> str:
+        """A lease by its writer's name (host, pid and a random suffix)."""
+        if not LEASE_NAME.fullmatch(name):
+            raise asset.Level.Invalid(f'Invalid lease name {name!r}')
+        return f'{self.leases()}/{name}{MARKER}'
+
     # objects ----------------------------------------------------------------------------------
     def project_marker(self, project: asset.Project.Key) -> str:
         return self._join(f'{names.project(project)}{MARKER}')
@@ -91,6 +112,8 @@ class Layout:
         return f'{self.releases(project)}/{names.release(release)}{MARKER}'
 
     def package(self, project: asset.Project.Key, release: asset.Release.Key, sha256: str) -> str:
+        if not PACKAGE_DIGEST.fullmatch(sha256[:16]):
+            raise asset.Level.Invalid(f'Invalid package digest {sha256!r}: expected a hex sha256')
         return self.release_object(project, release, f'package-{sha256[:16]}{PACKAGE_SUFFIX}')
 
     def release_object(self, project: asset.Project.Key, release: asset.Release.Key, name: str) -> str:

@@ -27,7 +27,7 @@ from forml import setup
 from forml.io import asset
 
 from . import cache as cachemod
-from . import codec, layout, names, packing, staging, storage, transfers
+from . import codec, layout, lease, names, packing, staging, storage, transfers
 
 LOGGER = logging.getLogger(__name__)
 
@@ -36,6 +36,10 @@ UNCOMMITTED = dict([layout.UNCOMMITTED_TAG])
 
 class Conflict(asset.Level.Invalid):
     """Another writer committed the same release or generation first."""
+
+
+class Incomplete(asset.Level.Invalid):
+    """A commit refused: objects its marker would name are not stored (deleted meanwhile, or lost)."""
 
 
 class Registry(asset.Registry, alias='s3'):
@@ -57,6 +61,8 @@ class Registry(asset.Registry, alias='s3'):
                      than a second before) side by side in one object (see :mod:`forml_s3.packing`).
         keep_generations: After each commit, retire all but the newest N generations of the release (pinned
                           ones excepted; see :mod:`forml_s3.retention`). Default: keep everything.
+        lease_after: Seconds this process holds uncommitted uploads before it takes a lease that keeps
+                     ``forml-s3 gc`` away from their releases (see :mod:`forml_s3.lease`).
 
     The provider can be enabled using the following :ref:`platform configuration <platform-config>`:
 
@@ -86,6 +92,7 @@ class Registry(asset.Registry, alias='s3'):
         tag_uncommitted: bool = True,
         pack_states: bool = True,
         keep_generations: int | None = None,
+        lease_after: float = lease.AFTER,
     ):
         self._store: storage.Store = storage.open_store(url, storage_options)
         self._layout: layout.Layout = layout.Layout(self._store.root)
@@ -98,6 +105,9 @@ class Registry(asset.Registry, alias='s3'):
         if keep_generations is not None and int(keep_generations) < 1:
             raise forml.InvalidError(f'keep_generations must be at least 1, not {keep_generations}')
         self._keep_generations: int | None = None if keep_generations is None else int(keep_generations)
+        if not 0 <= float(lease_after) <= lease.TTL / 4:
+            raise forml.InvalidError(f'lease_after must be between 0 and {lease.TTL / 4:g} seconds, not {lease_after}')
+        self._lease_after: float = float(lease_after)
         self._init_volatile()
 
     def _init_volatile(self) -> None:
@@ -235,10 +245,22 @@ class Registry(asset.Registry, alias='s3'):
             source = _package_file(package.path, pathlib.Path(temp))
             size, sha256 = cachemod.sha256_of(source)
             key = self._layout.package(project, release, sha256)
+            self._track(project, release, key)
             LOGGER.info('Uploading %s-%s package (%d bytes) to %s', project, release, size, self._store.uri(key))
             self._store.write(key, source, tags=self._uncommitted(), metadata={'sha256': sha256})
             self._cache.fetch(sha256, size, lambda t: _copy(source, t), name=str(source), suffix=layout.PACKAGE_SUFFIX)
-        self._commit_tags([key])
+        with contextlib.suppress(FileNotFoundError):  # deleted meanwhile: the check below says so
+            self._commit_tags([key])
+        try:
+            self._confirm_stored(
+                self._layout.release_dir(project, release),
+                {key: size},
+                f'Cannot commit release {project}-{release}',
+                lambda _: f'package {key.rsplit("/", 1)[-1]}',
+            )
+        except Incomplete:
+            lease.settle(self._store, [key])
+            raise
         marker = {
             'project': str(project),
             'release': str(release),
@@ -265,6 +287,7 @@ class Registry(asset.Registry, alias='s3'):
             ) from None
         finally:
             self._invalidate(self._layout.releases(project))
+            lease.settle(self._store, [key])
         self._ensure_project(project)
 
     def _ensure_project(self, project: asset.Project.Key) -> None:
@@ -318,6 +341,7 @@ class Registry(asset.Registry, alias='s3'):
         key = self._layout.state(project, release, sid)
         sha256 = hashlib.sha256(state).hexdigest()
         uri = self._store.uri(key)
+        self._track(names.project(project), names.release(release), key)
         upload = functools.partial(self._store.write, key, state, tags=self._uncommitted(), metadata={'sha256': sha256})
         if self._pack_states and len(state) <= packing.MAX_STATE:
             LOGGER.debug('Holding state %s (%d bytes) for packing', sid, len(state))
@@ -347,7 +371,20 @@ class Registry(asset.Registry, alias='s3'):
         try:
             checksums = self._stored_checksums(alone, pack)
             stored = list(alone.values()) + ([pack.key] if pack else [])
-            self._commit_tags(stored)
+            with contextlib.suppress(FileNotFoundError):  # deleted meanwhile: the check below names them
+                self._commit_tags(stored)
+            sizes = {alone[sid]: size for sid, (size, _) in checksums.items()}
+            if pack:
+                sizes[pack.key] = len(pack.body)
+            what = {key: f'state {sid}' for sid, key in alone.items()}
+            if pack:
+                what[pack.key] = f'pack {pack.name} of states {", ".join(sid for sid, _ in pack.held)}'
+            self._confirm_stored(
+                self._layout.states(project, release),
+                sizes,
+                f'Cannot commit generation {generation} of {project}-{release}',
+                what.get,
+            )
             states = {sid: {'size': size, 'sha256': sha} for sid, (size, sha) in checksums.items()}
             if pack:
                 states.update(pack.states())
@@ -370,6 +407,12 @@ class Registry(asset.Registry, alias='s3'):
         except Conflict as conflict:
             if pack:  # ForML trains again rather than committing these states under another number
                 pack.fail(conflict)
+            lease.settle(self._store, [*keys.values(), *([pack.key] if pack else [])])
+            raise
+        except Incomplete as incomplete:  # abandoned like a lost race: ForML trains again
+            if pack:
+                pack.fail(incomplete)
+            lease.settle(self._store, [*keys.values(), *([pack.key] if pack else [])])
             raise
         except BaseException:
             if pack:  # the pack (if stored) is an orphan; its states stay committable, as stored ones do
@@ -377,6 +420,7 @@ class Registry(asset.Registry, alias='s3'):
             raise
         if pack:
             pack.done()
+        lease.settle(self._store, [*keys.values(), *([pack.key] if pack else [])])
         for key in keys.values():
             transfers.forget(self._store.uri(key))
         LOGGER.info(
@@ -420,7 +464,11 @@ class Registry(asset.Registry, alias='s3'):
                 held = {}
             alone = {sid: key for sid, key in keys.items() if self._store.uri(key) not in held}
             packed = [(sid, held[self._store.uri(key)]) for sid, key in keys.items() if sid not in alone]
-            return alone, _Pack.of(self._layout.pack(project, release, uuid.uuid4()), packed) if packed else None
+            if not packed:
+                return alone, None
+            pack = _Pack.of(self._layout.pack(project, release, uuid.uuid4()), packed)
+            self._track(project, release, pack.key)
+            return alone, pack
         except BaseException:  # interrupted: nothing claimed may be left neither held nor sent
             packing.restore(held.values())
             raise
@@ -579,8 +627,43 @@ class Registry(asset.Registry, alias='s3'):
             data = self._cache.read(str(info['sha256']))
             if data is not None:
                 return data
-            self._fetch_state(names.project(project), names.release(release), marker, str(sid))
+            try:
+                self._fetch_state(names.project(project), names.release(release), marker, str(sid))
+            except FileNotFoundError as err:
+                where = f'pack {info["pack"]}' if 'pack' in info else 'its object'
+                raise forml.MissingError(
+                    f'State {sid} of generation {generation} of {project}-{release} is missing from {self.url} '
+                    f'({where} does not exist): the committed generation is incomplete; run '
+                    f'`forml-s3 verify {self.url}` to see what else is missing'
+                ) from err
         raise forml.UnexpectedError(f'State {sid} keeps disappearing from the cache at {self._cache.root}')
+
+    # commit safety ---------------------------------------------------------------------------------------
+    def _track(self, project: str, release: str, key: str) -> None:
+        """An upload this process has to commit: leased against ``gc`` if it stays uncommitted for long."""
+        lease.track(self._store, self._layout, str(project), str(release), key, self._lease_after)
+
+    def _confirm_stored(
+        self, prefix: str, sizes: dict[str, int], refusal: str, what: typing.Callable[[str], str | None]
+    ) -> None:
+        """Refuse the commit unless every object it names is stored under ``prefix`` with the recorded size.
+
+        One LIST page per 1,000 objects under ``prefix`` (not a request per object): the last word before the
+        marker, so a state ``gc`` or a lifecycle rule removed while the training ran is never committed.
+        """
+        if not sizes:
+            return
+        found = {f'{prefix}/{e.name}': e.size for e in self._store.listdir(prefix)}
+        wrong = {key: found.get(key) for key, size in sizes.items() if found.get(key) != size}
+        if wrong:
+            missing = [
+                f'{what(key) or key} ({"missing" if got is None else f"{got} bytes, not {sizes[key]}"})'
+                for key, got in sorted(wrong.items())
+            ]
+            raise Incomplete(
+                f'{refusal}: {", ".join(missing)} in {self._store.uri(prefix)} - deleted while the upload waited for '
+                'its commit (by `forml-s3 gc` or a lifecycle rule) or lost; nothing was committed, run it again'
+            )
 
     # tags -----------------------------------------------------------------------------------------------
     def _uncommitted(self) -> dict[str, str] | None:

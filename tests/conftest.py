@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from forml_s3 import embedded
+from forml_s3 import embedded, lease
 from forml_s3.registry import Registry
 
 from . import helpers
@@ -97,6 +97,13 @@ def private_cache_home(tmp_path, monkeypatch):
     """Registries made with ``cache_dir=None`` (and forml-s3 CLI subprocesses) cache under the test's own
     directory, never in the user's ``~/.cache/forml-s3``."""
     monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'xdg-cache'))
+
+
+@pytest.fixture(autouse=True)
+def no_lingering_leases():
+    """Uploads a test leaves uncommitted are not leased (nor renewed) while later tests count requests."""
+    yield
+    lease.forget()
 
 
 @pytest.fixture(scope='session')

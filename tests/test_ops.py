@@ -18,7 +18,7 @@ import toml
 from forml.io import asset
 from forml.provider.registry.filesystem import posix
 
-from forml_s3 import inspect, layout, migrate
+from forml_s3 import garbage, inspect, layout, migrate
 from forml_s3.registry import Registry
 
 from . import helpers
@@ -372,11 +372,11 @@ def test_gc_deletes_only_old_uncommitted_objects(s3server, s3_url, committed, wi
     all_objects = set(inspect.snapshot(store).objects)
     week = datetime.timedelta(days=7)
 
-    assert inspect.collect(store, week) == []  # everything is minutes old
+    assert garbage.collect(store, week).objects == []  # everything is minutes old
     assert set(inspect.snapshot(store).objects) == all_objects
 
     later = time.time() + 8 * 86400  # the clock of eight days later
-    deleted = inspect.collect(store, week, now=later)
+    deleted = garbage.collect(store, week, now=later).objects
     assert sorted(o.path for o in deleted) == sorted(with_orphans)
     assert set(inspect.snapshot(store).objects) == all_objects - set(with_orphans)
     assert describe(s3_registry(s3server, s3_url, tmp_path)) == before
@@ -405,13 +405,13 @@ def test_gc_age_threshold_on_local_files(tmp_path, package_factory):
 def test_gc_dry_run_deletes_nothing(s3server, s3_url, with_orphans):
     store = inspect.store_for(s3_url, s3server.storage_options())
     before = set(inspect.snapshot(store).objects)
-    dry = run('gc', s3_url, '--older-than', '0', '--dry-run', *s3_options(s3server))
+    dry = run('gc', s3_url, '--older-than', '0', '--allow-short-grace', '--dry-run', *s3_options(s3server))
     assert dry.exit_code == 0, dry.output
     assert all(f'would delete s3://{path}' in dry.stdout for path in with_orphans)
     assert '2 uncommitted objects older than 0 days would be deleted' in dry.stdout
     assert set(inspect.snapshot(store).objects) == before
 
-    done = run('gc', s3_url, '--older-than', '0', *s3_options(s3server))
+    done = run('gc', s3_url, '--older-than', '0', '--allow-short-grace', *s3_options(s3server))
     assert done.exit_code == 0 and '2 uncommitted objects older than 0 days deleted' in done.stdout
     assert set(inspect.snapshot(store).objects) == before - set(with_orphans)
 
@@ -432,7 +432,7 @@ def test_gc_spares_states_a_generation_commits_between_its_listings(
         return taken
 
     monkeypatch.setattr(inspect, 'snapshot', snapshot_then_commit)
-    deleted = inspect.collect(store, datetime.timedelta(0), now=time.time() + 60)
+    deleted = garbage.collect(store, datetime.timedelta(0), now=time.time() + 60).objects
     assert [o.path for o in deleted] == [with_orphans[1]]
     assert committed.read(helpers.PROJECT, '0.2', 2, sid) == b'never committed'
 
@@ -447,7 +447,7 @@ def test_a_corrupted_marker_is_reported_and_protects_its_release_from_gc(s3serve
     assert done.exit_code == 1
     assert f'CORRUPTED-MARKER: Corrupted marker s3://{key}: not valid JSON' in done.stdout
     assert done.stdout.count('ORPHAN:') == 2  # its states are named by nothing readable now...
-    assert inspect.collect(store, datetime.timedelta(0), now=time.time() + 86400) == []  # ...but gc spares them
+    assert garbage.collect(store, datetime.timedelta(0), now=time.time() + 86400).objects == []  # ...but gc spares them
     assert {o.name for o in inspect.snapshot(store).objects.values() if o.kind is inspect.Kind.STATE} >= states
 
 
@@ -503,7 +503,7 @@ def test_long_commands_show_progress_on_stderr_and_keep_stdout_clean(s3server, s
     assert json.loads(verified.stdout) == []  # the bar never mixes into --json output
     copied = run('copy', s3_url, str(tmp_path / 'posix-copy'), *s3_options(s3server, '--src-option'))
     assert copied.exit_code == 0 and 'Copying' in copied.stderr.splitlines()[1:] and 'Copying' not in copied.stdout
-    collected = run('gc', s3_url, '--older-than', '0', *s3_options(s3server))
+    collected = run('gc', s3_url, '--older-than', '0', '--allow-short-grace', *s3_options(s3server))
     assert collected.exit_code == 0 and 'Deleting' in collected.stderr.splitlines()
 
 

@@ -100,7 +100,8 @@ def test_second_mount_transfers_no_package_bytes(s3server, s3registry, package_f
     ],
 )
 def test_write_and_close_cost(s3server, s3registry, package_factory, monkeypatch, pack_states, expected):
-    """100 small states written, then closed at once: one pack (or one object each), tag clears, one marker."""
+    """100 small states written, then closed at once: one pack (or one object each), tag clears, one LIST confirming
+    them, one marker."""
     monkeypatch.setattr(packing, 'LINGER', 60.0)  # held until close however slow the machine is
     registry = s3registry(pack_states=pack_states)
     registry.push(package_factory('0.1'))
@@ -115,7 +116,8 @@ def test_write_and_close_cost(s3server, s3registry, package_factory, monkeypatch
     untag = s3server.count(method='DELETE', query_contains='tagging')
     markers = s3server.count(method='PUT', path_prefix=f'/{s3registry.bucket}/forml/{PROJECT}/0.1/generations/')
     assert (puts, untag, markers) == expected
-    assert len(s3server.requests) == sum(expected)
+    assert lists(s3server) == 1  # close confirms every state is stored: one LIST of the states, not a HEAD each
+    assert len(s3server.requests) == sum(expected) + 1  # no lease: the commit came within lease_after
 
 
 def test_a_level_past_one_page_costs_one_list_per_1000(s3server, s3registry, package_factory):

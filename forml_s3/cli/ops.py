@@ -1,8 +1,9 @@
 """``forml-s3 ls``, ``verify``, ``copy`` and ``gc``: thin click commands over :mod:`forml_s3.inspect` and
 :mod:`forml_s3.migrate`.
 
-Exit codes: 0 success; 1 problems found (``verify``) or some releases/generations not copied (``copy``);
-2 bad usage, or the registry could not be read at all (missing bucket, access denied, endpoint down).
+Exit codes: 0 all done; 1 problems found (``verify``) or some releases/generations not copied (``copy``);
+2 bad usage, or the command could not complete (missing bucket, access denied, endpoint down), with the partial
+work done listed.
 """
 
 import contextlib
@@ -261,6 +262,14 @@ def copy(
 
 
 # gc ---------------------------------------------------------------------------------------------------------
+SHORT_GRACE_HELP = (
+    'Allow --older-than below 7 days. RISK: the uploads of a training or push in progress are deleted if its '
+    'process has not announced itself with a lease yet (its first lease_after seconds, 60 by default) or could '
+    'not renew it for 10 minutes (stalled, suspended, cut off); that commit then fails and must run again. '
+    'Committed generations and releases are never touched.'
+)
+
+
 @click.command()
 @click.argument('url')
 @option_flag('-o', '--option')
@@ -268,36 +277,88 @@ def copy(
     '--older-than',
     'days',
     type=click.FloatRange(min=0),
-    required=True,
+    default=7,
+    show_default=True,
     metavar='DAYS',
-    help='Delete only objects last modified more than DAYS days ago (leave time for trainings in progress).',
+    help='Delete only objects last modified (uploads started) more than DAYS days ago: leave time for trainings '
+    'in progress. Below 7 only with --allow-short-grace.',
 )
-@click.option('--dry-run', is_flag=True, help='List what would be deleted, delete nothing.')
-def gc(url: str, options: tuple[str, ...], days: float, dry_run: bool) -> None:
-    """Delete abandoned uncommitted objects at URL: packages, states, packs no marker names, older than DAYS.
+@click.option('--allow-short-grace', is_flag=True, help=SHORT_GRACE_HELP)
+@click.option(
+    '--dry-run', is_flag=True, help='List what would be deleted (judged exactly as a real run), delete nothing.'
+)
+def gc(url: str, options: tuple[str, ...], days: float, allow_short_grace: bool, dry_run: bool) -> None:
+    """Delete abandoned uncommitted objects at URL: packages, states, packs no marker names, older than DAYS,
+    and incomplete multipart uploads (S3) started more than DAYS ago.
 
-    For buckets without lifecycle rules (and for file:// or other stores without object tags). An object
-    is deleted only if two listings, one just before deleting, both find no release, generation or retired
-    marker naming it, so a generation committed meanwhile keeps its states.
+    For buckets without lifecycle rules (and for file:// or other stores without object tags). Only keys the
+    forml-s3 layout makes, in projects and releases the registry knows, are judged. An object is deleted only if
+    two listings, one just before deleting, both find no marker naming it, no live writer's lease names its
+    release, and (S3) it is still the version judged (If-Match on its ETag). Expired leases of dead writers
+    are dropped.
 
     \b
     Examples:
-      forml-s3 gc s3://my-bucket/forml --older-than 7 --dry-run
-      forml-s3 gc s3://my-bucket/forml --older-than 7
-    """
-    from forml_s3 import inspect  # noqa: PLC0415
+      forml-s3 gc s3://my-bucket/forml --dry-run
+      forml-s3 gc s3://my-bucket/forml
+      forml-s3 gc s3://my-bucket/forml --older-than 1 --allow-short-grace
 
+    Exit code 0: done; 2: could not complete (what was deleted before the failure is listed).
+    """
+    from forml_s3 import garbage, inspect  # noqa: PLC0415
+
+    if days < garbage.GRACE.days and not allow_short_grace:
+        raise click.BadParameter(
+            f'{days:g} is shorter than the {garbage.GRACE.days}-day grace period: pass --allow-short-grace '
+            'if you accept its risk (see --help)',
+            param_hint='--older-than',
+        )
     st = open_store(url, options)
     age = datetime.timedelta(days=days)
-    with fatal_errors():
-        if dry_run:
-            doomed = inspect.collect(st, age, dry_run=True)
-        else:
-            snap = inspect.snapshot(st)
-            with progress_bar(len(inspect.candidates(snap, age)), 'Deleting') as bar:
-                doomed = inspect.collect(st, age, progress=lambda _: bar.update(1), snap=snap)
-    for obj in doomed:
-        click.echo(f'{"would delete" if dry_run else "deleted"} {st.uri(obj.path)} ({inspect.human(obj.size)})')
-    total = inspect.human(sum(o.size for o in doomed))
-    verb = 'would be deleted' if dry_run else 'deleted'
-    click.echo(f'{len(doomed)} uncommitted objects older than {days:g} days {verb} ({total})')
+    verb = {'deleted': 'would delete', 'aborted': 'would abort', 'dropped': 'would drop'} if dry_run else {}
+
+    def line(what: str, item: typing.Any) -> str:
+        what = verb.get(what, what)
+        if what.endswith('changed'):
+            return f'kept {st.uri(item)}: it changed since it was judged'
+        if isinstance(item, garbage.Upload):
+            return f'{what} multipart upload {item.upload_id} of {st.uri(item.path)}'
+        if isinstance(item, inspect.Object):
+            return f'{what} {st.uri(item.path)} ({inspect.human(item.size)})'
+        return f'{what} expired lease {st.uri(item.path)} of {item.writer}'
+
+    done: list[str] = []
+
+    def tell(what: str, item: typing.Any) -> None:
+        done.append(line(what, item))
+        bar.update(1)
+
+    try:
+        with fatal_errors():
+            judged = garbage.judge(st, age)
+            if dry_run:
+                result = judged
+                for what, items in (
+                    ('deleted', result.objects),
+                    ('aborted', result.uploads),
+                    ('dropped', result.leases),
+                ):
+                    done.extend(line(what, item) for item in items)
+            else:
+                with progress_bar(len(judged), 'Deleting') as bar:
+                    result = garbage.collect(st, age, progress=tell, garbage=judged)
+    except Fatal as err:
+        for text in done:
+            click.echo(text)
+        click.echo(f'gc stopped after {len(done)} of its deletions (listed above): {err.message}', err=True)
+        raise
+    for text in done:
+        click.echo(text)
+    for release in sorted(result.leased):
+        click.echo(f'spared {release}: a live writer holds uncommitted uploads there (lease)', err=True)
+    total = inspect.human(sum(o.size for o in result.objects))
+    would = 'would be ' if dry_run else ''
+    click.echo(
+        f'{len(result.objects)} uncommitted objects older than {days:g} days {would}deleted ({total}), '
+        f'{len(result.uploads)} multipart uploads {would}aborted, {len(result.leases)} expired leases {would}dropped'
+    )

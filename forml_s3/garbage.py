@@ -1,0 +1,236 @@
+"""Garbage collection (``forml-s3 gc``): what is safe to delete, judged twice, deleted exactly as judged.
+
+Garbage is what an interrupted push or training leaves: packages, states and packs no marker names, and the
+incomplete multipart uploads of a writer killed mid-upload (S3). An object is deleted only if all of these hold:
+
+* the :mod:`forml_s3.layout` makes exactly its key (``package-<16 hex>.4ml``, ``states/<uuid>.bin`` or
+  ``.pack``; a user's ``package-backup.4ml`` is not ours) in a project the registry knows (a project or release
+  marker exists) and, for states and packs, in a release whose marker exists;
+* it is older than the grace period (7 days by default: longer than any training between its first upload and
+  its commit);
+* two listings, the second right before deleting, find no marker naming it, and nothing is deleted in a
+  release with a corrupted marker;
+* no live lease (:mod:`forml_s3.lease`) names its release: a process still holding uncommitted uploads there;
+  the leases are listed after the second listing (and again while deleting), so a writer that announced
+  itself before its upload appeared is always seen;
+* on S3 the delete carries ``If-Match`` with the ETag the listing reported, so an object rewritten since is
+  kept (servers that ignore the condition delete it anyway: see ``docs/consistency.md``).
+
+Expired leases (of killed processes) are dropped too.
+"""
+
+import dataclasses
+import datetime
+import logging
+import time
+import typing
+
+import forml
+
+from . import inspect, layout, lease, storage
+
+LOGGER = logging.getLogger(__name__)
+
+GRACE = datetime.timedelta(days=7)
+"""Default age below which nothing is collected."""
+LEASE_RECHECK = 10.0
+"""Seconds between re-listings of the leases while deleting."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Upload:
+    """An incomplete multipart upload of one of the registry's objects."""
+
+    path: str
+    upload_id: str
+    initiated: float
+    kind: inspect.Kind
+    project: str | None
+    release: str | None
+
+
+@dataclasses.dataclass
+class Garbage:
+    """What a collection deletes (or, dry, would delete)."""
+
+    objects: list[inspect.Object] = dataclasses.field(default_factory=list)
+    uploads: list[Upload] = dataclasses.field(default_factory=list)
+    leases: list[lease.Lease] = dataclasses.field(default_factory=list)
+    """Expired leases."""
+    leased: set[str] = dataclasses.field(default_factory=set)
+    """Releases (``project/release``) spared because a live lease names them."""
+    changed: list[str] = dataclasses.field(default_factory=list)
+    """Paths kept because they changed since they were judged (a conditional delete refused)."""
+
+    def __len__(self) -> int:
+        return len(self.objects) + len(self.uploads) + len(self.leases)
+
+
+def _eligible(snap: inspect.Snapshot) -> typing.Callable[[str | None, str | None, inspect.Kind], bool]:
+    """Whether the layout says an object of this kind in this release may be garbage at all."""
+    projects = {p.name for p in snap.projects if p.listed or p.releases}
+    released = {(p.name, r.name) for p in snap.projects for r in p.releases if r.marker is not None}
+    damaged = {
+        (p.name, r.name) for p in snap.projects for r in p.releases if r.error or any(g.error for g in r.generations)
+    }
+
+    def eligible(project: str | None, release: str | None, kind: inspect.Kind) -> bool:
+        if project not in projects or (project, release) in damaged:
+            return False
+        return kind is inspect.Kind.PACKAGE or (project, release) in released
+
+    return eligible
+
+
+def candidates(
+    snap: inspect.Snapshot, older_than: datetime.timedelta, now: float | None = None
+) -> list[inspect.Object]:
+    """The orphans of a snapshot the layout lets ``gc`` judge, last modified more than ``older_than`` before ``now``.
+
+    Objects whose store reports no modification time are never candidates.
+    """
+    limit = (time.time() if now is None else now) - older_than.total_seconds()
+    eligible = _eligible(snap)
+    return [
+        o
+        for o in snap.orphans()
+        if o.modified is not None and o.modified < limit and eligible(o.project, o.release, o.kind)
+    ]
+
+
+def uploads(st: storage.Store, snap: inspect.Snapshot, older_than: datetime.timedelta, now: float) -> list[Upload]:
+    """Incomplete multipart uploads of the registry's objects initiated more than ``older_than`` ago (S3 only)."""
+    if not st.multipart:
+        return []
+    lay, eligible = layout.Layout(st.root), _eligible(snap)
+    bucket = st.root.partition('/')[0]
+    found = []
+    for upload in st.multipart_uploads(f'{st.root}/'):
+        path = f'{bucket}/{upload["Key"]}'
+        kind, project, release, _ = inspect.classify(lay, path)
+        initiated = upload['Initiated']
+        initiated = (initiated if initiated.tzinfo else initiated.replace(tzinfo=datetime.UTC)).timestamp()
+        if kind in inspect.STORED and eligible(project, release, kind) and initiated < now - older_than.total_seconds():
+            found.append(Upload(path, upload['UploadId'], initiated, kind, project, release))
+    return sorted(found, key=lambda u: (u.path, u.upload_id))
+
+
+def judge(
+    st: storage.Store, older_than: datetime.timedelta, now: float | None = None, snap: inspect.Snapshot | None = None
+) -> Garbage:
+    """What a collection would delete now: the garbage of two listings, less what live leases protect."""
+    now = time.time() if now is None else now
+    snap = snap or inspect.snapshot(st)
+    first = candidates(snap, older_than, now)
+    second = inspect.snapshot(st) if first else snap
+    again = {o.path: o for o in candidates(second, older_than, now)} if first else {}
+    pending = uploads(st, second, older_than, now)
+    found = lease.leases(st)
+    live = [x for x in found if x.live(now)]
+    garbage = Garbage(leases=[x for x in found if not x.live(now)])
+    for obj in first:
+        current = again.get(obj.path)
+        if current is None or current.version != obj.version:
+            continue  # named meanwhile, or rewritten: not what was judged
+        if any(x.covers(obj.project, obj.release) for x in live):
+            garbage.leased.add(f'{obj.project}/{obj.release}')
+            continue
+        garbage.objects.append(current)
+    for upload in pending:
+        if any(x.covers(upload.project, upload.release) for x in live):
+            garbage.leased.add(f'{upload.project}/{upload.release}')
+        else:
+            garbage.uploads.append(upload)
+    return garbage
+
+
+Progress = typing.Callable[[str, typing.Any], None]
+"""Told each thing done: (``'deleted'`` / ``'aborted'`` / ``'dropped'`` / ``'changed'``, the object, upload,
+lease or path)."""
+
+
+def collect(
+    st: storage.Store,
+    older_than: datetime.timedelta = GRACE,
+    *,
+    dry_run: bool = False,
+    now: float | None = None,
+    progress: Progress | None = None,
+    garbage: Garbage | None = None,
+) -> Garbage:
+    """Delete the garbage :func:`judge` finds (or ``garbage`` judged just before); returns what was (or, with
+    ``dry_run``, would be) deleted. An error stops the run: what ``progress`` was told is what was done."""
+    now = time.time() if now is None else now
+    garbage = garbage or judge(st, older_than, now)
+    if dry_run:
+        return garbage
+    done = Garbage(leased=set(garbage.leased))
+    tell = progress or (lambda *_: None)
+    live, checked = [], time.monotonic()
+    for obj in garbage.objects:
+        if time.monotonic() - checked > LEASE_RECHECK:  # a long run: writers may have announced themselves since
+            live, checked = [x for x in lease.leases(st) if x.live(time.time())], time.monotonic()
+        if any(x.covers(obj.project, obj.release) for x in live):
+            done.leased.add(f'{obj.project}/{obj.release}')
+            continue
+        LOGGER.info('Deleting orphan %s (%d bytes)', st.uri(obj.path), obj.size)
+        if delete_if_unchanged(st, obj.path, obj.version):
+            done.objects.append(obj)
+            tell('deleted', obj)
+        else:
+            done.changed.append(obj.path)
+            tell('changed', obj.path)
+    for upload in garbage.uploads:
+        LOGGER.info('Aborting multipart upload %s of %s', upload.upload_id, st.uri(upload.path))
+        abort_upload(st, upload)
+        done.uploads.append(upload)
+        tell('aborted', upload)
+    for expired in garbage.leases:
+        if delete_if_unchanged(st, expired.path, expired.version):
+            done.leases.append(expired)
+            tell('dropped', expired)
+        else:  # renewed meanwhile: its writer is alive after all
+            done.changed.append(expired.path)
+            tell('changed', expired.path)
+    return done
+
+
+_UNCONDITIONAL: set[str] = set()
+"""Endpoints found not to support conditional deletes (501): deleted without the condition there."""
+
+
+def delete_if_unchanged(st: storage.Store, path: str, version: str) -> bool:
+    """Delete the object if it is still the version judged (S3: ``If-Match`` on its ETag); ``False`` if it changed.
+
+    Off S3 the delete is unconditional (``file://`` and ``memory://`` have no conditional delete), as it is on S3
+    servers that answer 501 to the condition; servers that ignore it silently (Ceph RGW) cannot be told apart.
+    """
+    if not st.multipart or not version or st.url in _UNCONDITIONAL:
+        st.delete(path)
+        return True
+    bucket, _, key = path.partition('/')
+    try:
+        with st._boundary('delete', path):  # noqa: SLF001 - one translation of S3 errors (no store edit here)
+            st.fs.call_s3('delete_object', Bucket=bucket, Key=key, IfMatch=f'"{version}"')
+    except FileExistsError:  # any 412: the object is no longer the version judged
+        LOGGER.info('Kept %s: it changed since it was judged', st.uri(path))
+        return False
+    except FileNotFoundError:
+        return True
+    except forml.FailedError as err:
+        if 'NotImplemented' not in str(err):
+            raise
+        LOGGER.warning('%s does not support conditional deletes: deleting without If-Match', st.url)
+        _UNCONDITIONAL.add(st.url)
+        st.delete(path)
+    return True
+
+
+def abort_upload(st: storage.Store, upload: Upload) -> None:
+    """Abort an incomplete multipart upload (its parts are deleted with it)."""
+    bucket, _, key = upload.path.partition('/')
+    try:
+        with st._boundary('abort the multipart upload of', upload.path):  # noqa: SLF001 - see delete_if_unchanged
+            st.fs.call_s3('abort_multipart_upload', Bucket=bucket, Key=key, UploadId=upload.upload_id)
+    except FileNotFoundError:  # completed or aborted meanwhile
+        LOGGER.info('Multipart upload %s of %s is gone already', upload.upload_id, st.uri(upload.path))
