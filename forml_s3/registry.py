@@ -249,10 +249,8 @@ class Registry(asset.Registry, alias='s3'):
             LOGGER.info('Uploading %s-%s package (%d bytes) to %s', project, release, size, self._store.uri(key))
             self._store.write(key, source, tags=self._uncommitted(), metadata={'sha256': sha256})
             self._cache.fetch(sha256, size, lambda t: _copy(source, t), name=str(source), suffix=layout.PACKAGE_SUFFIX)
-        with contextlib.suppress(FileNotFoundError):  # deleted meanwhile: the check below says so
-            self._commit_tags([key])
         try:
-            self._confirm_stored(
+            self._commit_stored(
                 self._layout.release_dir(project, release),
                 {key: size},
                 f'Cannot commit release {project}-{release}',
@@ -371,15 +369,13 @@ class Registry(asset.Registry, alias='s3'):
         try:
             checksums = self._stored_checksums(alone, pack)
             stored = list(alone.values()) + ([pack.key] if pack else [])
-            with contextlib.suppress(FileNotFoundError):  # deleted meanwhile: the check below names them
-                self._commit_tags(stored)
             sizes = {alone[sid]: size for sid, (size, _) in checksums.items()}
             if pack:
                 sizes[pack.key] = len(pack.body)
             what = {key: f'state {sid}' for sid, key in alone.items()}
             if pack:
                 what[pack.key] = f'pack {pack.name} of states {", ".join(sid for sid, _ in pack.held)}'
-            self._confirm_stored(
+            self._commit_stored(
                 self._layout.states(project, release),
                 sizes,
                 f'Cannot commit generation {generation} of {project}-{release}',
@@ -643,14 +639,27 @@ class Registry(asset.Registry, alias='s3'):
         """An upload this process has to commit: leased against ``gc`` if it stays uncommitted for long."""
         lease.track(self._store, self._layout, str(project), str(release), key, self._lease_after)
 
+    def _commit_stored(
+        self, prefix: str, sizes: dict[str, int], refusal: str, what: typing.Callable[[str], str | None]
+    ) -> None:
+        """Clear the uncommitted tags of the objects about to be committed (by key: their recorded size) and
+        refuse the commit unless every one is stored under ``prefix`` with that size.
+
+        The check is one LIST page per 1,000 objects under ``prefix`` (not a request per object), the last word
+        before the marker, so a state ``gc`` or a lifecycle rule removed while the training ran is never committed.
+        A tag clear failing on a missing object (moto answers 500, S3 404) is reported as that missing object.
+        """
+        try:
+            self._commit_tags(list(sizes))
+        except Exception:
+            self._confirm_stored(prefix, sizes, refusal, what)  # names what is missing, if that is the cause
+            raise
+        self._confirm_stored(prefix, sizes, refusal, what)
+
     def _confirm_stored(
         self, prefix: str, sizes: dict[str, int], refusal: str, what: typing.Callable[[str], str | None]
     ) -> None:
-        """Refuse the commit unless every object it names is stored under ``prefix`` with the recorded size.
-
-        One LIST page per 1,000 objects under ``prefix`` (not a request per object): the last word before the
-        marker, so a state ``gc`` or a lifecycle rule removed while the training ran is never committed.
-        """
+        """Raise :class:`Incomplete` unless every object of ``sizes`` is listed under ``prefix`` with its size."""
         if not sizes:
             return
         found = {f'{prefix}/{e.name}': e.size for e in self._store.listdir(prefix)}

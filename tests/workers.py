@@ -16,7 +16,8 @@ import uuid
 from forml import project as prj
 from forml.io import asset
 
-from forml_s3.registry import Conflict, Registry
+from forml_s3 import lease, packing, transfers
+from forml_s3.registry import Conflict, Incomplete, Registry
 
 from .helpers import PROJECT, tag
 
@@ -32,7 +33,62 @@ def wait_for(go: str | None) -> None:
 
 
 def registry(args) -> Registry:
-    return Registry(args.url, storage_options=json.loads(args.options), cache_dir=args.cache, staging=args.staging)
+    return Registry(
+        args.url,
+        storage_options=json.loads(args.options),
+        cache_dir=args.cache,
+        staging=args.staging,
+        **json.loads(args.settings),
+    )
+
+
+def write_states(reg: Registry, args) -> list[uuid.UUID]:
+    """Write ``--states`` states (or the ``--sids`` given), wait until they are stored and, unless the lease comes
+    too late to wait for, until this process holds its lease."""
+    sids = [uuid.UUID(s) for s in args.sids.split(',')] if args.sids else [uuid.uuid4() for _ in range(args.states)]
+    for i, sid in enumerate(sids):
+        reg.write(PROJECT, args.release, sid, f'{args.name}:{i}'.encode() * 100)
+    packing.flush()  # stored now (not held for a pack): what gc could see
+    transfers.wait_all()
+    deadline = time.monotonic() + 60
+    while args.await_lease and not lease.held(reg._store):
+        if time.monotonic() > deadline:
+            raise TimeoutError('no lease taken')
+        time.sleep(0.05)
+    return sids
+
+
+def write_then_close(args) -> dict:
+    """A training between its last write and its close: write, signal ready, wait for the go, then close."""
+    reg = registry(args)
+    sids = write_states(reg, args)
+    pathlib.Path(args.ready).write_text(','.join(map(str, sids)))
+    wait_for(args.go)
+    try:
+        reg.close(PROJECT, args.release, args.generation, tag(sids, ordinal=args.name))
+    except (Incomplete, Conflict) as err:
+        return {'name': args.name, 'won': False, 'error': str(err), 'sids': [str(s) for s in sids]}
+    return {'name': args.name, 'won': True, 'sids': [str(s) for s in sids]}
+
+
+def write_and_wait(args) -> dict:
+    """A Dask worker: write states another process commits, and stay alive until the go."""
+    reg = registry(args)
+    sids = write_states(reg, args)
+    pathlib.Path(args.ready).write_text(','.join(map(str, sids)))
+    wait_for(args.go)
+    return {'name': args.name, 'sids': [str(s) for s in sids]}
+
+
+def close_only(args) -> dict:
+    """A Dask driver: commit states other processes wrote."""
+    reg = registry(args)
+    sids = [uuid.UUID(s) for s in args.sids.split(',')]
+    try:
+        reg.close(PROJECT, args.release, args.generation, tag(sids))
+    except (Incomplete, Conflict) as err:
+        return {'name': args.name, 'won': False, 'error': str(err)}
+    return {'name': args.name, 'won': True}
 
 
 def close_race(args) -> dict:
@@ -87,7 +143,16 @@ def mount(args) -> dict:
     return {'name': args.name, 'path': str(artifact.path)}
 
 
-ROLES = {'close-race': close_race, 'push-race': push_race, 'write-big': write_big, 'push': push, 'mount': mount}
+ROLES = {
+    'close-race': close_race,
+    'push-race': push_race,
+    'write-big': write_big,
+    'push': push,
+    'mount': mount,
+    'write-then-close': write_then_close,
+    'write-and-wait': write_and_wait,
+    'close-only': close_only,
+}
 
 
 def main() -> None:
@@ -104,6 +169,10 @@ def main() -> None:
     parser.add_argument('--size', type=int, default=0)
     parser.add_argument('--ready', default=os.devnull)
     parser.add_argument('--go', default=None)
+    parser.add_argument('--settings', default='{}', help='Registry keyword arguments (JSON)')
+    parser.add_argument('--states', type=int, default=3)
+    parser.add_argument('--sids', default='')
+    parser.add_argument('--await-lease', action='store_true')
     args = parser.parse_args()
     print(json.dumps(ROLES[args.role](args)), flush=True)
 

@@ -1,0 +1,285 @@
+"""``gc`` racing real writers (issue 22): no interleaving leaves a listed generation naming a missing state.
+
+Writers are separate processes (``tests/workers.py``) holding uncommitted states while ``forml-s3 gc`` runs as
+its own process; the test process owns moto's server and inspects the bucket.
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+import uuid
+
+import forml
+import pytest
+
+from forml_s3 import garbage, inspect, layout, lease
+from forml_s3.registry import Incomplete, Registry
+
+from . import helpers
+from .helpers import PROJECT, s3_options
+from .helpers import run_cli as run
+from .test_concurrency import Crowd
+
+FORML_S3 = pathlib.Path(sys.executable).with_name('forml-s3')
+SHORT = ('--older-than', '0', '--allow-short-grace')
+
+
+@pytest.fixture
+def s3url(s3server, bucket):
+    return f's3://{bucket}/forml', s3server.storage_options()
+
+
+@pytest.fixture
+def reader(s3url, tmp_path, package_factory):
+    """The test's own registry (fresh listings), with release 0.1 pushed."""
+    url, options = s3url
+    registry = Registry(url, storage_options=options, cache_dir=tmp_path / 'reader', listing_ttl=0)
+    registry.push(package_factory('0.1'))
+    return registry
+
+
+def gc(s3server, url: str, *args: str) -> subprocess.CompletedProcess:
+    """``forml-s3 gc`` as its own process (the endpoint from the environment, as an operator's cron job)."""
+    env = {**os.environ, **s3server.client_env()}
+    return subprocess.run(
+        [FORML_S3, 'gc', url, *args], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def ready(crowd: Crowd, name: str, timeout: float = 120) -> list[str]:
+    """The state ids a worker wrote, once it says they are stored."""
+    path, deadline = crowd.tmp / f'ready-{name}', time.monotonic() + timeout
+    while not (path.exists() and path.read_text()):
+        failed = [p.communicate() for n, p in crowd.procs if n == name and p.poll() is not None]
+        assert not failed, failed
+        assert time.monotonic() < deadline, f'{name} did not get ready'
+        time.sleep(0.05)
+    return path.read_text().split(',')
+
+
+def stored(s3server, url: str, prefix: str = '') -> set[str]:
+    bucket, _, root = url.removeprefix('s3://').partition('/')
+    pages = s3server.client().get_paginator('list_objects_v2').paginate(Bucket=bucket, Prefix=f'{root}/{prefix}')
+    return {o['Key'] for page in pages for o in page.get('Contents', ())}
+
+
+def assert_complete(reader: Registry) -> None:
+    """Every listed generation reads whole (the invariant gc must never break)."""
+    for generation in reader.generations(PROJECT, '0.1'):
+        tag = reader.open(PROJECT, '0.1', generation)
+        assert all(reader.read(PROJECT, '0.1', generation, sid) for sid in tag.states)
+
+
+def wait_unleased(s3server, url: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while stored(s3server, url, f'{layout.LEASES}/'):
+        assert time.monotonic() < deadline, 'the lease was never dropped'
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize('pack_states', [True, False], ids=['packs', 'no-packs'])
+@pytest.mark.parametrize('tag_uncommitted', [True, False], ids=['tagged', 'untagged'])
+def test_gc_spares_a_training_between_its_last_write_and_close(
+    s3server, s3url, reader, tmp_path, tag_uncommitted, pack_states
+):
+    crowd = Crowd(tmp_path, *s3url)
+    settings = {'tag_uncommitted': tag_uncommitted, 'pack_states': pack_states, 'lease_after': 0.2}
+    crowd.spawn('write-then-close', 'trainer', '--settings', json.dumps(settings), '--await-lease')
+    sids = ready(crowd, 'trainer')
+    states = stored(s3server, s3url[0], f'{PROJECT}/0.1/states/')
+    assert len(states) == 3
+
+    collected = gc(s3server, s3url[0], *SHORT)
+    assert collected.returncode == 0, collected.stderr
+    assert f'spared {PROJECT}/0.1: a live writer holds uncommitted uploads there' in collected.stderr
+    assert collected.stdout.startswith('0 uncommitted objects older than 0 days deleted')
+    assert stored(s3server, s3url[0], f'{PROJECT}/0.1/states/') == states
+
+    crowd.go.touch()
+    [result] = crowd.results()
+    assert result['won'], result
+    assert [str(s) for s in reader.open(PROJECT, '0.1', 1).states] == sids
+    assert_complete(reader)
+    wait_unleased(s3server, s3url[0])  # committed: the lease is dropped
+
+
+@pytest.mark.parametrize('tag_uncommitted', [True, False], ids=['tagged', 'untagged'])
+def test_close_refuses_states_gc_deleted_before_the_writer_took_a_lease(
+    s3server, s3url, reader, tmp_path, tag_uncommitted
+):
+    """A writer not leased yet (its first lease_after seconds) loses its states to a short-grace gc: its close
+    then refuses to commit them, naming them, and nothing is listed."""
+    crowd = Crowd(tmp_path, *s3url)
+    settings = {'tag_uncommitted': tag_uncommitted, 'pack_states': False, 'lease_after': 150}
+    crowd.spawn('write-then-close', 'trainer', '--settings', json.dumps(settings))
+    sids = ready(crowd, 'trainer')
+
+    collected = gc(s3server, s3url[0], *SHORT)
+    assert collected.returncode == 0, collected.stderr
+    assert collected.stdout.count('deleted s3://') == 3
+    assert stored(s3server, s3url[0], f'{PROJECT}/0.1/states/') == set()
+
+    crowd.go.touch()
+    [result] = crowd.results()
+    assert not result['won']
+    assert 'Cannot commit generation 1 of demo-proj-0.1' in result['error']
+    assert all(f'state {sid} (missing)' in result['error'] for sid in sids)
+    assert 'nothing was committed' in result['error']
+    assert list(reader.generations(PROJECT, '0.1')) == []
+
+
+def test_dask_worker_states_wait_for_another_process_close(s3server, s3url, reader, tmp_path):
+    crowd = Crowd(tmp_path, *s3url)
+    crowd.spawn('write-and-wait', 'worker', '--settings', json.dumps({'lease_after': 0.2}), '--await-lease')
+    sids = ready(crowd, 'worker')
+
+    collected = gc(s3server, s3url[0], *SHORT)
+    assert collected.returncode == 0 and f'spared {PROJECT}/0.1' in collected.stderr, collected.stderr
+    assert len(stored(s3server, s3url[0], f'{PROJECT}/0.1/states/')) == 3
+
+    (tmp_path / 'driver').mkdir()
+    driver = Crowd(tmp_path / 'driver', *s3url)
+    driver.spawn('close-only', 'driver', '--sids', ','.join(sids), wait=False)
+    assert driver.results()[0]['won']
+    assert_complete(reader)
+    crowd.go.touch()
+    crowd.results()
+    wait_unleased(s3server, s3url[0])  # the worker dropped its lease at exit
+
+
+def test_gc_dry_run_lists_exactly_what_a_real_run_deletes(s3server, s3url, reader, tmp_path):
+    url, options = s3url
+    bucket, root = url.removeprefix('s3://').split('/', 1)
+    client = s3server.client()
+    helpers.commit(reader, 1)
+    lay = reader._layout
+    # garbage: an abandoned state, an abandoned package, a killed multipart upload, an expired lease
+    orphan = lay.state(PROJECT, '0.1', uuid.uuid4())
+    reader._store.write(orphan, b'abandoned')
+    package = lay.package(PROJECT, '0.1', 'cd' * 32)
+    reader._store.write(package, b'a package whose marker never came')
+    killed = lay.state(PROJECT, '0.1', uuid.uuid4()).partition('/')[2]
+    upload = client.create_multipart_upload(Bucket=bucket, Key=killed)['UploadId']
+    client.upload_part(Bucket=bucket, Key=killed, UploadId=upload, PartNumber=1, Body=b'part')
+    expired = lay.lease('deadhost-1-abc')
+    reader._store.write(expired, b'{"format": "forml-s3/1", "writer": "deadhost:1", "releases": [], "ttl": 0.5}')
+    # not ours to delete: a user's file named like a package, states of a project without any marker
+    backup = f'{root}/{PROJECT}/0.1/package-backup.4ml'
+    stray = f'{root}/nomarker/0.1/states/{uuid.uuid4()}.bin'
+    for key in (backup, stray):
+        client.put_object(Bucket=bucket, Key=key, Body=b'not forml-s3 garbage')
+    time.sleep(1)  # the lease expires
+    before = stored(s3server, url)
+
+    dry = run('gc', url, *SHORT, '--dry-run', *s3_options(s3server))
+    assert dry.exit_code == 0, dry.output
+    assert stored(s3server, url) == before
+    done = run('gc', url, *SHORT, *s3_options(s3server))
+    assert done.exit_code == 0, done.output
+
+    past = {'would delete': 'deleted', 'would abort': 'aborted', 'would drop': 'dropped'}
+    would = sorted(
+        past[line[: line.index(' ', 6)]] + line[line.index(' ', 6) :] for line in dry.stdout.splitlines()[:-1]
+    )
+    assert would == sorted(done.stdout.splitlines()[:-1])
+    assert len(would) == 4
+    assert f'deleted s3://{orphan} (9 B)' in would and any(f's3://{package}' in line for line in would)
+    assert f'aborted multipart upload {upload} of s3://{bucket}/{killed}' in would
+    assert f'dropped expired lease s3://{expired} of deadhost:1' in would
+    assert done.stdout.splitlines()[-1] == (
+        '2 uncommitted objects older than 0 days deleted (42 B), 1 multipart uploads aborted, 1 expired leases dropped'
+    )
+    assert stored(s3server, url) == before - {
+        orphan.partition('/')[2],
+        package.partition('/')[2],
+        expired.partition('/')[2],
+    }
+    assert {backup, stray} <= stored(s3server, url)
+    assert client.list_multipart_uploads(Bucket=bucket).get('Uploads') is None
+    assert_complete(reader)
+
+
+def test_gc_refuses_a_short_grace_without_the_flag(s3server, s3url, reader):
+    orphan = reader._layout.state(PROJECT, '0.1', uuid.uuid4())
+    reader._store.write(orphan, b'abandoned')
+    refused = run('gc', s3url[0], '--older-than', '1', *s3_options(s3server))
+    assert refused.exit_code == 2 and '--allow-short-grace' in refused.output
+    default = run('gc', s3url[0], *s3_options(s3server))  # 7 days: the orphan is minutes old
+    assert default.exit_code == 0 and default.stdout.startswith('0 uncommitted objects older than 7 days')
+    assert reader._store.exists(orphan)
+    assert 'RISK' in run('gc', '--help').output
+
+
+def test_gc_stopped_by_a_denied_delete_lists_what_it_deleted_and_exits_2(embedded_server, s3url, reader):
+    orphans = sorted(reader._layout.state(PROJECT, '0.1', uuid.uuid4()) for _ in range(3))
+    for path in orphans:
+        reader._store.write(path, b'abandoned')
+    denied = orphans[1].partition('/')[2]
+    embedded_server.inject(403, 'AccessDenied', match=lambda call: call.method == 'DELETE' and denied in call.path)
+    done = run('gc', s3url[0], *SHORT, *s3_options(embedded_server))
+    assert done.exit_code == 2
+    assert done.stdout.splitlines() == [f'deleted s3://{orphans[0]} (9 B)']
+    assert 'gc stopped after 1 of its deletions (listed above)' in done.stderr and 'Access denied' in done.stderr
+    assert [reader._store.exists(p) for p in orphans] == [False, True, True]
+
+
+def test_gc_keeps_an_object_rewritten_after_it_was_judged(s3server, s3url, reader):
+    """If-Match on the judged ETag: moto honours it (412), so the rewritten object survives."""
+    store = inspect.store_for(*s3url)
+    orphan = reader._layout.state(PROJECT, '0.1', uuid.uuid4())
+    reader._store.write(orphan, b'abandoned')
+    judged = garbage.judge(store, garbage.datetime.timedelta(0), now=time.time() + 60)
+    assert [o.path for o in judged.objects] == [orphan]
+    reader._store.write(orphan, b'rewritten by a writer')
+    done = garbage.collect(store, garbage=judged)
+    assert done.objects == [] and done.changed == [orphan]
+    assert reader._store.read(orphan) == b'rewritten by a writer'
+
+
+def test_reading_a_generation_with_a_missing_state_names_it_and_verify_reports_it(s3server, s3url, reader, tmp_path):
+    _, sids = helpers.commit(reader, 1, payloads=(b'x' * 10, b'y' * 10))
+    marker = json.loads(reader._store.read(reader._layout.generation_marker(PROJECT, '0.1', 1)))
+    gone = next(iter(reader._layout.stored(PROJECT, '0.1', marker)))
+    reader._store.delete(gone)
+    fresh = Registry(s3url[0], storage_options=s3url[1], cache_dir=tmp_path / 'fresh')
+    fresh.open(PROJECT, '0.1', 1)
+    with pytest.raises(forml.MissingError) as missing:
+        for sid in sids:
+            fresh.read(PROJECT, '0.1', 1, sid)
+    message = str(missing.value)
+    assert f'of generation 1 of {PROJECT}-0.1 is missing from {s3url[0]}' in message
+    assert any(f'State {sid}' in message for sid in sids) and f'`forml-s3 verify {s3url[0]}`' in message
+    verified = run('verify', s3url[0], '--quick', *s3_options(s3server))
+    assert verified.exit_code == 1 and 'MISSING: Missing ' in verified.stdout and gone in verified.stdout
+
+
+@pytest.mark.parametrize('what', ['package', 'pack', 'state'])
+def test_a_commit_never_names_an_object_deleted_before_its_marker(s3url, tmp_path, package_factory, monkeypatch, what):
+    """The object vanishes right before the marker (as if gc won that instant): push and close refuse, naming it."""
+    url, options = s3url
+    registry = Registry(
+        url, storage_options=options, cache_dir=tmp_path / 'c', pack_states=what == 'pack', listing_ttl=0
+    )
+    if what != 'package':
+        registry.push(package_factory('0.1'))
+    original = registry._commit_tags
+
+    def vanish(keys):
+        original(keys)
+        for key in keys:
+            registry._store.delete(key)
+
+    monkeypatch.setattr(registry, '_commit_tags', vanish)
+    monkeypatch.setattr('forml_s3.packing.LINGER', 60.0)
+    with pytest.raises(Incomplete, match=f'{what} .*missing.*nothing was committed'):
+        if what == 'package':
+            registry.push(package_factory('0.1'))
+        else:
+            helpers.commit(registry, 1, payloads=(b'a', b'b'))
+    assert [str(r) for r in registry.releases(PROJECT)] == ([] if what == 'package' else ['0.1'])
+    if what != 'package':
+        assert list(registry.generations(PROJECT, '0.1')) == []
+    assert lease.held(registry._store) is None
