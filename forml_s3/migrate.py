@@ -91,6 +91,20 @@ class Side(abc.ABC):
     def read(self, project: asset.Project.Key, release: asset.Release.Key, generation: int, sid: uuid.UUID) -> bytes:
         return self.registry.read(project, release, generation, sid)
 
+    pinnable = False
+    """Whether the side keeps pins (and retired generations): forml-s3 does, ForML posix does not."""
+
+    def pins(self, project: asset.Project.Key, release: asset.Release.Key) -> dict[int, str]:
+        """The pinned generations of a release, with their notes."""
+        return {}
+
+    def retired(self, project: asset.Project.Key, release: asset.Release.Key) -> set[int]:
+        """Numbers of retired generations (taken: a copy cannot commit them)."""
+        return set()
+
+    def pin(self, project: asset.Project.Key, release: asset.Release.Key, generation: int, note: str) -> None:
+        raise forml.InvalidError(f'{self} keeps no pins')
+
 
 class PosixSide(Side):
     """A directory in ForML's posix registry layout, through ForML's own posix ``Registry``."""
@@ -152,6 +166,24 @@ class S3Side(Side):
         marker = self._marker(self.layout.generation_marker(project, release, generation))
         return {str(sid): (int(info['size']), str(info['sha256'])) for sid, info in marker['states'].items()}
 
+    pinnable = True
+
+    def pins(self, project: asset.Project.Key, release: asset.Release.Key) -> dict[int, str]:
+        from . import retention  # noqa: PLC0415
+
+        numbers = retention.pins(self.store, self.layout, str(project), str(release))
+        return {n: str(self._marker(self.layout.pin_marker(project, release, n)).get('note') or '') for n in numbers}
+
+    def retired(self, project: asset.Project.Key, release: asset.Release.Key) -> set[int]:
+        entries = self.store.listdir(self.layout.generations(project, release))
+        tombstones = {e.name[: -len(layout.MARKER)] for e in entries if e.size <= len(layout.TOMBSTONE)}
+        return {int(name) for name in tombstones if name.isdigit()}
+
+    def pin(self, project: asset.Project.Key, release: asset.Release.Key, generation: int, note: str) -> None:
+        from . import retention  # noqa: PLC0415
+
+        retention.pin(self.store, self.layout, str(project), str(release), generation, note)
+
 
 def detect(location: str) -> str:
     """The format of a location: ``posix`` or ``forml-s3`` (see :func:`open_side`)."""
@@ -205,6 +237,8 @@ class Action(enum.Enum):
     COPY = 'copy'
     SKIP = 'skip'
     CONFLICT = 'conflict'
+    PIN = 'pin'
+    """Pin a generation at the destination as it is pinned at the source."""
 
 
 @dataclasses.dataclass
@@ -216,17 +250,21 @@ class Step:
     generation: int | None
     action: Action
     reason: str = ''
+    note: str = ''
+    """The pin's note (pin steps)."""
 
     @property
     def label(self) -> str:
         what = f'{self.project}-{self.release}'
-        return what if self.generation is None else f'{what} generation {self.generation}'
+        what = what if self.generation is None else f'{what} generation {self.generation}'
+        return f'pin of {what}' if self.action is Action.PIN or self.reason.startswith('pin') else what
 
 
 @dataclasses.dataclass
 class Summary:
     copied: int = 0
     skipped: int = 0
+    pinned: int = 0
     failed: list[str] = dataclasses.field(default_factory=list)
     """Messages of conflicts and failed steps."""
     bytes: int = 0
@@ -237,8 +275,9 @@ class Summary:
         return not self.failed
 
     def line(self) -> str:
+        pins = f', {self.pinned} pinned' if self.pinned else ''
         return (
-            f'{self.copied} copied, {self.skipped} skipped (already there), {len(self.failed)} failed; '
+            f'{self.copied} copied, {self.skipped} skipped (already there){pins}, {len(self.failed)} failed; '
             f'{self.bytes} bytes transferred'
         )
 
@@ -248,8 +287,21 @@ def plan(source: Side, target: Side) -> list[Step]:
     steps: list[Step] = []
     for project in source.projects():
         present_releases = set(target.releases(project))
+        newest = max(present_releases, default=None)
         for release in source.releases(project):
             pname, rname = str(project), str(release)
+            if release not in present_releases and target.pinnable and newest is not None and release < newest:
+                steps.append(
+                    Step(
+                        pname,
+                        rname,
+                        None,
+                        Action.CONFLICT,
+                        f'Release {pname}-{rname} is older than {pname}-{newest} at {target}, which accepts only '
+                        'increments: not copied, with all its generations',
+                    )
+                )
+                continue
             if release in present_releases:
                 theirs, ours = target.package_sha256(project, release), source.package_sha256(project, release)
                 if theirs and ours and theirs != ours:
@@ -269,8 +321,12 @@ def plan(source: Side, target: Side) -> list[Step]:
             else:
                 steps.append(Step(pname, rname, None, Action.COPY))
                 present = set()
+            retired = target.retired(project, release) if present else set()
             for generation in source.generations(project, release):
                 number = int(generation)
+                if number in retired:
+                    steps.append(Step(pname, rname, number, Action.SKIP, f'retired at {target}, not copied again'))
+                    continue
                 if generation not in present:
                     steps.append(Step(pname, rname, number, Action.COPY))
                     continue
@@ -289,7 +345,30 @@ def plan(source: Side, target: Side) -> list[Step]:
                     )
                 else:
                     steps.append(Step(pname, rname, number, Action.SKIP))
+            steps.extend(_pin_steps(source, target, pname, rname, steps, present))
     return steps
+
+
+def _pin_steps(source: Side, target: Side, project: str, release: str, steps: list[Step], present: set) -> list[Step]:
+    """Pins of a release's generations the copy leaves at the destination, or why they are not copied."""
+    pins = source.pins(project, release)
+    if not pins:
+        return []
+    if not target.pinnable:
+        return [
+            Step(project, release, n, Action.SKIP, f'pin not copied: {target} keeps no pins (ForML posix)')
+            for n in sorted(pins)
+        ]
+    there = target.pins(project, release) if present else {}
+    ours = [s for s in steps if (s.project, s.release) == (project, release) and s.generation is not None]
+    landing = {s.generation for s in ours if s.action is Action.COPY or (s.action is Action.SKIP and not s.reason)}
+    found = []
+    for number, note in sorted(pins.items()):
+        if number in there:
+            found.append(Step(project, release, number, Action.SKIP, 'pinned there already'))
+        elif number in landing:
+            found.append(Step(project, release, number, Action.PIN, note=note))
+    return found
 
 
 def execute(source: Side, target: Side, step: Step, written: typing.Callable[[int], None] | None = None) -> int:
@@ -342,7 +421,15 @@ def copy(
         key = (step.project, step.release)
         try:
             if step.action is Action.SKIP:
-                summary.skipped += 1
+                summary.skipped += not step.label.startswith('pin')
+            elif step.action is Action.PIN:
+                if key in broken:
+                    continue
+                try:
+                    target.pin(step.project, step.release, int(step.generation), step.note)
+                    summary.pinned += 1
+                except (forml.AnyError, OSError) as err:
+                    summary.failed.append(f'{step.label}: {err}')
             elif step.action is Action.CONFLICT:
                 summary.failed.append(step.reason)
                 if step.generation is None:

@@ -212,7 +212,9 @@ def copy(
     directory in ForML's posix layout) or a forml-s3 registry (s3://bucket/prefix, file://, any fsspec URL).
     Generation numbers and tags are preserved. What the destination already holds with the same content
     (package sha256, tag, every state's sha256) is skipped, so a second run copies nothing; a release or
-    generation there with different content is a conflict, reported and left alone.
+    generation there with different content is a conflict, reported and left alone; one retired at the
+    destination is skipped (and said so). Pins are copied between forml-s3 registries; a ForML posix destination
+    keeps none, and the output says so for each pin. --dry-run prints exactly the steps a real run takes.
 
     \b
     Examples:
@@ -238,7 +240,9 @@ def copy(
             for step in steps:
                 click.echo(f'{step.action.value:<9} {step.label}' + (f': {step.reason}' if step.reason else ''))
             todo = sum(s.action is migrate.Action.COPY for s in steps)
-            click.echo(f'{todo} to copy, {sum(s.action is migrate.Action.SKIP for s in steps)} already there')
+            pins = sum(s.action is migrate.Action.PIN for s in steps)
+            skip = sum(s.action is migrate.Action.SKIP and not s.label.startswith('pin') for s in steps)
+            click.echo(f'{todo} to copy, {skip} already there' + (f', {pins} to pin' if pins else ''))
             return
         from forml_s3 import inspect  # noqa: PLC0415
 
@@ -254,6 +258,9 @@ def copy(
 
         with progress_bar(len(steps), 'Copying', item_show_func=shown) as bar:
             summary = migrate.copy(src, dst, steps=steps, progress=lambda step: bar.update(1, step), written=written)
+    for step in steps:
+        if step.action is migrate.Action.SKIP and step.reason:
+            click.echo(f'{step.action.value:<9} {step.label}: {step.reason}')
     for message in summary.failed:
         click.echo(f'FAILED: {message}', err=True)
     click.echo(summary.line())

@@ -311,6 +311,9 @@ def retire(
     Examples:
       forml-s3 retire s3://my-bucket/forml --keep 3 --dry-run
       forml-s3 retire s3://my-bucket/forml --keep 3 --project churn --release 1.2
+
+    Exit code 0: done; 2: bad usage (a --project or --release the registry does not hold), or it could not
+    complete (the generations retired before the failure are listed).
     """
     from forml_s3 import layout, retention  # noqa: PLC0415
 
@@ -320,7 +323,7 @@ def retire(
     lay = layout.Layout(st.root)
     total = 0
     with fatal_errors():
-        for name, version in retention.releases(st, lay, project, release):
+        for name, version in _existing(st, lay, project, release):
             todo = retention.plan(st, lay, name, version, keep)
             if not todo.retired:
                 continue
@@ -331,6 +334,23 @@ def retire(
             pinned = f'; pinned {_numbers(todo.pinned)}' if todo.pinned else ''
             click.echo(f'{name}-{version}: {verb} {_numbers(todo.retired)} (kept {_numbers(todo.kept)}{pinned})')
     click.echo(f'{total} generations {"would be " if dry_run else ""}retired', err=True)
+
+
+def _existing(st, lay, project: str | None, release: str | None) -> list[tuple[str, str]]:
+    """The (project, release) pairs to act on; a --project or --release the registry does not hold is an error
+    (exit 2), so a typo never passes for "nothing to do"."""
+    from forml_s3 import names, retention  # noqa: PLC0415
+
+    if project is None:
+        return retention.releases(st, lay, project, release)
+    found = retention.releases(st, lay, project)
+    if not found:
+        raise Fatal(f'No project {project} in {st.url} (or it has no release): `forml-s3 ls {st.url}` lists them')
+    if release is not None:
+        found = [(p, r) for p, r in found if r == str(names.release(release))]
+        if not found:
+            raise Fatal(f'No release {project}-{release} in {st.url}: `forml-s3 ls {st.url}` lists them')
+    return found
 
 
 def _numbers(numbers: list[int]) -> str:
@@ -361,6 +381,8 @@ def pin(
       forml-s3 pin s3://my-bucket/forml churn 1.2 7 --note "audited model"
       forml-s3 pin s3://my-bucket/forml churn 1.2
       forml-s3 pin s3://my-bucket/forml churn 1.2 7 --remove
+
+    Exit code 0: done; 2: no such project, release or live generation (or the pin could not be stored).
     """
     from forml_s3 import layout, retention  # noqa: PLC0415
 
@@ -370,6 +392,7 @@ def pin(
         if generation is None:
             if remove:
                 raise click.BadParameter('--remove needs a GENERATION', param_hint='GENERATION')
+            _existing(st, lay, project, release)
             click.echo(f'{project}-{release} pinned: {_numbers(retention.pins(st, lay, project, release))}')
         elif remove:
             if not retention.unpin(st, lay, project, release, generation):
