@@ -15,7 +15,7 @@ import uuid
 import forml
 import pytest
 
-from forml_s3 import garbage, inspect, layout, lease
+from forml_s3 import codec, garbage, inspect, layout, lease, transfers
 from forml_s3.registry import Incomplete, Registry
 
 from . import helpers
@@ -288,3 +288,35 @@ def test_a_commit_never_names_an_object_deleted_before_its_marker(s3url, tmp_pat
     if what != 'package':
         assert list(registry.generations(PROJECT, '0.1')) == []
     assert lease.held(registry._store) is None
+
+
+# every backend -----------------------------------------------------------------------------------------------
+def test_every_backend_refuses_to_commit_a_state_that_is_gone(make_registry, backend, package_factory, tmp_path):
+    options = {**make_registry.options, 'max_attempts': 1} if backend == 's3' else {}  # moto: 500, retried
+    registry = Registry(make_registry.url, storage_options=options, cache_dir=tmp_path / 'c', pack_states=False)
+    registry.push(package_factory('0.1'))
+    sids = [uuid.uuid4() for _ in range(2)]
+    for sid in sids:
+        registry.write(PROJECT, '0.1', sid, sid.bytes * 10)
+    transfers.wait_all()
+    registry._store.delete(registry._layout.state(PROJECT, '0.1', sids[1]))  # what gc would have done
+    with pytest.raises(Incomplete, match=f'state {sids[1]} \\(missing\\)'):
+        registry.close(PROJECT, '0.1', 1, helpers.tag(sids))
+    assert list(registry.generations(PROJECT, '0.1')) == []
+
+
+def test_every_backend_spares_a_leased_release_from_gc(make_registry, package_factory):
+    registry = make_registry(pack_states=False, lease_after=0)
+    registry.push(package_factory('0.1'))
+    registry.write(PROJECT, '0.1', uuid.uuid4(), b'uncommitted')
+    transfers.wait_all()
+    deadline = time.monotonic() + 30
+    while lease.held(registry._store) is None:
+        assert time.monotonic() < deadline, 'no lease taken'
+        time.sleep(0.05)
+    store = inspect.store_for(make_registry.url, make_registry.options)
+    judged = garbage.judge(store, garbage.datetime.timedelta(0), now=time.time() + 60)
+    assert judged.objects == [] and judged.leased == {f'{PROJECT}/0.1'}
+    lease.forget()  # as if the writer died: its lease expires after its ttl
+    expired = garbage.judge(store, garbage.datetime.timedelta(0), now=time.time() + lease.TTL + 60)
+    assert len(expired.objects) == 1 and [x.writer for x in expired.leases] == [codec.writer()]
