@@ -13,8 +13,9 @@ incomplete multipart uploads of a writer killed mid-upload (S3). An object is de
 * no live lease (:mod:`forml_s3.lease`) names its release: a process still holding uncommitted uploads there;
   the leases are listed after the second listing (and again while deleting), so a writer that announced
   itself before its upload appeared is always seen;
-* on S3 the delete carries ``If-Match`` with the ETag the listing reported, so an object rewritten since is
-  kept (servers that ignore the condition delete it anyway: see ``docs/consistency.md``).
+* where the store has conditional deletes (S3: ``If-Match`` on the ETag the listing reported), an object
+  rewritten since it was judged is kept (servers that ignore the condition delete it anyway, and ``file://`` and
+  ``memory://`` have none: see ``docs/consistency.md``).
 
 Expired leases (of killed processes) are dropped too.
 """
@@ -24,8 +25,6 @@ import datetime
 import logging
 import time
 import typing
-
-import forml
 
 from . import inspect, layout, lease, storage
 
@@ -174,7 +173,7 @@ def collect(
             done.leased.add(f'{obj.project}/{obj.release}')
             continue
         LOGGER.info('Deleting orphan %s (%d bytes)', st.uri(obj.path), obj.size)
-        if delete_if_unchanged(st, obj.path, obj.version):
+        if st.delete_if_unchanged(obj.path, obj.version):
             done.objects.append(obj)
             tell('deleted', obj)
         else:
@@ -182,55 +181,14 @@ def collect(
             tell('changed', obj.path)
     for upload in garbage.uploads:
         LOGGER.info('Aborting multipart upload %s of %s', upload.upload_id, st.uri(upload.path))
-        abort_upload(st, upload)
+        st.abort_upload(upload.path, upload.upload_id)
         done.uploads.append(upload)
         tell('aborted', upload)
     for expired in garbage.leases:
-        if delete_if_unchanged(st, expired.path, expired.version):
+        if st.delete_if_unchanged(expired.path, expired.version):
             done.leases.append(expired)
             tell('dropped', expired)
         else:  # renewed meanwhile: its writer is alive after all
             done.changed.append(expired.path)
             tell('changed', expired.path)
     return done
-
-
-_UNCONDITIONAL: set[str] = set()
-"""Endpoints found not to support conditional deletes (501): deleted without the condition there."""
-
-
-def delete_if_unchanged(st: storage.Store, path: str, version: str) -> bool:
-    """Delete the object if it is still the version judged (S3: ``If-Match`` on its ETag); ``False`` if it changed.
-
-    Off S3 the delete is unconditional (``file://`` and ``memory://`` have no conditional delete), as it is on S3
-    servers that answer 501 to the condition; servers that ignore it silently (Ceph RGW) cannot be told apart.
-    """
-    if not st.multipart or not version or st.url in _UNCONDITIONAL:
-        st.delete(path)
-        return True
-    bucket, _, key = path.partition('/')
-    try:
-        with st._boundary('delete', path):  # noqa: SLF001 - one translation of S3 errors (no store edit here)
-            st.fs.call_s3('delete_object', Bucket=bucket, Key=key, IfMatch=f'"{version}"')
-    except FileExistsError:  # any 412: the object is no longer the version judged
-        LOGGER.info('Kept %s: it changed since it was judged', st.uri(path))
-        return False
-    except FileNotFoundError:
-        return True
-    except forml.FailedError as err:
-        if 'NotImplemented' not in str(err):
-            raise
-        LOGGER.warning('%s does not support conditional deletes: deleting without If-Match', st.url)
-        _UNCONDITIONAL.add(st.url)
-        st.delete(path)
-    return True
-
-
-def abort_upload(st: storage.Store, upload: Upload) -> None:
-    """Abort an incomplete multipart upload (its parts are deleted with it)."""
-    bucket, _, key = upload.path.partition('/')
-    try:
-        with st._boundary('abort the multipart upload of', upload.path):  # noqa: SLF001 - see delete_if_unchanged
-            st.fs.call_s3('abort_multipart_upload', Bucket=bucket, Key=key, UploadId=upload.upload_id)
-    except FileNotFoundError:  # completed or aborted meanwhile
-        LOGGER.info('Multipart upload %s of %s is gone already', upload.upload_id, st.uri(upload.path))

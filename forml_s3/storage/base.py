@@ -66,6 +66,8 @@ class Store:
     """The bucket has lifecycle rules forml-s3 can read and set (``lifecycle_rules``)."""
     multipart: typing.ClassVar[bool] = False
     """Large objects move in parallel parts; incomplete uploads can be listed (``multipart_uploads``)."""
+    conditional_delete: typing.ClassVar[bool] = False
+    """``delete_if_unchanged`` deletes only the version judged (else it deletes whatever is there)."""
 
     denied_hint: typing.ClassVar[str] = 'check the credentials and the permissions of the store'
     """What an access-denied message tells the user to check."""
@@ -203,6 +205,12 @@ class Store:
         with self._boundary('delete', path), contextlib.suppress(FileNotFoundError):
             self.fs.rm_file(path)
 
+    def delete_if_unchanged(self, path: str, version: str) -> bool:
+        """Delete the object if it is still ``version`` (its listing's :attr:`Entry.version`); ``False`` if it
+        changed. Unconditional where the backend has no conditional delete (see :attr:`conditional_delete`)."""
+        self.delete(path)
+        return True
+
     # object tags --------------------------------------------------------------------------------------
     def set_tags(self, path: str, tags: typing.Mapping[str, str]) -> None:
         """Replace the object's tags (an empty mapping clears them); a no-op where objects carry none."""
@@ -234,6 +242,10 @@ class Store:
     def multipart_uploads(self, prefix: str) -> list[dict[str, typing.Any]]:
         """Incomplete multipart uploads under ``prefix`` (``Key``, ``UploadId``, ``Initiated``); none elsewhere."""
         return []
+
+    def abort_upload(self, path: str, upload_id: str) -> None:
+        """Abort an incomplete multipart upload (its parts go with it); gone already is fine."""
+        raise NotImplementedError(f'{self.url} has no multipart uploads')
 
     def versions(self, prefix: str) -> list[dict[str, typing.Any]]:
         """Every object version and delete marker under ``prefix`` (S3 ``ListObjectVersions`` shape)."""

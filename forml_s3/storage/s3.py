@@ -51,6 +51,7 @@ class S3Store(base.Store):
     user_metadata = True
     lifecycle = True
     multipart = True
+    conditional_delete = True
 
     def _connect(self) -> 'fsspec.AbstractFileSystem':
         import fsspec  # noqa: PLC0415 - lazy: keeps `forml-s3 --help` and provider loading fast
@@ -185,6 +186,31 @@ class S3Store(base.Store):
     def delete(self, path: str) -> None:
         with self._boundary('delete', path), contextlib.suppress(FileNotFoundError):
             self.fs.rm_file(path)
+
+    def delete_if_unchanged(self, path: str, version: str) -> bool:
+        """``DeleteObject`` with ``If-Match`` on the ETag (AWS, moto: 412 if it changed). A server answering 501 to
+        the condition (LocalStack) gets a plain delete from then on; one ignoring it (Ceph RGW) cannot be told."""
+        if not version or self._unconditional:
+            self.delete(path)
+            return True
+        bucket, key = self._bucket_key(path)
+        try:
+            with self._boundary('delete', path):
+                self.fs.call_s3('delete_object', Bucket=bucket, Key=key, IfMatch=f'"{version}"')
+        except FileExistsError:  # any 412: no longer the version judged
+            return False
+        except FileNotFoundError:
+            return True
+        except forml.FailedError as err:
+            if 'NotImplemented' not in str(err):
+                raise
+            LOGGER.warning('%s does not support conditional deletes: deleting without If-Match', self.url)
+            self._unconditional = True
+            self.delete(path)
+        return True
+
+    _unconditional = False
+    """Set once the server refused the conditional delete (501)."""
 
     def _multipart_upload(self, path: str, data: bytes | pathlib.Path, size: int, extra: dict[str, typing.Any]) -> None:
         """Upload in parts of :data:`PART_SIZE`, up to :data:`PART_CONCURRENCY` in flight, and never in batches (a slow
@@ -354,6 +380,11 @@ class S3Store(base.Store):
         with self._boundary('list the multipart uploads of', prefix):
             pages = self._pages('list_multipart_uploads', follow, Bucket=bucket, Prefix=key)
             return [upload for page in pages for upload in page.get('Uploads') or ()]
+
+    def abort_upload(self, path: str, upload_id: str) -> None:
+        bucket, key = self._bucket_key(path)
+        with self._boundary('abort the multipart upload of', path), contextlib.suppress(FileNotFoundError):
+            self.fs.call_s3('abort_multipart_upload', Bucket=bucket, Key=key, UploadId=upload_id)
 
     def versions(self, prefix: str) -> list[dict[str, typing.Any]]:
         """Every version and delete marker under ``prefix`` (``Key``, ``VersionId``, ``IsLatest``,
