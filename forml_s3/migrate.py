@@ -291,16 +291,8 @@ def plan(source: Side, target: Side) -> list[Step]:
         for release in source.releases(project):
             pname, rname = str(project), str(release)
             if release not in present_releases and target.pinnable and newest is not None and release < newest:
-                steps.append(
-                    Step(
-                        pname,
-                        rname,
-                        None,
-                        Action.CONFLICT,
-                        f'Release {pname}-{rname} is older than {pname}-{newest} at {target}, which accepts only '
-                        'increments: not copied, with all its generations',
-                    )
-                )
+                older = f'is older than {pname}-{newest} at {target}, which accepts only increments: not copied'
+                steps.append(Step(pname, rname, None, Action.CONFLICT, f'Release {pname}-{rname} {older}'))
                 continue
             if release in present_releases:
                 theirs, ours = target.package_sha256(project, release), source.package_sha256(project, release)

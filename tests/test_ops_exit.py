@@ -110,7 +110,7 @@ def test_copy_dry_run_matches_the_real_run_onto_retired_and_newer_releases(s3ser
     older = make()
     older.push(package_factory('0.2'))
     dry = run('copy', '--dry-run', source.url, older.url, *copy_options)
-    assert f'conflict  {PROJECT}-0.1: Release {PROJECT}-0.1 is older than {PROJECT}-0.2' in dry.stdout
+    assert f'conflict  {PROJECT}-0.1: Release {PROJECT}-0.1 is older than {PROJECT}-0.2 at' in dry.stdout
     done = run('copy', source.url, older.url, *copy_options)
     assert done.exit_code == 1 and f'FAILED: Release {PROJECT}-0.1 is older' in done.stderr
     assert [str(r) for r in older.releases(PROJECT)] == ['0.2']
