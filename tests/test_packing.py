@@ -180,7 +180,7 @@ def test_verify_and_gc_know_packs(s3server, url, make, package_factory, lingerin
     checked = run_cli('verify', url, *s3_options(s3server))
     assert checked.exit_code == 0, checked.output
     assert '2 committed objects checked' in checked.stderr  # the package and the pack
-    assert run_cli('gc', '--older-than', '0', url, *s3_options(s3server)).exit_code == 0
+    assert run_cli('gc', '--older-than', '0', '--allow-short-grace', url, *s3_options(s3server)).exit_code == 0
     reader = make()
     reader.open(PROJECT, '0.1', 1)
     assert reader.read(PROJECT, '0.1', 1, marker_sids(registry, 1)[0]) == b'one'  # gc left the committed pack alone
