@@ -10,6 +10,7 @@ Paths are relative to the registry root (the configured URL)::
     <project>/<release>/pinned/<n>.json             pin: the generation is never retired
     <project>/<release>/states/<sid>.bin            states, written once, uncommitted until a marker names them
     <project>/<release>/states/<pack-id>.pack       small states of one commit side by side (see forml_s3.packing)
+    <project>/aliases/<name>.json                   alias: a named pointer to one generation, with its history
 
 Markers of one level sit side by side under a prefix that holds nothing else, so one delimiter LIST
 returns the whole level (up to 1,000 entries a page) and shows only what is committed. The package key
@@ -37,6 +38,7 @@ GENERATIONS = 'generations'
 RETIRED = 'retired'
 PINNED = 'pinned'
 STATES = 'states'
+ALIASES = 'aliases'
 TOMBSTONE = b''
 """Content of the generation marker of a retired generation (see the module docstring)."""
 
@@ -83,7 +85,14 @@ class Layout:
         """Prefix holding the state objects of a release."""
         return self._join(names.project(project), str(names.release(release)), STATES)
 
+    def aliases(self, project: asset.Project.Key) -> str:
+        """Prefix listing the aliases of a project (``aliases`` is no PEP 440 version: no release collides)."""
+        return self._join(names.project(project), ALIASES)
+
     # objects ----------------------------------------------------------------------------------
+    def alias(self, project: asset.Project.Key, name: str) -> str:
+        return f'{self.aliases(project)}/{names.alias(name)}{MARKER}'
+
     def project_marker(self, project: asset.Project.Key) -> str:
         return self._join(f'{names.project(project)}{MARKER}')
 

@@ -78,3 +78,16 @@ def state(sid: typing.Any) -> uuid.UUID:
         return uuid.UUID(str(sid))
     except ValueError as err:
         raise asset.Level.Invalid(f'Invalid state id {sid!r}: expected a UUID') from err
+
+
+_ALIAS = re.compile(r'[A-Za-z][A-Za-z0-9_-]{0,62}')
+
+
+def alias(name: typing.Any) -> str:
+    """Validate an alias name (a letter, then letters, digits, "_" or "-"; at most 63 characters)."""
+    if not isinstance(name, str) or not _ALIAS.fullmatch(name):
+        raise asset.Level.Invalid(
+            f'Invalid alias name {name!r}: start with a letter, then letters, digits, "_" or "-" (at most 63), '
+            'e.g. champion'
+        )
+    return name

@@ -26,6 +26,7 @@ from forml import project as prj
 from forml import setup
 from forml.io import asset
 
+from . import aliases as aliasmod
 from . import cache as cachemod
 from . import codec, layout, names, packing, staging, storage, transfers
 
@@ -132,6 +133,11 @@ class Registry(asset.Registry, alias='s3'):
     @property
     def url(self) -> str:
         return self._store.url
+
+    @property
+    def aliases(self) -> 'aliasmod.Aliases':
+        """The registry's model aliases (:mod:`forml_s3.aliases`): ``registry.aliases.set(project, name, ...)``."""
+        return aliasmod.Aliases(self._store, self._layout)
 
     # listings -------------------------------------------------------------------------------------------
     def _list(self, prefix: str, fresh: bool = False) -> dict[str, storage.Entry]:

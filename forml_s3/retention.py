@@ -13,7 +13,8 @@ A run that dies between 2 and 3 leaves states untagged: they are never expired (
 live generation's data); running ``retire`` again does not revisit them, ``forml-s3 lifecycle preview`` shows
 what the rule will expire. Off S3 (``file://``, ``memory://``) there are no tags: retiring only hides.
 
-The newest ``keep`` generations of a release and every pinned one (``pinned/<n>.json``) are never retired.
+The newest ``keep`` generations of a release, every pinned one (``pinned/<n>.json``) and every one an alias points
+to (:mod:`forml_s3.aliases`) are never retired.
 """
 
 import dataclasses
@@ -23,7 +24,7 @@ import typing
 import forml
 from forml.io import asset
 
-from . import codec, layout, names, storage, transfers
+from . import aliases, codec, layout, names, storage, transfers
 
 LOGGER = logging.getLogger(__name__)
 
@@ -42,6 +43,8 @@ class Plan:
     kept: list[int]
     pinned: list[int]
     retired: list[int]
+    aliased: list[int] = dataclasses.field(default_factory=list)
+    """Generations kept because an alias points to them (see :mod:`forml_s3.aliases`)."""
 
 
 def _numbers(st: storage.Store, prefix: str) -> dict[int, storage.Entry]:
@@ -68,9 +71,11 @@ def _plan(
     entries = _numbers(st, lay.generations(project, release))
     live = sorted(entries, reverse=True)
     pinned = sorted(_numbers(st, lay.pinned(project, release)))
-    retired = sorted(g for g in live[keep:] if g not in pinned)
+    aliased = sorted(aliases.Aliases(st, lay).aliased(project, release))
+    retired = sorted(g for g in live[keep:] if g not in pinned and g not in aliased)
     kept = sorted(set(live) - set(retired))
-    return Plan(str(project), str(release), kept, [g for g in pinned if g in live], retired), entries
+    protected = {'pinned': [g for g in pinned if g in live], 'aliased': [g for g in aliased if g in live]}
+    return Plan(str(project), str(release), kept, retired=retired, **protected), entries
 
 
 def retire(
