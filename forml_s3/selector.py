@@ -96,6 +96,10 @@ def _instance(registry: asset.Directory, pick: Pick) -> asset.Instance:
 def _aliases(registry: asset.Directory):
     """The aliases of the registry behind a ForML directory (a forml-s3 registry provider)."""
     provider = getattr(registry, 'registry', None)
+    for _ in range(3):  # the gateway hands selectors its registry wrapped read-only (ForML 0.93 Dispatcher.Frozen)
+        if hasattr(provider, 'aliases') or not hasattr(provider, '_registry'):
+            break
+        provider = provider._registry
     found = getattr(provider, 'aliases', None)
     if found is None:
         raise forml.InvalidError(
