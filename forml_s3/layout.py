@@ -156,6 +156,24 @@ class Layout:
 
     # parsing listings -------------------------------------------------------------------------
     @staticmethod
+    def stored_as(listed: typing.Iterable[str], release: asset.Release.Key | str) -> str | None:
+        """Which of the listed release names (marker names) stands for ``release``: PEP 440-equal, the canonical
+        key preferred (a registry written before canonical keys may hold one version under two spellings), then
+        the same spelling; None if no listed release equals it."""
+        key = names.release(release)
+        equal = []
+        for name in listed:
+            try:
+                if names.release(name) == key:
+                    equal.append(name)
+            except asset.Level.Invalid:
+                continue
+        for preferred in (names.canonical(key), str(key)):
+            if preferred in equal:
+                return preferred
+        return min(equal, default=None)
+
+    @staticmethod
     def marker_names(sizes: typing.Mapping[str, int]) -> typing.Iterator[str]:
         """The level names of the live markers among listed objects (basename -> size); other objects and
         tombstones (empty markers) are skipped."""

@@ -166,11 +166,10 @@ class Registry(asset.Registry, alias='s3'):
         canonical = names.canonical(key)
         if (stem := self._stems.get((project, canonical))) is not None:
             return stem
-        prefix = self._layout.releases(project)
         for fresh in (False, True):
-            equal = [name for name in self._list(prefix, fresh=fresh) if _version(name) == key]
-            if equal:  # more than one only where an earlier version let equal spellings both commit
-                stem = canonical if canonical in equal else str(key) if str(key) in equal else sorted(equal)[0]
+            if (
+                stem := layout.Layout.stored_as(self._list(self._layout.releases(project), fresh=fresh), key)
+            ) is not None:
                 self._stems[(project, canonical)] = stem
                 return stem
         return canonical
@@ -654,14 +653,6 @@ class Registry(asset.Registry, alias='s3'):
                 transfers.run_all(lambda k: self._store.set_tags(k, UNCOMMITTED), keys)
             except Exception as err:  # the conflict is the error to report; this only affects expiry
                 LOGGER.warning('Could not re-tag %d uncommitted objects: %s', len(keys), err)
-
-
-def _version(name: str) -> asset.Release.Key | None:
-    """The version a listed release marker stands for (None for a foreign name)."""
-    try:
-        return names.release(name)
-    except asset.Level.Invalid:
-        return None
 
 
 def _copy(source: pathlib.Path, target: pathlib.Path) -> None:

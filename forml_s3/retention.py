@@ -7,9 +7,19 @@ in this order:
 1. its marker is copied to ``retired/<n>.json`` (tagged), so ``forml-s3 ls`` and ``verify`` still know it;
 2. its marker in ``generations/`` is replaced by an empty tombstone: listings skip it from now on, and the key
    stays taken, so a writer still trying to commit that number gets a conflict (see :mod:`forml_s3.layout`);
-3. its states are tagged ``forml-s3=retired`` (except any state a kept generation names too).
+3. once every generation of the run has its tombstone, the pins and the aliases are listed again: a generation
+   pinned or aliased meanwhile gets its marker back and loses the copy of step 1 (it stays live);
+4. its states are tagged ``forml-s3=retired`` (except any state a kept generation names too).
 
-A run that dies between 2 and 3 leaves states untagged: they are never expired (a leak, never a loss of a
+Pin and retire cannot interleave into a pinned and retired generation. A pin stores ``pinned/<n>.json`` and then
+checks that the generation is live; a retire stores the tombstone and then checks the pins (step 3). Each writes
+before it reads what the other writes, and the store is strongly consistent, so whichever comes second sees the
+first: the pin fails ("retired meanwhile", its pin deleted) or the retire backs off (step 3), or both. The same
+holds for an alias set (:mod:`forml_s3.aliases` stores the alias, then checks that its generation is live).
+
+A run that dies between 2 and 3 can leave a generation pinned meanwhile hidden (its states untagged, so never
+expired; putting its ``retired/<n>.json`` back as ``generations/<n>.json`` restores it). A run that dies between
+2 and 4 leaves states untagged: they are never expired (a leak, never a loss of a
 live generation's data); running ``retire`` again does not revisit them, ``forml-s3 lifecycle preview`` shows
 what the rule will expire. Off S3 (``file://``, ``memory://``) there are no tags: retiring only hides.
 
@@ -97,6 +107,7 @@ def retire(
     todo, entries = _plan(st, lay, project, release, keep)
     if dry_run or not todo.retired:
         return todo.retired
+    done = []
     read = read or (lambda key, _: codec.loads(st.read(key), st.uri(key)))
     markers = dict(
         zip(
@@ -109,16 +120,29 @@ def retire(
     )
     shared = {key for g in todo.kept for key in _stored(lay, project, release, markers[g])}
     tags = RETIRED if st.object_tags else None
+    keys = {g: (lay.retired_marker(project, release, g), lay.generation_marker(project, release, g)) for g in markers}
     for generation in todo.retired:
-        marker = markers[generation]
-        retired = {**marker, 'retired': codec.now(), 'retired_by': codec.writer()}
-        st.write(lay.retired_marker(project, release, generation), codec.dumps(retired), tags=tags)
-        st.write(lay.generation_marker(project, release, generation), layout.TOMBSTONE)
+        copy, key = keys[generation]
+        retired = {**markers[generation], 'retired': codec.now(), 'retired_by': codec.writer()}
+        st.write(copy, codec.dumps(retired), tags=tags)
+        st.write(key, layout.TOMBSTONE)
+    # after the tombstones (see the module docs): pinned or aliased meanwhile?
+    protected = set(_numbers(st, lay.pinned(project, release))) | set(
+        aliases.Aliases(st, lay).aliased(project, release)
+    )
+    for generation in todo.retired:
+        copy, key = keys[generation]
+        if generation in protected:
+            st.write(key, codec.dumps(markers[generation]))
+            st.delete(copy)
+            LOGGER.warning('Kept generation %d of %s-%s: pinned or aliased meanwhile', generation, project, release)
+            continue
         if tags:
-            keys = [key for key in _stored(lay, project, release, marker) if key not in shared]
-            transfers.run_all(lambda k: st.set_tags(k, RETIRED), keys)
+            stored = [k for k in _stored(lay, project, release, markers[generation]) if k not in shared]
+            transfers.run_all(lambda k: st.set_tags(k, RETIRED), stored)
+        done.append(generation)
         LOGGER.info('Retired generation %d of %s-%s', generation, project, release)
-    return todo.retired
+    return done
 
 
 def _stored(lay: layout.Layout, project: str, release: str, marker: typing.Mapping[str, typing.Any]) -> list[str]:
@@ -131,17 +155,24 @@ def _stored(lay: layout.Layout, project: str, release: str, marker: typing.Mappi
 
 # pins -------------------------------------------------------------------------------------------------------
 def pins(st: storage.Store, lay: layout.Layout, project: str, release: str) -> list[int]:
-    """The pinned generation numbers of a release (one LIST)."""
-    return sorted(_numbers(st, lay.pinned(project, release)))
+    """The pinned generation numbers of a release (two LISTs: the releases, then its pins)."""
+    return sorted(_numbers(st, lay.pinned(project, stem(st, lay, project, release))))
+
+
+def stem(st: storage.Store, lay: layout.Layout, project: str, release: str) -> str:
+    """The name a release is stored under, for a release named by a user in any PEP 440 spelling (one LIST)."""
+    listed = layout.Layout.marker_names({e.name: e.size for e in st.listdir(lay.releases(project))})
+    return layout.Layout.stored_as(listed, release) or names.canonical(release)
 
 
 def pin(st: storage.Store, lay: layout.Layout, project: str, release: str, generation: int, note: str = '') -> None:
     """Pin a live generation so it is never retired (idempotent).
 
     Raises ``forml.MissingError`` if the generation is not live: retired already, or never committed. The check
-    is repeated after the pin is stored, so a retire racing with the pin is reported, not silently lost.
+    is repeated after the pin is stored, so a retire racing with the pin is seen by one of them (see the module
+    docs): a pin that finds its generation retired deletes itself and fails saying so.
     """
-    project, release = str(names.project(project)), str(names.release(release))
+    project, release = str(names.project(project)), stem(st, lay, project, release)
     generation = int(names.generation(generation))
     _require_live(st, lay, project, release, generation)
     marker = {
@@ -153,12 +184,16 @@ def pin(st: storage.Store, lay: layout.Layout, project: str, release: str, gener
         'note': note,
     }
     st.write(lay.pin_marker(project, release, generation), codec.dumps(marker))
-    _require_live(st, lay, project, release, generation, meanwhile=True)
+    try:
+        _require_live(st, lay, project, release, generation, meanwhile=True)
+    except forml.MissingError:
+        st.delete(lay.pin_marker(project, release, generation))  # a pin of a retired generation would mislead
+        raise
 
 
 def unpin(st: storage.Store, lay: layout.Layout, project: str, release: str, generation: int) -> bool:
     """Remove a pin; returns whether there was one."""
-    project, release = str(names.project(project)), str(names.release(release))
+    project, release = str(names.project(project)), stem(st, lay, project, release)
     generation = int(names.generation(generation))
     key = lay.pin_marker(project, release, generation)
     if generation not in pins(st, lay, project, release):
@@ -193,7 +228,9 @@ def releases(
     found = []
     for name in projects:
         versions = (
-            [names.release(release)] if release is not None else _valid(st.listdir(lay.releases(name)), names.release)
+            [stem(st, lay, name, release)]
+            if release is not None
+            else _valid(st.listdir(lay.releases(name)), names.release)
         )
         found.extend((str(name), str(version)) for version in sorted(versions))
     return found
