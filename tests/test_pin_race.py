@@ -104,27 +104,6 @@ def test_a_pin_between_the_retires_listing_and_its_tombstone_keeps_the_generatio
     assert_live_and_pinned(world)
 
 
-def test_a_pin_after_the_tombstone_fails_saying_so_and_leaves_no_pin(world, tmp_path):
-    """Retire has written its tombstones and not yet checked the pins again: the pin sees the tombstone."""
-    # the command's plan and retire's own list the pins (they pass); the re-check after the tombstones waits
-    hold = {'method': 'listdir', 'contains': '/pinned', 'skip': 2}
-    retire = cli(world, tmp_path, *retire_args(world), hold=hold)
-    held(retire, tmp_path)
-    code, out, err = finish(cli(world, tmp_path, 'pin', world.url, PROJECT, '0.1', '1'))
-    assert code == 2, (code, out, err)
-    assert 'Generation 1 of demo-proj-0.1 is retired' in err, err
-    assert pinned(world) == []
-    (tmp_path / 'go').touch()
-    code, out, err = finish(retire)
-
-    assert code == 0, err
-    assert f'{PROJECT}-0.1: retired 1 (kept 2)' in out, out
-    assert [int(g) for g in world.generations(PROJECT, '0.1')] == [2]
-    assert world._store.exists(world._layout.retired_marker(PROJECT, '0.1', 1))
-    if world.s3server:
-        assert set(tags(world, 1, retired=True)) == {layout.RETIRED_TAG[1]}
-
-
 def test_a_pin_and_a_retire_that_see_each_other_keep_the_generation_pinned(world, tmp_path):
     """Retire listed before the pin was stored, pin checks after the tombstone: both see the other; the retire puts
     the generation back before the pin checks, so the pin holds."""
