@@ -528,7 +528,7 @@ def _delete(path: pathlib.Path) -> tuple[int, str | None]:
     left = tree_size(path)
     first = errors[0] if errors else 'still there'
     LOGGER.warning('Could not delete all of %s: %s', path, first)
-    return size - left, f'{len(errors)} files could not be deleted (first: {first}); {left} bytes left in {path}'
+    return size - left, f'could not delete all of it (first error: {first}); {left} bytes left in {path}'
 
 
 def _outcome(
