@@ -202,7 +202,7 @@ class Registry(asset.Registry, alias='s3'):
 
     def _generations_of(
         self, project: asset.Project.Key, release: asset.Release.Key | str, fresh: bool = False
-    ) -> tuple[str, dict[str, store.Entry]]:
+    ) -> tuple[str, dict[str, storage.Entry]]:
         """The name a release is stored under and its generation markers. A release not resolved in this process
         yet is tried under its canonical name first: found there, that costs no listing of the releases."""
         project, canonical = names.project(project), names.canonical(release)

@@ -13,8 +13,8 @@ directly with scikit-learn.
 """
 
 import json
-import pathlib
 import os
+import pathlib
 import sys
 import types
 import uuid
