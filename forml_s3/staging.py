@@ -244,8 +244,7 @@ def _drop_leases(tree: pathlib.Path) -> None:
 
 
 class _Leases:
-    """The leases this process holds, renewed by a daemon thread, removed at exit; a forked child takes its own
-    on the trees it inherited."""
+    """The leases this process holds, renewed by a daemon thread, removed at exit (see :meth:`forked`)."""
 
     def __init__(self):
         self._lock = threading.Lock()
@@ -301,12 +300,10 @@ class _Leases:
             self._held.clear()
 
     def forked(self) -> None:
-        """In a forked child: fresh lock and thread, and leases of its own on the trees it inherited."""
-        trees = list(self._held)
+        """In a forked child: a fresh lock, no thread, no leases of its own (its parent's cover the trees it
+        inherited while the parent lives; a mount in the child takes its own). Nothing else happens here: a
+        child that is about to ``exec`` must not leave lease files behind."""
         self.__init__()
-        for tree in trees:
-            with contextlib.suppress(OSError):
-                self.take(tree)
 
 
 LEASES_HELD = _Leases()
