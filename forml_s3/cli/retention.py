@@ -325,13 +325,13 @@ def retire(
             if not todo.retired:
                 continue
             retired = todo.retired if dry_run else retention.retire(st, lay, name, version, keep)
-            meanwhile = sorted(set(todo.retired) - set(retired))  # pinned while this ran: kept
+            meanwhile = sorted(set(todo.retired) - set(retired))  # pinned or aliased while this ran: kept
             total += len(retired)
             verb = 'would retire' if dry_run else 'retired'
-            pinned = sorted(todo.pinned + meanwhile)
-            pinned_note = f'; pinned {_numbers(pinned)}' if pinned else ''
+            pinned = f'; pinned {_numbers(todo.pinned)}' if todo.pinned else ''
+            pinned += f'; pinned or aliased meanwhile {_numbers(meanwhile)}' if meanwhile else ''
             kept = _numbers(sorted(todo.kept + meanwhile))
-            click.echo(f'{name}-{version}: {verb} {_numbers(retired)} (kept {kept}{pinned_note})')
+            click.echo(f'{name}-{version}: {verb} {_numbers(retired)} (kept {kept}{pinned})')
     click.echo(f'{total} generations {"would be " if dry_run else ""}retired', err=True)
 
 
