@@ -5,17 +5,28 @@ many keys name it, and a blob on disk is correct by construction. A blob is fill
 ``.incomplete`` file, verifying size and sha256, then renaming into place, all under a per-blob file lock:
 many processes asking for the same object at once cause one download, the rest wait and reuse it.
 
+Every file the cache serves is checked first: when a blob (or a cached marker) is stored, a *seal* beside it
+(``seals/<its path>``) records its sha256 and its identity on disk (size, inode, mtime and ctime in
+nanoseconds). Serving it compares one ``stat`` (an ``fstat`` of the open file for :meth:`BlobCache.read`) with the
+seal: any write to the file, a replacement, even a reset mtime, changes the identity (ctime cannot be set back),
+and the file is hashed again in full; content that no longer matches is deleted with a warning and reported
+missing, so the caller fetches it again from the bucket. A blob without a seal (a cache written by an earlier
+version) is hashed once and sealed. What the check cannot see is a change below the file system (a flipped bit on
+the disk itself): that needs a full rehash, which ``get(..., rehash=True)`` forces.
+
 The cache is capped (``max_bytes``) and the least recently used blobs are evicted. Knowing the cache's size takes
 a stat of every blob, so a process does not scan after every insert (writing many blobs would be quadratic): after
 a scan it may add :data:`RESCAN_FRACTION` of the cap before it scans again, and a scan that finds the cache over
 its cap evicts down to :data:`EVICT_TO_FRACTION` of it. The cache can so exceed its cap by less than one rescan
 step per process writing to it, between that process's scans. Eviction only unlinks files: a reader that already
-opened a blob keeps reading it (POSIX semantics), and a reader that finds it gone simply fetches it again.
+opened a blob keeps reading it (POSIX semantics), and a reader that finds it gone simply fetches it again. The
+last use of a blob is its seal's mtime (the blob itself is never touched after it is sealed).
 """
 
 import contextlib
 import fcntl
 import hashlib
+import json
 import logging
 import os
 import pathlib
@@ -32,6 +43,8 @@ RESCAN_FRACTION = 0.05
 """A process scans the cache again once it has added this fraction of the cap since its last scan."""
 EVICT_TO_FRACTION = 0.9
 """A scan that finds the cache over its cap evicts the least recently used blobs down to this fraction of it."""
+SEALS = 'seals'
+"""Directory under the cache root holding the seal of each cached file (same relative path)."""
 
 
 def default_root() -> pathlib.Path:
@@ -61,6 +74,17 @@ def file_lock(path: pathlib.Path) -> typing.Iterator[None]:
             yield
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _identity(stat: os.stat_result) -> dict[str, int]:
+    """What changes whenever a file's content does: size, inode (replaced), mtime and ctime (written)."""
+    return {
+        'size': stat.st_size,
+        'ino': stat.st_ino,
+        'dev': stat.st_dev,
+        'mtime_ns': stat.st_mtime_ns,
+        'ctime_ns': stat.st_ctime_ns,
+    }
 
 
 class Corrupted(forml.InvalidError):
@@ -108,24 +132,131 @@ class BlobCache:
     def path(self, sha256: str, suffix: str = '') -> pathlib.Path:
         return self.root / 'blobs' / sha256[:2] / f'{sha256}{suffix}'
 
-    def get(self, sha256: str, suffix: str = '') -> pathlib.Path | None:
-        """The blob's path if cached (marked as recently used), else None."""
+    def seal_path(self, path: pathlib.Path) -> pathlib.Path:
+        """Where the seal of a cached file is kept (its mtime is the file's last use)."""
+        return self.root / SEALS / pathlib.Path(path).relative_to(self.root)
+
+    def seal(self, path: pathlib.Path, sha256: str, stat: os.stat_result | None = None) -> None:
+        """Record that the file at ``path`` (as ``stat`` shows it; default: as it is now) holds content with this
+        sha256, verified by the caller."""
+        stat = stat if stat is not None else path.stat()
+        seal = self.seal_path(path)
+        seal.parent.mkdir(parents=True, exist_ok=True)
+        fd, temp = tempfile.mkstemp(suffix='.incomplete', dir=seal.parent)
+        with os.fdopen(fd, 'w') as file:
+            json.dump({'sha256': sha256, **_identity(stat)}, file)
+        os.replace(temp, seal)
+
+    def _sealed(self, path: pathlib.Path, stat: os.stat_result) -> str | None:
+        """The sha256 the seal records for the file as ``stat`` shows it; None if unsealed or changed since."""
+        try:
+            record = json.loads(self.seal_path(path).read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+        if not isinstance(record, dict) or any(record.get(k) != v for k, v in _identity(stat).items()):
+            return None
+        return record.get('sha256')
+
+    def _recorded(self, path: pathlib.Path) -> str | None:
+        """The sha256 the seal of ``path`` records, whatever the file's identity now (None: no seal)."""
+        try:
+            record = json.loads(self.seal_path(path).read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+        return record.get('sha256') if isinstance(record, dict) else None
+
+    def _used(self, path: pathlib.Path) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(self.seal_path(path))
+
+    def _discard(self, path: pathlib.Path, sha256: str, got: str) -> None:
+        """Delete a cached file whose content no longer matches what it was stored as (warned: a disk or a person
+        changed the cache)."""
+        LOGGER.warning(
+            'Cached %s no longer matches its sha256 %s (it now hashes to %s): deleted, fetching it again',
+            path, sha256, got,
+        )  # fmt: skip
+        for stale in (path, self.seal_path(path)):
+            with contextlib.suppress(FileNotFoundError):
+                stale.unlink()
+
+    def _rehash(self, path: pathlib.Path, sha256: str) -> bool:
+        """Hash a cached file in full: seal it if it holds ``sha256``, else discard it. Whether it holds it."""
+        try:
+            before = path.stat()
+            _, got = sha256_of(path)
+            after = path.stat()
+        except FileNotFoundError:
+            return False
+        if got != sha256:
+            self._discard(path, sha256, got)
+            return False
+        if _identity(before) == _identity(after):  # else it changed while hashed: checked again at its next use
+            self.seal(path, sha256, after)
+        return True
+
+    def get(self, sha256: str, suffix: str = '', *, rehash: bool = False) -> pathlib.Path | None:
+        """The blob's path if cached and unchanged since it was stored (marked as recently used), else None.
+
+        A blob changed since (or never sealed) is hashed again: kept if it still holds ``sha256``, deleted with a
+        warning if not. ``rehash`` hashes it whatever its seal says.
+        """
         path = self.path(sha256, suffix)
         try:
-            os.utime(path)
+            stat = path.stat()
         except FileNotFoundError:
             return None
+        if (rehash or self._sealed(path, stat) != sha256) and not self._rehash(path, sha256):
+            return None
+        self._used(path)
         return path
 
+    def cached(self, sha256: str, suffix: str = '') -> bool:
+        """Whether a blob is there (one stat; not checked: :meth:`get` and :meth:`read` check before serving)."""
+        return self.path(sha256, suffix).exists()
+
     def read(self, sha256: str) -> bytes | None:
-        """The blob's bytes if cached, else None."""
-        path = self.get(sha256)
-        if path is None:
+        """The blob's bytes if cached and still holding ``sha256``, else None (a changed blob is deleted)."""
+        return self._read(self.path(sha256), sha256)
+
+    def read_file(self, path: pathlib.Path) -> bytes | None:
+        """The bytes of a file stored with :meth:`put_file`, if unchanged since; else None (deleted if changed)."""
+        sha256 = self._recorded(path)
+        if sha256 is None:
             return None
+        return self._read(path, sha256)
+
+    def _read(self, path: pathlib.Path, sha256: str) -> bytes | None:
+        """The bytes of a cached file, checked: its identity matches its seal before and after the read (one
+        ``fstat`` each), else the bytes read are hashed."""
         try:
-            return path.read_bytes()
+            file = path.open('rb')
         except FileNotFoundError:  # evicted meanwhile
             return None
+        with file:
+            before = os.fstat(file.fileno())
+            sealed = self._sealed(path, before) == sha256
+            data = file.read()
+            after = os.fstat(file.fileno())
+        unchanged = _identity(before) == _identity(after)
+        if not (sealed and unchanged):
+            got = hashlib.sha256(data).hexdigest()
+            if got != sha256:
+                self._discard(path, sha256, got)
+                return None
+            if unchanged:
+                self.seal(path, sha256, after)
+        self._used(path)
+        return data
+
+    def put_file(self, path: pathlib.Path, data: bytes) -> None:
+        """Store bytes at a path under the cache root (atomically), sealed with their sha256."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temp = tempfile.mkstemp(suffix='.incomplete', dir=path.parent)
+        with os.fdopen(fd, 'wb') as file:
+            file.write(data)
+        os.replace(temp, path)
+        self.seal(path, hashlib.sha256(data).hexdigest())
 
     def fetch(
         self,
@@ -167,6 +298,7 @@ class BlobCache:
                         f'got {got_size} bytes with sha256 {got_sha}; restore it or retrain (`forml-s3 verify`)'
                     )
                 os.replace(temp_path, target)
+                self.seal(target, sha256)
             finally:
                 with contextlib.suppress(FileNotFoundError):
                     temp_path.unlink()
@@ -175,26 +307,27 @@ class BlobCache:
 
     def put(self, data: bytes, sha256: str, suffix: str = '') -> pathlib.Path:
         """Store bytes already known (and verified by the caller) under their sha256."""
+        if (cached := self.get(sha256, suffix)) is not None:
+            return cached
         target = self.path(sha256, suffix)
-        if target.exists():
-            return target
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp = tempfile.mkstemp(suffix='.incomplete', dir=target.parent)
-        with os.fdopen(fd, 'wb') as file:
-            file.write(data)
-        os.replace(temp, target)
+        self.put_file(target, data)
         self._added(len(data), keep=target)
         return target
 
     def blobs(self) -> list[tuple[pathlib.Path, os.stat_result]]:
-        """All complete blobs with their stat, least recently used first."""
+        """All complete blobs with their stat, least recently used (by their seal's mtime) first."""
         found = []
         for path in (self.root / 'blobs').glob('*/*'):
             if path.name.endswith('.incomplete'):
                 continue
             with contextlib.suppress(FileNotFoundError):
-                found.append((path, path.stat()))
-        return sorted(found, key=lambda item: item[1].st_mtime_ns)
+                stat = path.stat()
+                try:
+                    used = self.seal_path(path).stat().st_mtime_ns
+                except FileNotFoundError:  # unsealed (an earlier version's cache, or being sealed)
+                    used = stat.st_mtime_ns
+                found.append((used, path, stat))
+        return [(path, stat) for _, path, stat in sorted(found, key=lambda item: item[0])]
 
     def size(self) -> int:
         return sum(stat.st_size for _, stat in self.blobs())
@@ -239,5 +372,7 @@ class BlobCache:
                     path.unlink()
                     freed += stat.st_size
                     LOGGER.debug('Evicted %s (%d bytes)', path.name, stat.st_size)
+                with contextlib.suppress(FileNotFoundError):
+                    self.seal_path(path).unlink()
         self._headroom = self.rescan_step
         return freed

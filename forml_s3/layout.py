@@ -10,7 +10,12 @@ Paths are relative to the registry root (the configured URL)::
     <project>/<release>/pinned/<n>.json             pin: the generation is never retired
     <project>/<release>/states/<sid>.bin            states, written once, uncommitted until a marker names them
     <project>/<release>/states/<pack-id>.pack       small states of one commit side by side (see forml_s3.packing)
+    <project>/aliases/<name>.json                   alias: a named pointer to one generation, with its history
     .leases/<writer>.json                           a live process's uncommitted releases (see forml_s3.lease)
+
+``<release>`` is the version's canonical key (:func:`forml_s3.names.canonical`: ``2``, ``2.0`` and ``2.0.0`` are all
+``2.0``), so that equal versions contend for one exclusive create; a registry written before canonical keys holds
+releases under the spelling pushed, and :meth:`Layout.stored_as` finds them.
 
 Markers of one level sit side by side under a prefix that holds nothing else, so one delimiter LIST
 returns the whole level (up to 1,000 entries a page) and shows only what is committed. The package key
@@ -40,6 +45,7 @@ RETIRED = 'retired'
 PINNED = 'pinned'
 STATES = 'states'
 LEASES = '.leases'
+ALIASES = 'aliases'
 TOMBSTONE = b''
 """Content of the generation marker of a retired generation (see the module docstring)."""
 
@@ -104,7 +110,14 @@ class Layout:
             raise asset.Level.Invalid(f'Invalid lease name {name!r}')
         return f'{self.leases()}/{name}{MARKER}'
 
+    def aliases(self, project: asset.Project.Key) -> str:
+        """Prefix listing the aliases of a project (``aliases`` is no PEP 440 version: no release collides)."""
+        return self._join(names.project(project), ALIASES)
+
     # objects ----------------------------------------------------------------------------------
+    def alias(self, project: asset.Project.Key, name: str) -> str:
+        return f'{self.aliases(project)}/{names.alias(name)}{MARKER}'
+
     def project_marker(self, project: asset.Project.Key) -> str:
         return self._join(f'{names.project(project)}{MARKER}')
 
@@ -169,6 +182,24 @@ class Layout:
         return stored
 
     # parsing listings -------------------------------------------------------------------------
+    @staticmethod
+    def stored_as(listed: typing.Iterable[str], release: asset.Release.Key | str) -> str | None:
+        """Which of the listed release names (marker names) stands for ``release``: PEP 440-equal, the canonical
+        key preferred (a registry written before canonical keys may hold one version under two spellings), then
+        the same spelling; None if no listed release equals it."""
+        key = names.release(release)
+        equal = []
+        for name in listed:
+            try:
+                if names.release(name) == key:
+                    equal.append(name)
+            except asset.Level.Invalid:
+                continue
+        for preferred in (names.canonical(key), str(key)):
+            if preferred in equal:
+                return preferred
+        return min(equal, default=None)
+
     @staticmethod
     def marker_names(sizes: typing.Mapping[str, int]) -> typing.Iterator[str]:
         """The level names of the live markers among listed objects (basename -> size); other objects and

@@ -60,6 +60,32 @@ def release(version: typing.Any) -> asset.Release.Key:
         ) from err
 
 
+def canonical(version: typing.Any) -> str:
+    """The one key of a PEP 440 version: every spelling of it (``2``, ``2.0``, ``2.0.0``) gives the same string.
+
+    PEP 440 compares release segments as if padded with zeros, so trailing zeros are dropped down to two segments
+    (``2.0.0`` and ``2`` become ``2.0``; ``1.2.0`` becomes ``1.2``; ``1.2.3`` stays); the rest is PEP 440's own
+    normal form (epoch, pre-, post-, dev-release and local label as ``packaging`` prints them). Release markers
+    are created under this key, so equal versions contend for one exclusive create.
+    """
+    key = release(version)
+    segments = list(key.release)
+    while len(segments) > 2 and segments[-1] == 0:
+        segments.pop()
+    segments += [0] * (2 - len(segments))
+    text = f'{key.epoch}!' if key.epoch else ''
+    text += '.'.join(str(s) for s in segments)
+    if key.pre is not None:
+        text += f'{key.pre[0]}{key.pre[1]}'
+    if key.post is not None:
+        text += f'.post{key.post}'
+    if key.dev is not None:
+        text += f'.dev{key.dev}'
+    if key.local is not None:
+        text += f'+{key.local}'
+    return text
+
+
 def generation(number: typing.Any) -> asset.Generation.Key:
     """Validate a generation number (a natural number: 1, 2, ...)."""
     if isinstance(number, bool):
@@ -78,3 +104,16 @@ def state(sid: typing.Any) -> uuid.UUID:
         return uuid.UUID(str(sid))
     except ValueError as err:
         raise asset.Level.Invalid(f'Invalid state id {sid!r}: expected a UUID') from err
+
+
+_ALIAS = re.compile(r'[A-Za-z][A-Za-z0-9_-]{0,62}')
+
+
+def alias(name: typing.Any) -> str:
+    """Validate an alias name (a letter, then letters, digits, "_" or "-"; at most 63 characters)."""
+    if not isinstance(name, str) or not _ALIAS.fullmatch(name):
+        raise asset.Level.Invalid(
+            f'Invalid alias name {name!r}: start with a letter, then letters, digits, "_" or "-" (at most 63), '
+            'e.g. champion'
+        )
+    return name

@@ -11,8 +11,8 @@ import dataclasses
 import functools
 import hashlib
 import logging
-import os
 import pathlib
+import re
 import shutil
 import tempfile
 import threading
@@ -26,12 +26,14 @@ from forml import project as prj
 from forml import setup
 from forml.io import asset
 
+from . import aliases as aliasmod
 from . import cache as cachemod
 from . import codec, layout, lease, names, packing, staging, storage, transfers
 
 LOGGER = logging.getLogger(__name__)
 
 UNCOMMITTED = dict([layout.UNCOMMITTED_TAG])
+_SHA256 = re.compile(r'[0-9a-f]{64}')
 
 
 class Conflict(asset.Level.Invalid):
@@ -108,6 +110,8 @@ class Registry(asset.Registry, alias='s3'):
         if not 0 <= float(lease_after) <= lease.TTL / 4:
             raise forml.InvalidError(f'lease_after must be between 0 and {lease.TTL / 4:g} seconds, not {lease_after}')
         self._lease_after: float = float(lease_after)
+        self._stems: dict[tuple[str, str], str] = {}
+        """Where each release is stored (see :meth:`_stem`): immutable once found, so kept and pickled."""
         self._init_volatile()
 
     def _init_volatile(self) -> None:
@@ -143,6 +147,11 @@ class Registry(asset.Registry, alias='s3'):
     def url(self) -> str:
         return self._store.url
 
+    @property
+    def aliases(self) -> 'aliasmod.Aliases':
+        """The registry's model aliases (:mod:`forml_s3.aliases`): ``registry.aliases.set(project, name, ...)``."""
+        return aliasmod.Aliases(self._store, self._layout)
+
     # listings -------------------------------------------------------------------------------------------
     def _list(self, prefix: str, fresh: bool = False) -> dict[str, storage.Entry]:
         """Markers under ``prefix`` by level name: one LIST per page, reused for ``listing_ttl`` seconds."""
@@ -157,6 +166,23 @@ class Registry(asset.Registry, alias='s3'):
         with self._lock:
             self._listings[prefix] = (now, found)
         return found
+
+    def _stem(self, project: asset.Project.Key, release: asset.Release.Key | str) -> str:
+        """The name a release is stored under: its marker's name as listed - the canonical key of its version
+        (:func:`forml_s3.names.canonical`), or the spelling an earlier forml-s3 stored it under - so that any
+        PEP 440-equal spelling (``2``, ``2.0``, ``2.0.0``) reaches the same release. A release not pushed yet is
+        stored under its canonical key. Found once per process (and pickled with the registry)."""
+        project, key = str(names.project(project)), names.release(release)
+        canonical = names.canonical(key)
+        if (stem := self._stems.get((project, canonical))) is not None:
+            return stem
+        for fresh in (False, True):
+            if (
+                stem := layout.Layout.stored_as(self._list(self._layout.releases(project), fresh=fresh), key)
+            ) is not None:
+                self._stems[(project, canonical)] = stem
+                return stem
+        return canonical
 
     def _invalidate(self, *prefixes: str) -> None:
         with self._lock:
@@ -182,7 +208,24 @@ class Registry(asset.Registry, alias='s3'):
     def generations(
         self, project: asset.Project.Key, release: asset.Release.Key
     ) -> typing.Iterable[asset.Generation.Key]:
-        return self._keys(self._list(self._layout.generations(project, release)), names.generation)
+        return self._keys(self._generations_of(project, release)[1], names.generation)
+
+    def _generations_of(
+        self, project: asset.Project.Key, release: asset.Release.Key | str, fresh: bool = False
+    ) -> tuple[str, dict[str, storage.Entry]]:
+        """The name a release is stored under and its generation markers. A release not resolved in this process
+        yet is tried under its canonical name first: found there, that costs no listing of the releases."""
+        project, canonical = names.project(project), names.canonical(release)
+        stem = self._stems.get((str(project), canonical))
+        if stem is None:
+            found = self._list(self._layout.generations(project, canonical), fresh=fresh)
+            if found:  # generations are committed only into a committed release: it is stored there
+                self._stems[(str(project), canonical)] = canonical
+                return canonical, found
+            stem = self._stem(project, release)
+            if stem == canonical:
+                return stem, found
+        return stem, self._list(self._layout.generations(project, stem), fresh=fresh)
 
     # markers --------------------------------------------------------------------------------------------
     def _marker(self, key: str, entry: storage.Entry) -> dict[str, typing.Any]:
@@ -192,15 +235,11 @@ class Registry(asset.Registry, alias='s3'):
         if memo is not None:
             return memo
         local = self._cache.root / 'markers' / hashlib.sha256(f'{self.url}|{key}|{entry.version}'.encode()).hexdigest()
-        try:
-            raw = local.read_bytes()
-        except FileNotFoundError:
+        raw = self._cache.read_file(local)  # checked against the sha256 sealed when it was cached
+        if raw is None:
             raw = self._store.read(key)
             marker = codec.loads(raw, self._store.uri(key))  # validate before caching
-            local.parent.mkdir(parents=True, exist_ok=True)
-            temp = local.with_name(f'{local.name}.{os.getpid()}.incomplete')
-            temp.write_bytes(raw)
-            os.replace(temp, local)
+            self._cache.put_file(local, raw)
         else:
             marker = codec.loads(raw, self._store.uri(key))
         with self._lock:
@@ -212,17 +251,18 @@ class Registry(asset.Registry, alias='s3'):
         return self._list(prefix).get(name) or self._list(prefix, fresh=True).get(name)
 
     def _release_marker(self, project: asset.Project.Key, release: asset.Release.Key) -> dict[str, typing.Any]:
-        release = names.release(release)
-        entry = self._entry(self._layout.releases(project), str(release))
+        stem = self._stem(project, release)
+        entry = self._entry(self._layout.releases(project), stem)
         if entry is None:
             raise forml.MissingError(f'No release {project}-{release} in {self.url}')
-        return self._marker(self._layout.release_marker(project, release), entry)
+        return self._marker(self._layout.release_marker(project, stem), entry)
 
     def _generation_marker(
         self, project: asset.Project.Key, release: asset.Release.Key, generation: asset.Generation.Key
     ) -> dict[str, typing.Any] | None:
-        generation = names.generation(generation)
-        entry = self._entry(self._layout.generations(project, release), str(int(generation)))
+        name = str(int(names.generation(generation)))
+        release, found = self._generations_of(project, release)
+        entry = found.get(name) or self._generations_of(project, release, fresh=True)[1].get(name)
         if entry is None:
             return None
         return self._marker(self._layout.generation_marker(project, release, generation), entry)
@@ -231,11 +271,12 @@ class Registry(asset.Registry, alias='s3'):
     def push(self, package: 'prj.Package') -> None:
         project = names.project(package.manifest.name)
         release = names.release(package.manifest.version)
+        stem = names.canonical(release)  # equal versions (2.0, 2.0.0) contend for one marker key
         existing = self._keys(self._list(self._layout.releases(project), fresh=True), names.release)
-        if release in existing:
+        if release in existing:  # PEP 440 equality: 2.0 == 2.0.0
             raise Conflict(
-                f'Release {project}-{release} already exists in {self.url}: releases are immutable, '
-                'bump the version in pyproject.toml and release again'
+                f'Release {project}-{release} already exists in {self.url}{self._spelled(project, release)}: '
+                'releases are immutable, bump the version in pyproject.toml and release again'
             )
         if existing and release < max(existing):
             raise asset.Level.Invalid(
@@ -244,14 +285,14 @@ class Registry(asset.Registry, alias='s3'):
         with tempfile.TemporaryDirectory(prefix='forml-s3-push-') as temp:
             source = _package_file(package.path, pathlib.Path(temp))
             size, sha256 = cachemod.sha256_of(source)
-            key = self._layout.package(project, release, sha256)
-            self._track(project, release, key)
+            key = self._layout.package(project, stem, sha256)
+            self._track(project, stem, key)
             LOGGER.info('Uploading %s-%s package (%d bytes) to %s', project, release, size, self._store.uri(key))
             self._store.write(key, source, tags=self._uncommitted(), metadata={'sha256': sha256})
             self._cache.fetch(sha256, size, lambda t: _copy(source, t), name=str(source), suffix=layout.PACKAGE_SUFFIX)
         try:
             self._commit_stored(
-                self._layout.release_dir(project, release),
+                self._layout.release_dir(project, stem),
                 {key: size},
                 f'Cannot commit release {project}-{release}',
                 lambda _: f'package {key.rsplit("/", 1)[-1]}',
@@ -273,7 +314,7 @@ class Registry(asset.Registry, alias='s3'):
             'writer': codec.writer(),
         }
         try:
-            self._store.create(self._layout.release_marker(project, release), codec.dumps(marker))
+            self._store.create(self._layout.release_marker(project, stem), codec.dumps(marker))
         except FileExistsError:
             self._invalidate(self._layout.releases(project))
             winner = self._release_marker(project, release)
@@ -281,12 +322,21 @@ class Registry(asset.Registry, alias='s3'):
                 self._uncommit_tags([key])
             raise Conflict(
                 f'Release {project}-{release} was pushed to {self.url} by another writer meanwhile '
-                f'({winner.get("writer")}): releases are immutable, bump the version and release again'
+                f'(as {winner.get("release", stem)}, by {winner.get("writer")}): releases are immutable, '
+                'bump the version and release again'
             ) from None
         finally:
             self._invalidate(self._layout.releases(project))
             lease.settle(self._store, [key])
         self._ensure_project(project)
+
+    def _spelled(self, project: asset.Project.Key, release: asset.Release.Key) -> str:
+        """`` (pushed as 2.0)`` when the existing release equal to ``release`` was pushed under another spelling."""
+        try:
+            pushed = str(self._release_marker(project, release).get('release'))
+        except (forml.AnyError, OSError):  # only decorates an error message
+            return ''
+        return f' (pushed as {pushed})' if pushed != str(release) else ''
 
     def _ensure_project(self, project: asset.Project.Key) -> None:
         """Create the project marker if missing (after the first release marker, so it never lists empty)."""
@@ -304,10 +354,10 @@ class Registry(asset.Registry, alias='s3'):
 
     def _package_blob(self, project: asset.Project.Key, release: asset.Release.Key) -> tuple[pathlib.Path, str]:
         """The verified package in the local cache (downloaded once per machine) and its sha256."""
-        marker = self._release_marker(project, release)
+        marker, stem = self._release_marker(project, release), self._stem(project, release)
         try:
             info = marker['package']
-            key = self._layout.release_object(project, release, info['key'])
+            key = self._layout.release_object(project, stem, info['key'])
             size, sha256 = int(info['size']), str(info['sha256'])
         except (KeyError, TypeError, ValueError) as err:
             raise asset.Level.Invalid(
@@ -323,10 +373,12 @@ class Registry(asset.Registry, alias='s3'):
         return path, sha256
 
     def mount(self, project: asset.Project.Key, release: asset.Release.Key) -> 'prj.Artifact':
-        project, release = names.project(project), names.release(release)
-        sha256 = str(self._release_marker(project, release).get('package', {}).get('sha256'))
+        project, release = names.project(project), self._stem(project, release)
+        sha256 = str((self._release_marker(project, release).get('package') or {}).get('sha256'))
+        if not _SHA256.fullmatch(sha256):  # it names the staged tree: never let a marker pick another path
+            raise asset.Level.Invalid(f'Corrupted release marker of {project}-{release} in {self.url}: bad sha256')
         target = staging.ensure(
-            staging.target(self._staging, str(project), str(release)),
+            staging.target(self._staging, str(project), release, sha256),
             sha256,
             lambda: self._package_blob(project, release),
         )
@@ -336,10 +388,11 @@ class Registry(asset.Registry, alias='s3'):
 
     # states and generations ---------------------------------------------------------------------------
     def write(self, project: asset.Project.Key, release: asset.Release.Key, sid: uuid.UUID, state: bytes) -> None:
-        key = self._layout.state(project, release, sid)
+        stem = self._stem(project, release)
+        key = self._layout.state(project, stem, sid)
         sha256 = hashlib.sha256(state).hexdigest()
         uri = self._store.uri(key)
-        self._track(names.project(project), names.release(release), key)
+        self._track(names.project(project), stem, key)
         upload = functools.partial(self._store.write, key, state, tags=self._uncommitted(), metadata={'sha256': sha256})
         if self._pack_states and len(state) <= packing.MAX_STATE:
             LOGGER.debug('Holding state %s (%d bytes) for packing', sid, len(state))
@@ -355,8 +408,9 @@ class Registry(asset.Registry, alias='s3'):
         generation: asset.Generation.Key,
         tag: asset.Tag,
     ) -> None:
-        project, release, generation = names.project(project), names.release(release), names.generation(generation)
-        if self._entry(self._layout.releases(project), str(release)) is None:
+        project, generation = names.project(project), names.generation(generation)
+        release = self._stem(project, release)
+        if self._entry(self._layout.releases(project), release) is None:
             raise asset.Level.Invalid(f'No release {project}-{release} in {self.url} to commit generation into')
         prefix = self._layout.generations(project, release)
         with self._lock:  # early exit on a known conflict; the exclusive marker below is the real guard
@@ -538,10 +592,11 @@ class Registry(asset.Registry, alias='s3'):
     def open(
         self, project: asset.Project.Key, release: asset.Release.Key, generation: asset.Generation.Key
     ) -> asset.Tag:
-        key = self._layout.generation_marker(project, release, generation)
         marker = self._generation_marker(project, release, generation)
         if marker is None:
             raise asset.Level.Listing.Empty(f'No generation {generation} of {project}-{release} in {self.url}')
+        release = self._stem(project, release)  # known by now: no request
+        key = self._layout.generation_marker(project, release, generation)
         tag = codec.tag_of(marker, self._store.uri(key))
         self._layout.stored(project, release, marker)  # validates the states' locations before fetching any
         self._prefetch(project, release, marker)
@@ -551,7 +606,7 @@ class Registry(asset.Registry, alias='s3'):
         """Start fetching the generation's states not cached yet, all at once, in the background (a pack once)."""
         packed: dict[str, list[str]] = {}
         for sid, info in marker['states'].items():
-            if self._cache.get(info['sha256']) is None:
+            if not self._cache.cached(info['sha256']):  # read() checks the cached ones before serving them
                 if 'pack' in info:
                     packed.setdefault(str(info['pack']), []).append(sid)
                 else:
@@ -615,6 +670,7 @@ class Registry(asset.Registry, alias='s3'):
         marker = self._generation_marker(project, release, generation)
         if marker is None:
             raise asset.Level.Invalid(f'Invalid registry component {project}/{release}/{generation}')
+        release = self._stem(project, release)  # known by now: no request
         info = marker.get('states', {}).get(str(sid))
         if info is None:
             LOGGER.warning('No state %s in generation %s of %s-%s', sid, generation, project, release)
@@ -624,7 +680,7 @@ class Registry(asset.Registry, alias='s3'):
             if data is not None:
                 return data
             try:
-                self._fetch_state(names.project(project), names.release(release), marker, str(sid))
+                self._fetch_state(names.project(project), release, marker, str(sid))
             except FileNotFoundError as err:
                 where = f'pack {info["pack"]}' if 'pack' in info else 'its object'
                 raise forml.MissingError(
@@ -637,7 +693,7 @@ class Registry(asset.Registry, alias='s3'):
     # commit safety ---------------------------------------------------------------------------------------
     def _track(self, project: str, release: str, key: str) -> None:
         """An upload this process has to commit: leased against ``gc`` if it stays uncommitted for long."""
-        lease.track(self._store, self._layout, str(project), str(release), key, self._lease_after)
+        lease.track(self._store, self._layout, str(project), str(names.release(release)), key, self._lease_after)
 
     def _commit_stored(
         self, prefix: str, sizes: dict[str, int], refusal: str, what: typing.Callable[[str], str | None]

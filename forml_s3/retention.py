@@ -7,13 +7,24 @@ in this order:
 1. its marker is copied to ``retired/<n>.json`` (tagged), so ``forml-s3 ls`` and ``verify`` still know it;
 2. its marker in ``generations/`` is replaced by an empty tombstone: listings skip it from now on, and the key
    stays taken, so a writer still trying to commit that number gets a conflict (see :mod:`forml_s3.layout`);
-3. its states are tagged ``forml-s3=retired`` (except any state a kept generation names too).
+3. once every generation of the run has its tombstone, the pins and the aliases are listed again: a generation
+   pinned or aliased meanwhile gets its marker back and loses the copy of step 1 (it stays live);
+4. its states are tagged ``forml-s3=retired`` (except any state a kept generation names too).
 
-A run that dies between 2 and 3 leaves states untagged: they are never expired (a leak, never a loss of a
+Pin and retire cannot interleave into a pinned and retired generation. A pin stores ``pinned/<n>.json`` and then
+checks that the generation is live; a retire stores the tombstone and then checks the pins (step 3). Each writes
+before it reads what the other writes, and the store is strongly consistent, so whichever comes second sees the
+first: the pin fails ("retired meanwhile", its pin deleted) or the retire backs off (step 3), or both. The same
+holds for an alias set (:mod:`forml_s3.aliases` stores the alias, then checks that its generation is live).
+
+A run that dies between 2 and 3 can leave a generation pinned meanwhile hidden (its states untagged, so never
+expired; putting its ``retired/<n>.json`` back as ``generations/<n>.json`` restores it). A run that dies between
+2 and 4 leaves states untagged: they are never expired (a leak, never a loss of a
 live generation's data); running ``retire`` again does not revisit them, ``forml-s3 lifecycle preview`` shows
 what the rule will expire. Off S3 (``file://``, ``memory://``) there are no tags: retiring only hides.
 
-The newest ``keep`` generations of a release and every pinned one (``pinned/<n>.json``) are never retired.
+The newest ``keep`` generations of a release, every pinned one (``pinned/<n>.json``) and every one an alias points
+to (:mod:`forml_s3.aliases`) are never retired.
 """
 
 import dataclasses
@@ -23,7 +34,7 @@ import typing
 import forml
 from forml.io import asset
 
-from . import codec, layout, names, storage, transfers
+from . import aliases, codec, layout, names, storage, transfers
 
 LOGGER = logging.getLogger(__name__)
 
@@ -42,6 +53,8 @@ class Plan:
     kept: list[int]
     pinned: list[int]
     retired: list[int]
+    aliased: list[int] = dataclasses.field(default_factory=list)
+    """Generations kept because an alias points to them (see :mod:`forml_s3.aliases`)."""
 
 
 def _numbers(st: storage.Store, prefix: str) -> dict[int, storage.Entry]:
@@ -68,9 +81,11 @@ def _plan(
     entries = _numbers(st, lay.generations(project, release))
     live = sorted(entries, reverse=True)
     pinned = sorted(_numbers(st, lay.pinned(project, release)))
-    retired = sorted(g for g in live[keep:] if g not in pinned)
+    aliased = sorted(aliases.Aliases(st, lay).aliased(project, release))
+    retired = sorted(g for g in live[keep:] if g not in pinned and g not in aliased)
     kept = sorted(set(live) - set(retired))
-    return Plan(str(project), str(release), kept, [g for g in pinned if g in live], retired), entries
+    protected = {'pinned': [g for g in pinned if g in live], 'aliased': [g for g in aliased if g in live]}
+    return Plan(str(project), str(release), kept, retired=retired, **protected), entries
 
 
 def retire(
@@ -92,6 +107,7 @@ def retire(
     todo, entries = _plan(st, lay, project, release, keep)
     if dry_run or not todo.retired:
         return todo.retired
+    done = []
     read = read or (lambda key, _: codec.loads(st.read(key), st.uri(key)))
     markers = dict(
         zip(
@@ -104,16 +120,29 @@ def retire(
     )
     shared = {key for g in todo.kept for key in _stored(lay, project, release, markers[g])}
     tags = RETIRED if st.object_tags else None
+    keys = {g: (lay.retired_marker(project, release, g), lay.generation_marker(project, release, g)) for g in markers}
     for generation in todo.retired:
-        marker = markers[generation]
-        retired = {**marker, 'retired': codec.now(), 'retired_by': codec.writer()}
-        st.write(lay.retired_marker(project, release, generation), codec.dumps(retired), tags=tags)
-        st.write(lay.generation_marker(project, release, generation), layout.TOMBSTONE)
+        copy, key = keys[generation]
+        retired = {**markers[generation], 'retired': codec.now(), 'retired_by': codec.writer()}
+        st.write(copy, codec.dumps(retired), tags=tags)
+        st.write(key, layout.TOMBSTONE)
+    # after the tombstones (see the module docs): pinned or aliased meanwhile?
+    protected = set(_numbers(st, lay.pinned(project, release))) | set(
+        aliases.Aliases(st, lay).aliased(project, release)
+    )
+    for generation in todo.retired:
+        copy, key = keys[generation]
+        if generation in protected:
+            st.write(key, codec.dumps(markers[generation]))
+            st.delete(copy)
+            LOGGER.warning('Kept generation %d of %s-%s: pinned or aliased meanwhile', generation, project, release)
+            continue
         if tags:
-            keys = [key for key in _stored(lay, project, release, marker) if key not in shared]
-            transfers.run_all(lambda k: st.set_tags(k, RETIRED), keys)
+            stored = [k for k in _stored(lay, project, release, markers[generation]) if k not in shared]
+            transfers.run_all(lambda k: st.set_tags(k, RETIRED), stored)
+        done.append(generation)
         LOGGER.info('Retired generation %d of %s-%s', generation, project, release)
-    return todo.retired
+    return done
 
 
 def _stored(lay: layout.Layout, project: str, release: str, marker: typing.Mapping[str, typing.Any]) -> list[str]:
@@ -126,17 +155,24 @@ def _stored(lay: layout.Layout, project: str, release: str, marker: typing.Mappi
 
 # pins -------------------------------------------------------------------------------------------------------
 def pins(st: storage.Store, lay: layout.Layout, project: str, release: str) -> list[int]:
-    """The pinned generation numbers of a release (one LIST)."""
-    return sorted(_numbers(st, lay.pinned(project, release)))
+    """The pinned generation numbers of a release (two LISTs: the releases, then its pins)."""
+    return sorted(_numbers(st, lay.pinned(project, stem(st, lay, project, release))))
+
+
+def stem(st: storage.Store, lay: layout.Layout, project: str, release: str) -> str:
+    """The name a release is stored under, for a release named by a user in any PEP 440 spelling (one LIST)."""
+    listed = layout.Layout.marker_names({e.name: e.size for e in st.listdir(lay.releases(project))})
+    return layout.Layout.stored_as(listed, release) or names.canonical(release)
 
 
 def pin(st: storage.Store, lay: layout.Layout, project: str, release: str, generation: int, note: str = '') -> None:
     """Pin a live generation so it is never retired (idempotent).
 
     Raises ``forml.MissingError`` if the generation is not live: retired already, or never committed. The check
-    is repeated after the pin is stored, so a retire racing with the pin is reported, not silently lost.
+    is repeated after the pin is stored, so a retire racing with the pin is seen by one of them (see the module
+    docs): a pin that finds its generation retired deletes itself and fails saying so.
     """
-    project, release = str(names.project(project)), str(names.release(release))
+    project, release = str(names.project(project)), stem(st, lay, project, release)
     generation = int(names.generation(generation))
     _require_live(st, lay, project, release, generation)
     marker = {
@@ -148,12 +184,16 @@ def pin(st: storage.Store, lay: layout.Layout, project: str, release: str, gener
         'note': note,
     }
     st.write(lay.pin_marker(project, release, generation), codec.dumps(marker))
-    _require_live(st, lay, project, release, generation, meanwhile=True)
+    try:
+        _require_live(st, lay, project, release, generation, meanwhile=True)
+    except forml.MissingError:
+        st.delete(lay.pin_marker(project, release, generation))  # a pin of a retired generation would mislead
+        raise
 
 
 def unpin(st: storage.Store, lay: layout.Layout, project: str, release: str, generation: int) -> bool:
     """Remove a pin; returns whether there was one."""
-    project, release = str(names.project(project)), str(names.release(release))
+    project, release = str(names.project(project)), stem(st, lay, project, release)
     generation = int(names.generation(generation))
     key = lay.pin_marker(project, release, generation)
     if generation not in pins(st, lay, project, release):
@@ -188,7 +228,9 @@ def releases(
     found = []
     for name in projects:
         versions = (
-            [names.release(release)] if release is not None else _valid(st.listdir(lay.releases(name)), names.release)
+            [stem(st, lay, name, release)]
+            if release is not None
+            else _valid(st.listdir(lay.releases(name)), names.release)
         )
         found.extend((str(name), str(version)) for version in sorted(versions))
     return found

@@ -13,11 +13,14 @@ Example descriptor (``application.py``)::
     application.setup(application.Generic('forml-s3-demo', selector=Refreshing('forml-s3-demo', refresh=10)))
 """
 
+import hashlib
 import logging
+import random
 import threading
 import time
 import typing
 
+import forml
 from forml import application
 from forml.io import asset
 
@@ -79,3 +82,198 @@ class Refreshing(application.Selector):
                 continue
             return asset.Instance(project=self._project, release=release, generation=generation, registry=registry)
         raise asset.Level.Listing.Empty(f'No trained generation of {self._project} in {registry}')
+
+
+Pick = tuple[str, str, int]
+"""A selector's pick by name: (project, release, generation number) - compared without asking the registry."""
+
+
+def _instance(registry: asset.Directory, pick: Pick) -> asset.Instance:
+    project, release, generation = pick
+    return asset.Instance(project=project, release=release, generation=generation, registry=registry)
+
+
+def _aliases(registry: asset.Directory):
+    """The aliases of the registry behind a ForML directory (a forml-s3 registry provider)."""
+    provider = getattr(registry, 'registry', None)
+    for _ in range(3):  # the gateway hands selectors its registry wrapped read-only (ForML 0.93 Dispatcher.Frozen)
+        if hasattr(provider, 'aliases') or not hasattr(provider, '_registry'):
+            break
+        provider = provider._registry
+    found = getattr(provider, 'aliases', None)
+    if found is None:
+        raise forml.InvalidError(
+            f'Alias selectors need a forml-s3 registry (provider "s3"), not {provider!r}: aliases live in its bucket'
+        )
+    return found
+
+
+def _first(
+    chain: typing.Sequence[application.Selector], registry: asset.Directory, context: typing.Any, stats: typing.Any
+) -> asset.Instance:
+    """The pick of the first selector of ``chain`` that resolves."""
+    failures = []
+    for selector in chain:
+        try:
+            return selector.select(registry, context, stats)
+        except Exception as err:  # any selector's failure to resolve moves on to the next one
+            LOGGER.debug('%r did not resolve (%s), trying the next selector', selector, err)
+            failures.append(f'{selector!r}: {err}')
+    raise forml.MissingError('No selector resolved: ' + '; '.join(failures))
+
+
+class Alias(application.Selector):
+    """The generation an alias points to (``forml-s3 alias set``), re-read every ``refresh`` seconds.
+
+    Moving the alias changes what is served within one interval, without a restart; reading it costs one GET of a
+    small object per interval. If the registry cannot be read at refresh time, the last good pick keeps serving
+    (and the failure is logged); an alias that does not exist (yet) raises ``forml.MissingError`` until it does -
+    wrap it in :class:`Fallback` for a cold start.
+
+    Args:
+        project: Project whose alias to follow.
+        name: Alias name (``champion``, ``production``, ...).
+        refresh: Seconds between reads of the alias (default 10).
+    """
+
+    def __init__(self, project: str, name: str, refresh: float = 10.0):
+        if refresh < 0:
+            raise ValueError(f'Refresh interval must not be negative: {refresh}')
+        from . import names  # noqa: PLC0415 - the selector module stays light for descriptors
+
+        self._project: str = str(names.project(project))
+        self._name: str = names.alias(name)
+        self._refresh: float = float(refresh)
+        self._lock: threading.Lock = threading.Lock()
+        self._picked: dict[asset.Directory, tuple[float, Pick, asset.Instance]] = {}
+
+    def __reduce__(self):
+        return self.__class__, (self._project, self._name, self._refresh)
+
+    def __repr__(self):
+        return f'Alias({self._project!r}, {self._name!r}, refresh={self._refresh})'
+
+    def select(self, registry: asset.Directory, context: typing.Any, stats: 'runtime.Stats') -> asset.Instance:
+        with self._lock:
+            now = time.monotonic()
+            picked = self._picked.get(registry)
+            if picked is not None and now - picked[0] < self._refresh:
+                return picked[2]
+            try:
+                target = _aliases(registry).resolve(self._project, self._name)
+                pick = (self._project, target.release, target.generation)
+                if picked is not None and pick == picked[1]:
+                    instance = picked[2]
+                else:
+                    instance = _instance(registry, pick)
+                    if picked is not None:
+                        LOGGER.info('Alias %s of %s moved: switching from %s to %s', self._name, self._project,
+                                    picked[1], pick)  # fmt: skip
+            except Exception as err:
+                if picked is None:
+                    raise
+                LOGGER.warning('Could not read alias %s of %s, still serving %s: %s', self._name, self._project,
+                               picked[1], err)  # fmt: skip
+                pick, instance = picked[1], picked[2]
+            self._picked[registry] = (now, pick, instance)
+            return instance
+
+
+class Fallback(application.Selector):
+    """The first of several selectors that resolves: a cold-start / fallback chain.
+
+    Example: ``Fallback(Alias('churn', 'champion'), Refreshing('churn'))`` serves the champion once it is set and the
+    latest generation until then (or whenever the alias cannot be resolved and has never been).
+
+    Args:
+        primary: The selector to try first.
+        fallbacks: Those to try next, in order.
+    """
+
+    def __init__(self, primary: application.Selector, *fallbacks: application.Selector):
+        self._chain: tuple[application.Selector, ...] = (primary, *fallbacks)
+        if len(self._chain) < 2:
+            raise ValueError('Fallback needs at least one fallback selector')
+
+    def __reduce__(self):
+        return self.__class__, self._chain
+
+    def __repr__(self):
+        return f'Fallback({", ".join(map(repr, self._chain))})'
+
+    def select(self, registry: asset.Directory, context: typing.Any, stats: 'runtime.Stats') -> asset.Instance:
+        return _first(self._chain, registry, context, stats)
+
+
+class Split(application.Selector):
+    """Weighted traffic across aliases (or any selectors), sticky per request key.
+
+    A request carrying the key (a request parameter of ForML's ``Generic`` application, e.g. ``?user=42``, or a
+    field of a custom descriptor's context) always lands on the same variant, by a deterministic hash of its value:
+    one user keeps one model across requests, gateways and restarts. A request without the key gets a weighted
+    random draw. To shift traffic, move the aliases (``forml-s3 alias set``): no descriptor is redeployed. A
+    variant that cannot be resolved (an alias not set yet) passes its requests to the next variant that can.
+
+    Args:
+        variants: Alias name (of ``project``) or selector -> weight (positive; normalised to sum to 1).
+        project: The project of the aliases named by string.
+        key: The request parameter (or context field) that makes assignment sticky.
+        refresh: Refresh interval of the aliases named by string.
+    """
+
+    def __init__(
+        self,
+        variants: typing.Mapping[typing.Any, float],
+        project: str | None = None,
+        key: str = 'user',
+        refresh: float = 10.0,
+    ):
+        if not variants:
+            raise ValueError('Split needs at least one variant')
+        weights = {}
+        for variant, weight in variants.items():
+            if not isinstance(weight, int | float) or isinstance(weight, bool) or weight <= 0:
+                raise ValueError(f'Weight of {variant!r} must be a positive number, not {weight!r}')
+            if isinstance(variant, str):
+                if project is None:
+                    raise ValueError(f'Variant {variant!r} names an alias: give the project (project=...)')
+                variant = Alias(project, variant, refresh)
+            elif not isinstance(variant, application.Selector):
+                raise ValueError(f'Variant {variant!r} is neither an alias name nor a selector')
+            weights[variant] = float(weight)
+        total = sum(weights.values())
+        self._variants: tuple[tuple[application.Selector, float], ...] = tuple(
+            (v, w / total) for v, w in weights.items()
+        )
+        self._args = (dict(variants), project, key, refresh)
+        self._key: str = key
+
+    def __reduce__(self):
+        return self.__class__, self._args
+
+    def __repr__(self):
+        return f'Split({", ".join(f"{v!r}: {w:.3g}" for v, w in self._variants)}, key={self._key!r})'
+
+    def point(self, context: typing.Any) -> float:
+        """Where in [0, 1) a request falls: a hash of its key's value, or a random draw without one."""
+        value = None
+        if isinstance(context, typing.Mapping):
+            params = context.get('params')
+            value = params.get(self._key) if isinstance(params, typing.Mapping) else None
+            if value is None:
+                value = context.get(self._key)
+        if value is None or value == '':
+            return random.random()
+        digest = hashlib.sha256(f'{self._key}={value}'.encode()).digest()
+        return int.from_bytes(digest[:8], 'big') / 2**64
+
+    def select(self, registry: asset.Directory, context: typing.Any, stats: 'runtime.Stats') -> asset.Instance:
+        point, start = self.point(context), 0.0
+        chosen = len(self._variants) - 1
+        for index, (_, weight) in enumerate(self._variants):
+            start += weight
+            if point < start:
+                chosen = index
+                break
+        order = self._variants[chosen:] + self._variants[:chosen]
+        return _first([v for v, _ in order], registry, context, stats)

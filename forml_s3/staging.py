@@ -1,17 +1,25 @@
 """Installing release packages into the shared staging path that every runner node reaches, and pruning them.
 
-A release is extracted into a temporary directory beside its target (same file system), stamped with the
-package's sha256, then renamed into place: N processes (or nodes sharing the mount) installing the same
-release at once end with one complete tree, and none ever sees a partial one. An flock beside the target
-lets the others wait instead of downloading too; the rename alone keeps it correct where flock is not
-honoured (some network file systems).
+A tree is keyed by what it holds: ``<staging>/<project>/<release>-<sha256[:16]>``, the package's content hash
+in its name, so two registries (or two pushes of one version to two buckets) never share a tree, and a tree
+is never replaced under a process importing from it: other content lands in another tree. A release is
+extracted into a temporary directory beside its target (same file system), stamped with the package's sha256,
+then renamed into place: N processes (or nodes sharing the mount) installing the same package at once end
+with one complete tree, and none ever sees a partial one. An flock beside the target lets the others wait
+instead of downloading too; the rename alone keeps it correct where flock is not honoured (some network file
+systems).
 
-Pruning is the same protocol backwards: under the same lock, re-check that the tree is still unused, rename
-it aside (one atomic step: the target is complete or absent, never half-deleted), then delete the aside copy.
-The stamp's mtime is the last use: every mount touches it under the lock, so a prune that waited for a mount
-sees the fresh use and keeps the tree.
+Every process that mounts a tree holds a *lease* on it (``<project>/.leases/<tree>/<host>.<pid>.<token>``),
+refreshed by a daemon thread while the process lives and removed when it exits; prune never deletes a tree
+with a live lease.
+
+Pruning is the same protocol backwards: under the same lock, re-check that the tree is still unused (last use
+and leases), rename it aside (one atomic step: the target is complete or absent, never half-deleted), then
+delete the aside copy. The stamp's mtime is the last use: every mount touches it and takes its lease under the
+lock, so a prune that waited for a mount sees the fresh use and keeps the tree.
 """
 
+import atexit
 import contextlib
 import dataclasses
 import json
@@ -20,6 +28,8 @@ import os
 import pathlib
 import re
 import shutil
+import socket
+import threading
 import time
 import typing
 import uuid
@@ -32,10 +42,14 @@ LOGGER = logging.getLogger(__name__)
 STAMP = '.forml-s3.json'
 """File inside an installed tree naming the package it came from (sha256); its mtime is the last use."""
 LOCKS = '.locks'
+LEASES = '.leases'
+"""Directory (beside the trees of a project) of the leases of the processes using each tree."""
 INCOMPLETE = '.incomplete'
 """Suffix of a tree being extracted (left behind by a killed installer)."""
 TRASH = '.trash'
 """Suffix of a tree renamed aside to be deleted (left behind by a killed installer or prune)."""
+KEY_LENGTH = 16
+"""Hex digits of the package's sha256 in a tree's name (the stamp holds all of them and is checked)."""
 
 IN_USE_GRACE = 60.0
 """Seconds after its last use during which a tree is never pruned, whatever ``older_than`` says: the mount that
@@ -43,14 +57,21 @@ touched it may still be reading its manifest and putting it on ``sys.path``."""
 LEFTOVER_MIN_AGE = 3600.0
 """Seconds an ``.incomplete`` tree must be untouched before prune takes it for a killed installer's leftover
 (where flock is not honoured, the install lock alone cannot tell a live installer from a dead one)."""
+LEASE_REFRESH = 60.0
+"""Seconds between two renewals of a process's leases (its daemon thread touches them)."""
+LEASE_TTL = 900.0
+"""Seconds after its last renewal a lease counts as live (a process on another node that stopped renewing it for
+this long is taken for dead; on this node a lease whose process is gone is dead at once)."""
 
-# .<release>.<random>.incomplete or .<release>.<random>.trash (the random part never holds a dot)
+# .<name>.<random>.incomplete or .<name>.<random>.trash (the random part never holds a dot)
 _LEFTOVER = re.compile(r'^\.(?P<release>.+)\.[^.]+(?P<suffix>\.incomplete|\.trash)$')
+# <release>-<sha256[:16]>: a normalised PEP 440 version never holds a '-'
+_KEYED = re.compile(rf'^(?P<release>[^-]+)-(?P<key>[0-9a-f]{{{KEY_LENGTH}}})$')
 
 
-def target(staging: pathlib.Path, project: str, release: str) -> pathlib.Path:
-    """Where a release is installed under the staging root (ForML's own convention)."""
-    return staging / project / release
+def target(staging: pathlib.Path, project: str, release: str, sha256: str) -> pathlib.Path:
+    """Where the package with this sha256 of a release is installed under the staging root."""
+    return staging / project / f'{release}-{sha256[:KEY_LENGTH]}'
 
 
 def default_root() -> pathlib.Path:
@@ -69,7 +90,7 @@ def installed(path: pathlib.Path, sha256: str) -> bool:
 
 @contextlib.contextmanager
 def locked(path: pathlib.Path) -> typing.Iterator[None]:
-    """Hold the install lock of one target (other installers and pruners of the same release wait).
+    """Hold the install lock of one target (other installers and pruners of the same tree wait).
 
     Lock files are never deleted: a process waiting on an unlinked lock file would hold a lock nobody else
     sees. Not re-entrant: flock is per open file, so a nested ``locked`` on the same path waits for itself.
@@ -79,14 +100,14 @@ def locked(path: pathlib.Path) -> typing.Iterator[None]:
 
 
 def ensure(path: pathlib.Path, sha256: str, fetch: typing.Callable[[], tuple[pathlib.Path, str]]) -> pathlib.Path:
-    """Install the package at ``path`` unless it is there, and record the use, all under the install lock.
+    """Install the package at ``path`` unless it is there, record the use and lease the tree, all under the lock.
 
-    Checking and touching under the lock is what makes a concurrent prune safe: the prune either removed the
-    tree before this call took the lock (then it is installed again here), or it re-checks the last use after
-    this call released the lock and finds it fresh.
+    Checking, touching and leasing under the lock is what makes a concurrent prune safe: the prune either removed
+    the tree before this call took the lock (then it is installed again here), or it re-checks the last use and
+    the leases after this call released the lock and finds them.
 
     Args:
-        path: The release's target under the staging root (see :func:`target`).
+        path: The tree's target under the staging root (see :func:`target`).
         sha256: The package's sha256 per the release marker.
         fetch: Returns the verified package file and its sha256; called only if the tree is missing.
 
@@ -98,6 +119,7 @@ def ensure(path: pathlib.Path, sha256: str, fetch: typing.Callable[[], tuple[pat
             package, sha256 = fetch()
             install(package, sha256, path)
         touch(path)
+        LEASES_HELD.take(path)
     return path
 
 
@@ -116,7 +138,7 @@ def install(package: pathlib.Path, sha256: str, path: pathlib.Path) -> pathlib.P
         (temp / STAMP).write_text(json.dumps({'sha256': sha256, 'installed': time.time()}))
         try:
             os.rename(temp, path)
-        except OSError:  # target exists: complete from a racing installer, or stale content to replace
+        except OSError:  # target exists: complete from a racing installer, or a damaged tree to replace
             if installed(path, sha256):
                 return path
             trash = _aside(path, TRASH)
@@ -148,6 +170,147 @@ def last_use(path: pathlib.Path) -> float | None:
         return None
 
 
+# leases -----------------------------------------------------------------------------------------------------
+def _host() -> str:
+    """This node's name in lease files: the host name plus the kernel's boot id (two boots, two hosts)."""
+    try:
+        boot = pathlib.Path('/proc/sys/kernel/random/boot_id').read_text().strip()[:8]
+    except OSError:
+        boot = 'noboot'
+    return f'{socket.gethostname().replace(".", "_")}~{boot}'
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: it exists
+        return True
+    return True
+
+
+@dataclasses.dataclass(frozen=True)
+class Lease:
+    """One process's claim on a tree: the file, and who holds it."""
+
+    path: pathlib.Path
+    host: str
+    pid: int
+    renewed: float
+    """The lease file's mtime (epoch seconds)."""
+
+    def live(self, now: float, host: str) -> bool:
+        """Renewed within :data:`LEASE_TTL`, and (on this node) its process still running."""
+        if now - self.renewed > LEASE_TTL:
+            return False
+        return self.host != host or _alive(self.pid)
+
+    def __str__(self):
+        return f'pid {self.pid} on {self.host.split("~")[0]}'
+
+
+def _lease_dir(tree: pathlib.Path) -> pathlib.Path:
+    return tree.parent / LEASES / tree.name
+
+
+def leases(tree: pathlib.Path, now: float | None = None) -> list[Lease]:
+    """The live leases on a tree (any process, any node sharing the staging path)."""
+    now = time.time() if now is None else now
+    host = _host()
+    found = []
+    try:
+        files = list(_lease_dir(tree).iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    for file in files:
+        try:
+            holder, pid, _ = file.name.rsplit('.', 2)
+            lease = Lease(file, holder, int(pid), file.stat().st_mtime)
+        except (ValueError, FileNotFoundError):
+            continue
+        if lease.live(now, host):
+            found.append(lease)
+    return sorted(found, key=lambda lease: (lease.host, lease.pid))
+
+
+def _drop_leases(tree: pathlib.Path) -> None:
+    """Delete the lease files of a tree just pruned (all dead: it was pruned under the lock with none live)."""
+    folder = _lease_dir(tree)
+    with contextlib.suppress(OSError):
+        for lease in folder.iterdir():
+            lease.unlink(missing_ok=True)
+        folder.rmdir()
+
+
+class _Leases:
+    """The leases this process holds, renewed by a daemon thread, removed at exit (see :meth:`forked`)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._held: dict[pathlib.Path, pathlib.Path] = {}
+        self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
+
+    def take(self, tree: pathlib.Path) -> pathlib.Path:
+        """Lease a tree for the rest of this process's life (idempotent); the caller holds the tree's lock."""
+        with self._lock:
+            lease = self._held.get(tree)
+            if lease is None or not lease.exists():
+                lease = self._write(tree)
+                self._held[tree] = lease
+            else:
+                os.utime(lease)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._renew, name='forml-s3-staging-leases', daemon=True)
+                self._thread.start()
+        return lease
+
+    def held(self) -> list[pathlib.Path]:
+        with self._lock:
+            return list(self._held.values())
+
+    @staticmethod
+    def _write(tree: pathlib.Path) -> pathlib.Path:
+        folder = _lease_dir(tree)
+        folder.mkdir(parents=True, exist_ok=True)
+        lease = folder / f'{_host()}.{os.getpid()}.{uuid.uuid4().hex[:8]}'
+        lease.write_text(json.dumps({'tree': str(tree), 'pid': os.getpid(), 'taken': time.time()}))
+        return lease
+
+    def _renew(self) -> None:
+        while True:
+            time.sleep(LEASE_REFRESH)
+            with self._lock:
+                for tree, lease in list(self._held.items()):
+                    try:
+                        os.utime(lease)
+                    except FileNotFoundError:  # deleted by hand: a prune may not see this process otherwise
+                        with contextlib.suppress(OSError):
+                            self._held[tree] = self._write(tree)
+
+    def release(self) -> None:
+        """Remove this process's lease files (at exit)."""
+        if self._pid != os.getpid():  # a forked child that never leased: the parent's files are not ours
+            return
+        with self._lock:
+            for lease in self._held.values():
+                with contextlib.suppress(OSError):
+                    lease.unlink()
+            self._held.clear()
+
+    def forked(self) -> None:
+        """In a forked child: a fresh lock, no thread, no leases of its own (its parent's cover the trees it
+        inherited while the parent lives; a mount in the child takes its own). Nothing else happens here: a
+        child that is about to ``exec`` must not leave lease files behind."""
+        self.__init__()
+
+
+LEASES_HELD = _Leases()
+atexit.register(LEASES_HELD.release)
+os.register_at_fork(after_in_child=LEASES_HELD.forked)
+
+
 def tree_size(path: pathlib.Path) -> int:
     """Bytes of the regular files under ``path`` (0 if it is gone)."""
     total = 0
@@ -166,39 +329,43 @@ def _dirs(path: pathlib.Path) -> list[pathlib.Path]:
         return []
 
 
-def staged(staging: pathlib.Path, sizes: bool = False) -> list[dict[str, typing.Any]]:
-    """The releases installed under a staging root: project, release, path, sha256, last use (mtime).
+def staged(staging: pathlib.Path, sizes: bool = False, now: float | None = None) -> list[dict[str, typing.Any]]:
+    """The trees installed under a staging root: project, release, path, sha256, last use (mtime), the live
+    leases on each (``in_use``, processes using it).
 
-    Only trees carrying a readable stamp count (trees forml-s3 did not install are left alone). With
-    ``sizes``, each entry also has the tree's ``size`` in bytes (walks every tree: slower on network mounts).
+    Only trees carrying a readable stamp count (trees forml-s3 did not install are left alone); trees of the
+    earlier layout (``<project>/<release>``, not keyed by content) are listed too. With ``sizes``, each entry
+    also has the tree's ``size`` in bytes (walks every tree: slower on network mounts).
     """
     found = []
     for project in _dirs(staging):
         if project.name.startswith('.'):
             continue
-        for release in _dirs(project):
-            if release.name.startswith('.'):
+        for tree in _dirs(project):
+            if tree.name.startswith('.'):
                 continue
             try:
-                stamp = json.loads((release / STAMP).read_text())
-                used = (release / STAMP).stat().st_mtime
+                stamp = json.loads((tree / STAMP).read_text())
+                used = (tree / STAMP).stat().st_mtime
             except (FileNotFoundError, ValueError):  # not ours, damaged, or pruned meanwhile
                 continue
+            keyed = _KEYED.match(tree.name)
             entry = {
                 'project': project.name,
-                'release': release.name,
-                'path': str(release),
+                'release': keyed['release'] if keyed else tree.name,
+                'path': str(tree),
                 'sha256': stamp.get('sha256') if isinstance(stamp, dict) else None,
                 'used': used,
+                'in_use': leases(tree, now),
             }
             if sizes:
-                entry['size'] = tree_size(release)
+                entry['size'] = tree_size(tree)
             found.append(entry)
     return found
 
 
 def leftovers(staging: pathlib.Path) -> list[pathlib.Path]:
-    """Trees a killed installer or prune left behind (``.<release>.<random>.incomplete`` or ``.trash``)."""
+    """Trees a killed installer or prune left behind (``.<tree>.<random>.incomplete`` or ``.trash``)."""
     return [
         path
         for project in _dirs(staging)
@@ -210,22 +377,29 @@ def leftovers(staging: pathlib.Path) -> list[pathlib.Path]:
 
 @dataclasses.dataclass(frozen=True)
 class Pruned:
-    """What :func:`prune` did, or would do, with one staged release or leftover tree."""
+    """What :func:`prune` did, or would do, with one staged tree or leftover tree."""
 
     PRUNED: typing.ClassVar[str] = 'pruned'
     WOULD_PRUNE: typing.ClassVar[str] = 'would prune'
     KEPT: typing.ClassVar[str] = 'kept'
+    FAILED: typing.ClassVar[str] = 'failed'
 
     action: str
-    """:attr:`PRUNED`, :attr:`WOULD_PRUNE` (dry run) or :attr:`KEPT` (used while the prune waited for it)."""
+    """:attr:`PRUNED`, :attr:`WOULD_PRUNE` (dry run), :attr:`KEPT` (used while the prune waited for it, or in use
+    by a live process: see ``holders``) or :attr:`FAILED` (could not be deleted, or not wholly: see ``error``)."""
     path: str
     project: str
     release: str
     used: float | None
     """Last use (epoch seconds); None for a leftover tree."""
     size: int
+    """Bytes deleted (or that would be)."""
     leftover: bool = False
-    """A killed installer's or prune's leftover rather than an installed release."""
+    """A killed installer's or prune's leftover rather than an installed tree."""
+    holders: tuple[str, ...] = ()
+    """The processes using a tree kept for that reason (``pid N on HOST``)."""
+    error: str | None = None
+    """Why a tree could not be deleted, and what is left of it."""
 
 
 def prune(
@@ -236,12 +410,12 @@ def prune(
     now: float | None = None,
     grace: float = IN_USE_GRACE,
 ) -> list[Pruned]:
-    """Delete the releases under ``staging`` not mounted for ``older_than`` seconds, and installers' leftovers.
+    """Delete the trees under ``staging`` not mounted for ``older_than`` seconds, and installers' leftovers.
 
-    Safe against concurrent mounts of the same release: each candidate is re-checked under its install lock
-    (a mount that got there first has touched it: kept), then renamed aside and only then deleted, so the
-    target path always holds a complete tree or nothing. A release used within ``grace`` seconds is kept
-    whatever ``older_than`` says. With ``dry_run`` nothing is locked, renamed or deleted.
+    Safe against concurrent mounts of the same tree: each candidate is re-checked under its install lock
+    (a mount that got there first has touched and leased it: kept), then renamed aside and only then deleted, so
+    the target path always holds a complete tree or nothing. A tree used within ``grace`` seconds, or leased by a
+    live process, is kept whatever ``older_than`` says. With ``dry_run`` nothing is locked, renamed or deleted.
 
     Args:
         staging: The staging root.
@@ -251,41 +425,63 @@ def prune(
         grace: Seconds after a mount during which its tree is never pruned.
 
     Returns:
-        One entry per release pruned (or that would be, or kept after the re-check) and per leftover removed.
+        One entry per tree pruned (or that would be, or kept after the re-check, or that could not be deleted)
+        and per leftover removed (or not).
     """
     now = time.time() if now is None else now
     cutoff = now - max(float(older_than), float(grace))
     done = []
-    for entry in staged(staging):
+    failed: set[pathlib.Path] = set()
+    for entry in staged(staging, now=now):
         if entry['used'] >= cutoff:
             continue
         path = pathlib.Path(entry['path'])
         if dry_run:
-            done.append(_outcome(Pruned.WOULD_PRUNE, path, entry['used'], tree_size(path)))
+            if entry['in_use']:
+                done.append(_outcome(Pruned.KEPT, path, entry['used'], 0, holders=entry['in_use']))
+            else:
+                done.append(_outcome(Pruned.WOULD_PRUNE, path, entry['used'], tree_size(path)))
             continue
         with locked(path):
-            used = last_use(path)  # again, now that no mount can be installing or touching it
+            used = last_use(path)  # again, now that no mount can be installing, touching or leasing it
             if used is None:  # removed or being replaced meanwhile: nothing of ours to prune
                 continue
             if used >= cutoff:
                 LOGGER.info('Keeping %s: mounted while the prune waited for it', path)
                 done.append(_outcome(Pruned.KEPT, path, used, 0))
                 continue
+            if holders := leases(path, now=time.time()):
+                LOGGER.info('Keeping %s: in use by %s', path, ', '.join(map(str, holders)))
+                done.append(_outcome(Pruned.KEPT, path, used, 0, holders=holders))
+                continue
             aside = _aside(path, TRASH)
             try:
                 os.rename(path, aside)
             except FileNotFoundError:  # replaced by an installer that does not honour the lock: not ours
                 continue
-        done.append(_outcome(Pruned.PRUNED, path, used, _delete(aside)))
-    done.extend(_prune_leftovers(staging, min(cutoff, now - LEFTOVER_MIN_AGE), dry_run))
+            except OSError as err:
+                done.append(_outcome(Pruned.FAILED, path, used, 0, error=f'could not move it aside: {err}'))
+                continue
+            _drop_leases(path)
+        size, error = _delete(aside)
+        if error:
+            failed.add(aside)
+            done.append(_outcome(Pruned.FAILED, path, used, size, error=error))
+        else:
+            done.append(_outcome(Pruned.PRUNED, path, used, size))
+    done.extend(_prune_leftovers(staging, min(cutoff, now - LEFTOVER_MIN_AGE), dry_run, skip=failed))
     return done
 
 
-def _prune_leftovers(staging: pathlib.Path, cutoff: float, dry_run: bool) -> list[Pruned]:
+def _prune_leftovers(
+    staging: pathlib.Path, cutoff: float, dry_run: bool, skip: set[pathlib.Path] = frozenset()
+) -> list[Pruned]:
     """Remove ``.trash`` trees (always dead) and ``.incomplete`` ones untouched since ``cutoff`` with no
-    installer holding their release's lock."""
+    installer holding their tree's lock (``skip``: trees this run already failed to delete)."""
     done = []
     for path in leftovers(staging):
+        if path in skip:
+            continue
         match = _LEFTOVER.match(path.name)
         release = path.parent / match['release']
         if match['suffix'] == INCOMPLETE:
@@ -305,30 +501,51 @@ def _prune_leftovers(staging: pathlib.Path, cutoff: float, dry_run: bool) -> lis
                     os.rename(path, aside)
                 except FileNotFoundError:  # renamed into place, or taken by another prune
                     continue
+                except OSError as err:
+                    done.append(
+                        _outcome(Pruned.FAILED, release, None, 0, leftover=path, error=f'could not move it: {err}')
+                    )
+                    continue
             elif not path.exists():  # another prune took it
                 continue
-        done.append(_outcome(Pruned.PRUNED, release, None, _delete(aside), leftover=path))
+        size, error = _delete(aside)
+        action = Pruned.FAILED if error else Pruned.PRUNED
+        done.append(_outcome(action, release, None, size, leftover=path, error=error))
     return done
 
 
-def _delete(path: pathlib.Path) -> int:
-    """Delete a tree already renamed aside; its size (what it held)."""
+def _delete(path: pathlib.Path) -> tuple[int, str | None]:
+    """Delete a tree already renamed aside: the bytes deleted, and what went wrong if not all of it went (what is
+    left keeps its hidden ``.trash`` name: the next prune tries again)."""
     size = tree_size(path)
-    shutil.rmtree(path, ignore_errors=True)
-    if path.exists():  # e.g. a permission problem: harmless (hidden name), the next prune retries
-        LOGGER.warning('Could not delete all of %s', path)
-    return size
+    errors: list[str] = []
+    shutil.rmtree(path, onerror=lambda _, name, info: errors.append(f'{name}: {info[1]}'))
+    if not errors and not path.exists():
+        return size, None
+    left = tree_size(path)
+    first = errors[0] if errors else 'still there'
+    LOGGER.warning('Could not delete all of %s: %s', path, first)
+    return size - left, f'could not delete all of it (first error: {first}); {left} bytes left in {path}'
 
 
 def _outcome(
-    action: str, path: pathlib.Path, used: float | None, size: int, leftover: pathlib.Path | None = None
+    action: str,
+    path: pathlib.Path,
+    used: float | None,
+    size: int,
+    leftover: pathlib.Path | None = None,
+    holders: typing.Iterable[Lease] = (),
+    error: str | None = None,
 ) -> Pruned:
+    keyed = _KEYED.match(path.name)
     return Pruned(
         action=action,
         path=str(leftover or path),
         project=path.parent.name,
-        release=path.name,
+        release=keyed['release'] if keyed else path.name,
         used=used,
         size=size,
         leftover=leftover is not None,
+        holders=tuple(str(h) for h in holders),
+        error=error,
     )

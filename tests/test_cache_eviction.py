@@ -1,7 +1,7 @@
 """The local blob cache stays within its cap without scanning itself on every insert.
 
-Least recently used means oldest mtime (``get`` touches a blob); the tests set mtimes explicitly instead of
-sleeping, and count scans instead of timing anything.
+Least recently used means the oldest seal mtime (``get`` touches a blob's seal, never the blob); the tests set
+mtimes explicitly instead of sleeping, and count scans instead of timing anything.
 """
 
 import hashlib
@@ -34,10 +34,10 @@ def on_disk(cache: cachemod.BlobCache) -> int:
     )
 
 
-def age(path: pathlib.Path, seconds_ago: float) -> None:
-    """Mark a blob as last used ``seconds_ago``."""
+def age(cache: cachemod.BlobCache, path: pathlib.Path, seconds_ago: float) -> None:
+    """Mark a blob as last used ``seconds_ago`` (its seal's mtime)."""
     when = time.time() - seconds_ago
-    os.utime(path, (when, when))
+    os.utime(cache.seal_path(path), (when, when))
 
 
 @pytest.fixture
@@ -81,7 +81,7 @@ def test_least_recently_used_blobs_go_first(tmp_path):
     for number in range(10):  # 90 KiB: under the cap
         data, sha = blob(number, 9 * KiB)
         paths.append(cache.put(data, sha))
-        age(paths[-1], 1000 - number)  # blob 0 the oldest
+        age(cache, paths[-1], 1000 - number)  # blob 0 the oldest
     assert cache.get(blob(0, 9 * KiB)[1]) == paths[0]  # used now: the newest
     assert cache.get(blob(1, 9 * KiB)[1]) == paths[1]
 
@@ -101,7 +101,7 @@ def test_the_blob_just_inserted_survives_even_when_least_recently_used(tmp_path)
     for number in range(5):
         data, sha = blob(number, 10 * KiB)
         older.append(cache.put(data, sha))
-        age(older[-1], -1000)  # used "in the future": all more recent than anything inserted now
+        age(cache, older[-1], -1000)  # used "in the future": all more recent than anything inserted now
 
     data, sha = blob(99, 120 * KiB)  # alone larger than the cap
     new = cache.fetch(sha, len(data), lambda target: target.write_bytes(data), name='big')

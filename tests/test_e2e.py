@@ -5,7 +5,9 @@ the bucket. Predictions are checked against the same pipeline fitted directly wi
 """
 
 import json
+import os
 import pathlib
+import signal
 import subprocess
 import sys
 import time
@@ -209,7 +211,53 @@ def test_demo_command_runs_whole(tmp_path):
     served = json.loads(next(line for line in done.stdout.splitlines() if line.startswith('[{"c0"')))
     numpy.testing.assert_allclose([r['c0'] for r in served], reference(2, QUERY), rtol=1e-6)
     assert 'generations/\n' in done.stdout and '2.json' in done.stdout
-    assert (tmp_path / 'kept' / 'home' / 'config.toml').exists()
+    kept = tmp_path / 'kept'
+    assert (kept / 'home' / 'config.toml').exists()
+    assert f'forml-s3 serve-s3 --state {kept}' in done.stdout  # the demo's last lines say how to use the home
+
+    # the one documented command brings the bucket back on the kept config's port; forml works there, and what
+    # is written while it serves is saved back when it stops and served again next time
+    home = kept / 'home'
+    with KeptEndpoint(kept) as first:
+        assert 'bucket s3://forml-demo' in first.banner
+        listed = demo.run_forml(home, 'model', 'list', PROJECT, demo.RELEASE)
+        assert words(listed) == ['1', '2'], listed.stdout + listed.stderr
+        aliased = subprocess.run(
+            [*FORML_S3, 'alias', 'set', PROJECT, 'champion', demo.RELEASE, '2'],
+            env=demo.forml_env(home), capture_output=True, text=True, check=False, timeout=120,
+        )  # fmt: skip
+        assert aliased.returncode == 0, aliased.stdout + aliased.stderr
+    assert 'Saved ' in first.output and 'objects to' in first.output, first.output
+    with KeptEndpoint(kept):
+        got = subprocess.run(
+            [*FORML_S3, 'alias', 'get', PROJECT, 'champion'],
+            env=demo.forml_env(home), capture_output=True, text=True, check=False, timeout=120,
+        )  # fmt: skip
+        assert got.returncode == 0 and f'champion -> {demo.RELEASE}#2' in got.stdout, got.stdout + got.stderr
+
+
+FORML_S3 = [str(pathlib.Path(sys.executable).with_name('forml-s3'))]
+
+
+class KeptEndpoint:
+    """``forml-s3 serve-s3 --state DIR`` as a user runs it, stopped with Ctrl-C (SIGINT)."""
+
+    def __init__(self, state: pathlib.Path):
+        self.state = state
+        self.banner = self.output = ''
+
+    def __enter__(self) -> 'KeptEndpoint':
+        self.process = subprocess.Popen(
+            [*FORML_S3, 'serve-s3', '--state', str(self.state)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, start_new_session=True,
+        )  # fmt: skip
+        self.banner = self.process.stdout.readline()
+        assert 'Embedded S3 endpoint' in self.banner, self.banner + self.process.stdout.read()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        os.killpg(self.process.pid, signal.SIGINT)
+        self.output = self.process.communicate(timeout=60)[0]
 
 
 def test_full_path_providers_need_no_path(world, tmp_path):

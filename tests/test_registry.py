@@ -1,5 +1,7 @@
 """Every Registry method, with ForML's posix-registry semantics, on memory://, file:// and S3 (moto over HTTP)."""
 
+import hashlib
+import pathlib
 import pickle
 import uuid
 
@@ -129,9 +131,11 @@ def test_uncommitted_work_is_invisible(registry, package_factory):
 
 
 def test_mount_installs_a_complete_tree_and_reuses_it(registry, package_factory, tmp_path):
-    registry.push(package_factory('0.1'))
+    package = package_factory('0.1')
+    registry.push(package)
     artifact = registry.mount(PROJECT, '0.1')
-    target = tmp_path / 'staging' / PROJECT / '0.1'
+    sha256 = hashlib.sha256(pathlib.Path(package.path).read_bytes()).hexdigest()
+    target = tmp_path / 'staging' / PROJECT / f'0.1-{sha256[:16]}'  # keyed by the package it holds
     assert artifact.path == target
     assert (target / 'demo' / '__init__.py').exists()
     assert (target / '__4ml__.py').exists()

@@ -70,14 +70,15 @@ def local(tmp_path, package_factory):
     """A file:// registry holding demo-proj 0.1 and 0.2 and other-proj 1.0, all mounted into one staging path;
     ``packages`` are their package files by (project, release)."""
     registry = Registry(f'file://{tmp_path}/registry', staging=tmp_path / 'staging', cache_dir=tmp_path / 'cache')
-    packages = {}
+    packages, trees = {}, {}
     for project, release in ((PROJECT, '0.1'), (PROJECT, '0.2'), ('other-proj', '1.0')):
         package = package_factory(release, project=project, payload=f'{project} {release}')
         registry.push(package)
-        registry.mount(project, release)
+        trees[project, release] = registry.mount(project, release).path
         # a copy: helpers.PackageFactory writes 0.1 and 0.2 of a project to the same file (Path.with_suffix)
         packages[project, release] = shutil.copy(package.path, tmp_path / f'{project}-{release}.4ml')
-    return types.SimpleNamespace(registry=registry, packages=packages, root=tmp_path / 'staging')
+    staging.LEASES_HELD.release()  # as if the mounting processes had exited: pruning goes by age alone
+    return types.SimpleNamespace(registry=registry, packages=packages, trees=trees, root=tmp_path / 'staging')
 
 
 # concurrent mounts ----------------------------------------------------------------------------------------------
@@ -122,14 +123,14 @@ def test_eight_processes_mounting_at_once_each_see_the_complete_tree_from_one_do
         racer.join(timeout=60)
 
     assert [o.get('error') for o in outcomes] == [None] * RACERS, outcomes
-    target = shared / PROJECT / '0.1'
+    target = staging.target(shared, PROJECT, '0.1', sha256)
     assert {o['path'] for o in outcomes} == {str(target)}
     assert all(o['tree'] == expected and o['sha256'] == sha256 for o in outcomes)
     assert tree(target) == expected
     package_gets = [r for r in s3server.requests if r.method == 'GET' and r.path.endswith('.4ml')]
     assert len(package_gets) == 1, package_gets
     assert staging.leftovers(shared) == []
-    assert sorted(p.name for p in (shared / PROJECT).iterdir()) == ['.locks', '0.1']
+    assert sorted(p.name for p in (shared / PROJECT).iterdir()) == ['.leases', '.locks', target.name]
 
 
 # re-mounts from the warm cache ----------------------------------------------------------------------------------
@@ -151,6 +152,7 @@ def test_remount_into_an_empty_staging_path_transfers_no_package_bytes(
     assert len(downloaded) == 1 and downloaded[0].bytes_out >= 200_000
 
     age(first, 40)
+    staging.LEASES_HELD.release()  # as if the mounting process had exited
     assert [p.action for p in staging.prune(tmp_path / 'staging', 30 * DAY)] == [staging.Pruned.PRUNED]
     assert not first.exists()
     s3server.reset_counts()
@@ -179,8 +181,8 @@ def test_ls_lists_the_staged_releases(local):
     rows = [line.split() for line in lines[2:-1]]
     assert [row[:2] for row in rows] == [[PROJECT, '0.1'], [PROJECT, '0.2'], ['other-proj', '1.0']]
     for row, package in zip(rows, local.packages.values(), strict=True):
-        assert row[-1] == cache.sha256_of(package)[1][:12]
-    assert lines[-1].startswith('3 releases staged (')
+        assert row[-2:] == [cache.sha256_of(package)[1][:12], '-']  # sha256, in use by no process
+    assert lines[-1].startswith('3 releases staged (') and lines[-1].endswith('), 0 in use, 0 leftovers')
 
     as_json = json.loads(staging_cli('ls', str(local.root), '--json').output)
     assert as_json['staging'] == str(local.root) and as_json['leftovers'] == []
@@ -197,7 +199,7 @@ def test_ls_defaults_to_the_registry_default_staging_under_xdg_cache_home(tmp_pa
     monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'xdg'))
     registry = Registry(f'file://{tmp_path}/registry')  # no staging, no cache_dir: the defaults
     registry.push(package_factory('0.1'))
-    assert registry.mount(PROJECT, '0.1').path == tmp_path / 'xdg' / 'forml-s3' / 'staging' / PROJECT / '0.1'
+    assert registry.mount(PROJECT, '0.1').path.parent == tmp_path / 'xdg' / 'forml-s3' / 'staging' / PROJECT
     done = staging_cli('ls', '--json', env={'XDG_CACHE_HOME': str(tmp_path / 'xdg')})
     listed = json.loads(done.output)
     assert listed['staging'] == str(tmp_path / 'xdg' / 'forml-s3' / 'staging')
@@ -220,7 +222,7 @@ def test_staging_help_shows_examples():
 
 # forml-s3 staging prune -----------------------------------------------------------------------------------------
 def test_prune_removes_only_releases_older_than_days(local):
-    old, recent, fresh = (local.root / PROJECT / '0.1', local.root / PROJECT / '0.2', local.root / 'other-proj' / '1.0')
+    old, recent, fresh = (local.trees[PROJECT, '0.1'], local.trees[PROJECT, '0.2'], local.trees['other-proj', '1.0'])
     age(old, 40)
     age(recent, 10)
     done = staging_cli('prune', str(local.root), '--older-than', '30')
@@ -235,7 +237,7 @@ def test_prune_removes_only_releases_older_than_days(local):
         (PROJECT, '0.2'),
         ('other-proj', '1.0'),
     ]
-    assert (local.root / PROJECT / staging.LOCKS / '0.1.lock').exists()  # lock files stay: see staging.locked
+    assert (local.root / PROJECT / staging.LOCKS / f'{old.name}.lock').exists()  # lock files stay: see staging.locked
 
     again = staging_cli('prune', str(local.root), '--older-than', '30', '--json')
     assert json.loads(again.output) == []
@@ -243,8 +245,8 @@ def test_prune_removes_only_releases_older_than_days(local):
 
 
 def test_prune_dry_run_removes_nothing(local):
-    age(local.root / PROJECT / '0.1', 40)
-    age(local.root / PROJECT / '0.2', 50)
+    age(local.trees[PROJECT, '0.1'], 40)
+    age(local.trees[PROJECT, '0.2'], 50)
     leftover = local.root / PROJECT / '.0.2.0123456789ab.trash'
     (leftover / 'demo').mkdir(parents=True)
     before = snapshot(local.root)
@@ -282,7 +284,7 @@ def test_prune_removes_leftovers_of_killed_installers_but_not_a_live_install(loc
 
 def test_prune_renames_aside_before_deleting(local, monkeypatch):
     """Deletion never starts at the target: it is renamed aside whole, so a runner finds a complete tree or none."""
-    target = local.root / PROJECT / '0.1'
+    target = local.trees[PROJECT, '0.1']
     expected = contents(local.packages[PROJECT, '0.1'])
     age(target, 40)
     deleting = []
@@ -298,7 +300,7 @@ def test_prune_renames_aside_before_deleting(local, monkeypatch):
     assert [(p.action, p.path) for p in pruned] == [('pruned', str(target))]
     assert len(deleting) == 1
     aside, target_existed, held = deleting[0]
-    assert aside.parent == target.parent and aside.name.startswith('.0.1.') and aside.name.endswith('.trash')
+    assert aside.parent == target.parent and aside.name.startswith(f'.{target.name}.') and aside.name.endswith('.trash')
     assert not target_existed and held == expected
     assert not aside.exists() and not target.exists()
 
@@ -306,7 +308,7 @@ def test_prune_renames_aside_before_deleting(local, monkeypatch):
 def test_prune_that_waited_for_a_mount_keeps_the_release(local, monkeypatch):
     """The prune scans (release unused for 40 days), then waits for the install lock a mount holds; the mount
     records its use under the lock, so the prune's re-check finds it fresh and keeps it."""
-    target = local.root / PROJECT / '0.1'
+    target = local.trees[PROJECT, '0.1']
     sha256 = cache.sha256_of(local.packages[PROJECT, '0.1'])[1]
     age(target, 40)
     mount_holds_lock, prune_waits = threading.Event(), threading.Event()
@@ -349,7 +351,7 @@ def test_prune_that_waited_for_a_mount_keeps_the_release(local, monkeypatch):
 def test_mount_that_waited_for_a_prune_installs_again(local, monkeypatch):
     """The other order: the prune holds the lock and removes the tree; the mount waiting for the lock then finds
     it gone and installs it again (from the package it fetches), complete."""
-    target = local.root / PROJECT / '0.1'
+    target = local.trees[PROJECT, '0.1']
     package = local.packages[PROJECT, '0.1']
     sha256 = cache.sha256_of(package)[1]
     age(target, 40)
@@ -402,7 +404,7 @@ def test_registry_mount_never_returns_a_tree_a_prune_deletes(local, monkeypatch)
     kept. A mount that checked and touched without the lock would let the prune delete the tree under it and
     then fail reading the manifest (or return a path that is gone).
     """
-    target = local.root / PROJECT / '0.1'
+    target = local.trees[PROJECT, '0.1']
     age(target, 40)
     at_touch, prune_waits, prune_done = threading.Event(), threading.Event(), threading.Event()
     holding = threading.local()

@@ -143,6 +143,21 @@ def mount(args) -> dict:
     return {'name': args.name, 'path': str(artifact.path)}
 
 
+def alias_race(args) -> dict:
+    """Read the alias, then race the others to move it (to generation ``--generation``) from what was read."""
+    from forml_s3 import aliases
+
+    reg = registry(args)
+    old = reg.aliases.read(PROJECT, 'champion')
+    pathlib.Path(args.ready).touch()
+    wait_for(args.go)
+    try:
+        reg.aliases.swap(PROJECT, 'champion', old, aliases.Target(args.release, args.generation))
+    except aliases.Conflict as err:
+        return {'name': args.name, 'won': False, 'error': str(err)}
+    return {'name': args.name, 'won': True}
+
+
 ROLES = {
     'close-race': close_race,
     'push-race': push_race,
@@ -152,6 +167,7 @@ ROLES = {
     'write-then-close': write_then_close,
     'write-and-wait': write_and_wait,
     'close-only': close_only,
+    'alias-race': alias_race,
 }
 
 

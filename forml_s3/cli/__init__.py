@@ -8,6 +8,7 @@ starts fast (no boto3, fsspec or ForML import). Each command module owns one are
     copy/gc    - forml_s3.cli.ops         (migration and garbage collection)
     lifecycle/retire/pin - forml_s3.cli.retention (S3 lifecycle policies, retiring generations)
     staging    - forml_s3.cli.staging     (what is installed in a staging path, pruning)
+    alias      - forml_s3.cli.alias       (named pointers to generations, kept in the bucket)
     serve-s3   - forml_s3.cli.demo        (just the embedded S3 endpoint, until Ctrl-C)
 """
 
@@ -28,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     'retire': ('forml_s3.cli.retention', 'retire'),
     'pin': ('forml_s3.cli.retention', 'pin'),
     'staging': ('forml_s3.cli.staging', 'staging'),
+    'alias': ('forml_s3.cli.alias', 'alias'),
 }
 
 HELP = {
@@ -41,6 +43,7 @@ HELP = {
     'retire': 'Retire all but the newest N generations (hidden now, expired by lifecycle).',
     'pin': 'Pin a generation so it is never retired.',
     'staging': 'List and prune releases installed in a staging path.',
+    'alias': 'Set, show and move named pointers to generations (champion, challenger, ...).',
 }
 
 

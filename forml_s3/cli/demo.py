@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import typing
 import urllib.error
@@ -58,7 +59,12 @@ def demo(keep: pathlib.Path | None, no_serve: bool, verbose: bool) -> None:
         click.secho(f'Embedded S3 endpoint {server.endpoint}, bucket s3://{BUCKET}', bold=True)
         Demo(workdir, server.storage_options(), verbose).run(serve=not no_serve)
         if keep:
-            click.echo(f'\nKept the ForML home in {workdir / "home"}: FORML_HOME={workdir / "home"} forml ...')
+            from forml_s3.demo import snapshot
+
+            saved = snapshot.save(server.client(), BUCKET, server.port, workdir)
+            click.echo(f'\nKept the ForML home in {workdir / "home"} and the bucket ({saved} objects) in {workdir}.')
+            click.echo(f'To use it, serve the bucket again:  forml-s3 serve-s3 --state {workdir}')
+            click.echo(f'then, in another terminal:           FORML_HOME={workdir / "home"} forml model list')
 
 
 class Demo:
@@ -275,14 +281,50 @@ def free_port() -> int:
 @click.command(name='serve-s3')
 @click.option('-p', '--port', type=int, default=0, show_default=True, help='Port on 127.0.0.1 (0: a free one).')
 @click.option('-b', '--bucket', multiple=True, default=['forml'], show_default=True, help='Bucket to create.')
+@click.option(
+    '--state',
+    type=click.Path(file_okay=False, exists=True, path_type=pathlib.Path),
+    help='A folder kept by `forml-s3 demo --keep`: serve its bucket on its port, and save it back on Ctrl-C.',
+)
 @click.option('-v', '--verbose', is_flag=True, help='Log every request.')
-def serve_s3(port: int, bucket: tuple[str, ...], verbose: bool) -> None:
+def serve_s3(port: int, bucket: tuple[str, ...], state: pathlib.Path | None, verbose: bool) -> None:
     """Run the embedded S3 endpoint (moto's server) on 127.0.0.1 until Ctrl-C.
 
     Prints the endpoint and the environment that points boto3, s3fs and the forml CLI at it
-    (AWS_ENDPOINT_URL and dummy credentials). Data lives in memory and is gone when it stops.
+    (AWS_ENDPOINT_URL and dummy credentials). Data lives in memory and is gone when it stops, unless --state
+    names a folder kept by the demo: then its bucket is served again and saved back when the server stops.
     """
     from forml_s3 import embedded
 
-    argv = ['--port', str(port)] + [arg for name in bucket for arg in ('--bucket', name)]
-    embedded.main(argv + (['--verbose'] if verbose else []))
+    if state is None:
+        argv = ['--port', str(port)] + [arg for name in bucket for arg in ('--bucket', name)]
+        embedded.main(argv + (['--verbose'] if verbose else []))
+        return
+    from forml_s3.demo import snapshot
+
+    try:
+        recorded = snapshot.endpoint(state)
+    except FileNotFoundError:
+        raise click.ClickException(
+            f'{state} holds no saved bucket ({snapshot.FOLDER}/endpoint.json): keep one with `forml-s3 demo --keep DIR`'
+        ) from None
+    try:
+        server = embedded.Server(port or recorded['port'], verbose=verbose).start()
+    except OSError as err:
+        raise click.ClickException(
+            f'Cannot listen on 127.0.0.1:{port or recorded["port"]}, the port the kept config.toml uses ({err}): '
+            'stop what holds it, or pass --port and change endpoint_url in the kept config.toml'
+        ) from None
+    try:
+        restored = snapshot.restore(server.client(), state)
+        click.echo(f'Embedded S3 endpoint: {server.endpoint}, bucket s3://{recorded["bucket"]} ({restored} objects)')
+        click.echo(f'FORML_HOME={state / "home"} forml ... uses it. Press Ctrl-C to stop (the bucket is saved back).')
+        stopped = threading.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: stopped.set())
+        while not stopped.wait(1):
+            pass
+        saved = snapshot.save(server.client(), recorded['bucket'], server.port, state)
+        click.echo(f'Saved {saved} objects to {state}. Stopped.')
+    finally:
+        server.stop()

@@ -327,12 +327,14 @@ def retire(
             todo = retention.plan(st, lay, name, version, keep)
             if not todo.retired:
                 continue
-            if not dry_run:
-                retention.retire(st, lay, name, version, keep)
-            total += len(todo.retired)
+            retired = todo.retired if dry_run else retention.retire(st, lay, name, version, keep)
+            meanwhile = sorted(set(todo.retired) - set(retired))  # pinned or aliased while this ran: kept
+            total += len(retired)
             verb = 'would retire' if dry_run else 'retired'
             pinned = f'; pinned {_numbers(todo.pinned)}' if todo.pinned else ''
-            click.echo(f'{name}-{version}: {verb} {_numbers(todo.retired)} (kept {_numbers(todo.kept)}{pinned})')
+            pinned += f'; pinned or aliased meanwhile {_numbers(meanwhile)}' if meanwhile else ''
+            kept = _numbers(sorted(todo.kept + meanwhile))
+            click.echo(f'{name}-{version}: {verb} {_numbers(retired)} (kept {kept}{pinned})')
     click.echo(f'{total} generations {"would be " if dry_run else ""}retired', err=True)
 
 

@@ -3,7 +3,8 @@
 Thin click commands over :mod:`forml_s3.staging` (where the install lock and the prune protocol live). They
 work on the local (or network-mounted) staging directory only: no registry is contacted.
 
-Exit codes: 0 success; 2 bad usage, or PATH exists but is not a directory.
+Exit codes: 0 success; 2 bad usage, PATH exists but is not a directory, or ``prune`` could not delete some tree
+(what it did prune is listed all the same).
 """
 
 import datetime
@@ -14,7 +15,7 @@ import typing
 
 import click
 
-from .ops import Fatal, _loglevel
+from .ops import FATAL, Fatal, _loglevel
 
 if typing.TYPE_CHECKING:
     from forml_s3.staging import Pruned
@@ -66,7 +67,8 @@ def staging() -> None:
     """Releases installed in a staging path: list them, prune those not mounted for a while.
 
     Every mount of a release (ForML's train, apply, tune, the gateway loading a model) installs it under
-    the registry's staging path once, as <PATH>/<project>/<release>, and records the time of each use.
+    the registry's staging path once, as <PATH>/<project>/<release>-<package sha256[:16]>, records the time of
+    each use, and holds a lease on it while the mounting process lives.
     Point PATH at the registry's `staging` setting (the shared directory of a cluster), or leave it out for
     the default of a registry configured without one.
 
@@ -82,11 +84,12 @@ def staging() -> None:
 path_argument = click.argument('path', required=False, type=click.Path(file_okay=False, path_type=pathlib.Path))
 
 
-@staging.command(short_help='List the installed releases: size, last use, package sha256.')
+@staging.command(short_help='List the installed releases: size, last use, package sha256, processes using them.')
 @path_argument
 @click.option('--json', 'as_json', is_flag=True, help='Print the releases as JSON (for scripts).')
 def ls(path: pathlib.Path | None, as_json: bool) -> None:
-    """List the releases installed under PATH, with size, package sha256 and last use.
+    """List the releases installed under PATH, with size, package sha256, last use, and the processes using each
+    (IN USE: live leases of running processes, which prune never deletes).
 
     PATH defaults to $XDG_CACHE_HOME/forml-s3/staging (~/.cache/forml-s3/staging). Trees left behind by a
     killed installer or prune are listed as leftovers (`forml-s3 staging prune` removes them).
@@ -114,6 +117,7 @@ def ls(path: pathlib.Path | None, as_json: bool) -> None:
                     'size': r['size'],
                     'used': _iso(r['used']),
                     'age_days': round((now - r['used']) / 86400, 3),
+                    'in_use': [{'host': h.host.split('~')[0], 'pid': h.pid} for h in r['in_use']],
                 }
                 for r in releases
             ],
@@ -123,7 +127,7 @@ def ls(path: pathlib.Path | None, as_json: bool) -> None:
         return
     click.echo(f'Staging {root}')
     if releases:
-        rows = [('PROJECT', 'RELEASE', 'SIZE', 'LAST USED (UTC)', 'AGE', 'PACKAGE SHA256')]
+        rows = [('PROJECT', 'RELEASE', 'SIZE', 'LAST USED (UTC)', 'AGE', 'PACKAGE SHA256', 'IN USE')]
         rows += [
             (
                 r['project'],
@@ -132,6 +136,7 @@ def ls(path: pathlib.Path | None, as_json: bool) -> None:
                 _when(r['used']),
                 _age(r['used'], now),
                 str(r['sha256'])[:12],
+                ', '.join(map(str, r['in_use'])) or '-',
             )
             for r in releases
         ]
@@ -140,7 +145,8 @@ def ls(path: pathlib.Path | None, as_json: bool) -> None:
     for leftover in leftovers:
         click.echo(f'  leftover {leftover} (an interrupted install or prune: prune removes it)')
     total = _human(sum(r['size'] for r in releases))
-    click.echo(f'{len(releases)} releases staged ({total}), {len(leftovers)} leftovers')
+    in_use = sum(bool(r['in_use']) for r in releases)
+    click.echo(f'{len(releases)} releases staged ({total}), {in_use} in use, {len(leftovers)} leftovers')
 
 
 @staging.command(short_help='Delete the releases not mounted for DAYS days (safe while runners mount).')
@@ -161,11 +167,14 @@ def prune(path: pathlib.Path | None, days: float, dry_run: bool, as_json: bool) 
     Safe while runners mount: each release is re-checked under the same lock mounts take (one mounted
     meanwhile is kept), then renamed aside and only then deleted, so a runner finds the complete tree or
     none, never a half-deleted one; a release pruned and needed again is reinstalled by its next mount from
-    the local cache (or downloaded once). Releases mounted within the last minute are always kept. Trees
-    left behind by a killed installer or prune are removed too (half-extracted ones after an hour).
+    the local cache (or downloaded once). Releases mounted within the last minute are always kept, and so
+    are releases in use: every process that mounted one holds a lease on it while it lives (renewed every
+    minute; a lease from another node not renewed for 15 minutes, or from a process of this node that is
+    gone, counts as dead). Trees left behind by a killed installer or prune are removed too (half-extracted
+    ones after an hour).
 
-    Choose DAYS longer than your longest-running runner or gateway process: a process that mounted a
-    release and imports from it much later does not renew its last use.
+    Exits 2 if a tree could not be deleted (e.g. permission denied): such a tree is reported as failed, its
+    hidden .trash remainder is left for the next prune, and what was pruned is listed all the same.
 
     PATH defaults to $XDG_CACHE_HOME/forml-s3/staging (~/.cache/forml-s3/staging).
 
@@ -179,24 +188,31 @@ def prune(path: pathlib.Path | None, days: float, dry_run: bool, as_json: bool) 
     root = _root(path)
     now = time.time()
     done = stagingmod.prune(root, days * 86400, dry_run=dry_run, now=now)
+    failed = [p for p in done if p.action == stagingmod.Pruned.FAILED]
     if as_json:
         click.echo(json.dumps([_record(p, now) for p in done], indent=1))
-        return
-    for outcome in done:
-        click.echo(_line(outcome, now))
-    pruned = [p for p in done if p.action != stagingmod.Pruned.KEPT]
-    releases = sum(not p.leftover for p in pruned)
-    verb = 'would be pruned' if dry_run else 'pruned'
-    click.echo(
-        f'{releases} releases not mounted for {days:g} days and {len(pruned) - releases} leftovers {verb} '
-        f'({_human(sum(p.size for p in pruned))})'
-    )
+    else:
+        for outcome in done:
+            click.echo(_line(outcome, now), err=outcome in failed)
+        pruned = [p for p in done if p.action in (stagingmod.Pruned.PRUNED, stagingmod.Pruned.WOULD_PRUNE)]
+        releases = sum(not p.leftover for p in pruned)
+        verb = 'would be pruned' if dry_run else 'pruned'
+        click.echo(
+            f'{releases} releases not mounted for {days:g} days and {len(pruned) - releases} leftovers {verb} '
+            f'({_human(sum(p.size for p in pruned))})' + (f'; {len(failed)} could not be deleted' if failed else '')
+        )
+    if failed:
+        raise SystemExit(FATAL)
 
 
 def _line(outcome: 'Pruned', now: float) -> str:
     what = f'leftover {outcome.path}' if outcome.leftover else f'{outcome.project} {outcome.release}'
+    if outcome.action == outcome.FAILED:
+        return f'failed to prune {what}: {outcome.error} ({_human(outcome.size)} deleted)'
     if outcome.used is None:
         return f'{outcome.action} {what} ({_human(outcome.size)})'
+    if outcome.action == outcome.KEPT and outcome.holders:
+        return f'{outcome.action} {what}: in use by {", ".join(outcome.holders)}'
     if outcome.action == outcome.KEPT:
         return f'{outcome.action} {what}: mounted while the prune waited for it'
     used = f'last used {_when(outcome.used)} UTC, {_age(outcome.used, now)} ago'
@@ -213,4 +229,6 @@ def _record(outcome: 'Pruned', now: float) -> dict[str, typing.Any]:
         'used': _iso(outcome.used),
         'age_days': None if outcome.used is None else round((now - outcome.used) / 86400, 3),
         'size': outcome.size,
+        'in_use': list(outcome.holders),
+        'error': outcome.error,
     }

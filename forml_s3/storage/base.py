@@ -19,6 +19,7 @@ Errors the user must act on are translated once, in :meth:`Store._boundary`: den
 import contextlib
 import dataclasses
 import datetime
+import hashlib
 import logging
 import os
 import pathlib
@@ -30,6 +31,10 @@ if typing.TYPE_CHECKING:
     import fsspec
 
 LOGGER = logging.getLogger(__name__)
+
+
+class Changed(FileExistsError):
+    """A compare-and-swap lost: the object is no longer the version it was read at (or exists already)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +73,8 @@ class Store:
     """Large objects move in parallel parts; incomplete uploads can be listed (``multipart_uploads``)."""
     conditional_delete: typing.ClassVar[bool] = False
     """``delete_if_unchanged`` deletes only the version judged (else it deletes whatever is there)."""
+    conditional_write: typing.ClassVar[bool] = False
+    """``replace`` swaps an object only if it is still the version read (compare-and-swap, for aliases)."""
 
     denied_hint: typing.ClassVar[str] = 'check the credentials and the permissions of the store'
     """What an access-denied message tells the user to check."""
@@ -200,6 +207,22 @@ class Store:
         """Create the object exclusively: ``FileExistsError`` if it exists, and then nothing is written."""
         raise NotImplementedError
 
+    # compare-and-swap ------------------------------------------------------------------------------
+    def get(self, path: str) -> tuple[bytes, str]:
+        """The whole object and its version, read together, for a later :meth:`replace` (``FileNotFoundError``)."""
+        raise NotImplementedError
+
+    def replace(self, path: str, data: bytes, version: str | None) -> None:
+        """Compare-and-swap: store ``data`` only if the object is still at ``version`` (from :meth:`get`), or, with
+        ``version=None``, only if it does not exist; :class:`Changed` (a ``FileExistsError``) otherwise, and then
+        nothing is written."""
+        if not self.conditional_write:
+            raise forml.InvalidError(
+                f'{self.url} cannot update an object only if it is unchanged ({self.protocol} store): aliases and '
+                'other compare-and-swap updates need s3://, gs://, az://, file:// or memory://'
+            )
+        raise NotImplementedError
+
     def delete(self, path: str) -> None:
         """Delete an object (missing is fine)."""
         with self._boundary('delete', path), contextlib.suppress(FileNotFoundError):
@@ -251,6 +274,11 @@ class Store:
         """Every object version and delete marker under ``prefix`` (S3 ``ListObjectVersions`` shape)."""
         _ = self.bucket
         return []
+
+
+def content_version(data: bytes) -> str:
+    """A version that changes whenever the content does (where the store keeps no reliable version of its own)."""
+    return hashlib.sha256(data).hexdigest()
 
 
 def _entry(path: str, info: typing.Mapping[str, typing.Any]) -> Entry:

@@ -2,6 +2,8 @@
 create by a hard link (``link(2)`` fails with ``EEXIST``, atomically, also on NFS)."""
 
 import contextlib
+import errno
+import fcntl
 import os
 import pathlib
 import shutil
@@ -13,6 +15,9 @@ from . import base
 
 TEMP_PREFIX = '.tmp-'
 """Names of writes in progress (never listed)."""
+LOCK_PREFIX = '.lock-'
+"""Names of the lock files of compare-and-swap updates (never listed)."""
+HIDDEN = (TEMP_PREFIX, LOCK_PREFIX)
 
 
 class LocalStore(base.Store):
@@ -20,6 +25,7 @@ class LocalStore(base.Store):
 
     protocol = 'file'
     exclusive_create = True
+    conditional_write = True
 
     def listdir(self, prefix: str) -> list[base.Entry]:
         with self._boundary('list', prefix):
@@ -28,14 +34,14 @@ class LocalStore(base.Store):
                     return [
                         base.Entry(e.name, (st := e.stat()).st_size, f'{st.st_size}-{st.st_mtime_ns}', st.st_mtime)
                         for e in found
-                        if e.is_file() and not e.name.startswith(TEMP_PREFIX)
+                        if e.is_file() and not e.name.startswith(HIDDEN)
                     ]
             except (FileNotFoundError, NotADirectoryError):
                 return []
 
     def walk(self, prefix: str) -> typing.Iterator[tuple[str, base.Entry]]:
         for path, entry in super().walk(prefix):
-            if not entry.name.startswith(TEMP_PREFIX):
+            if not entry.name.startswith(HIDDEN):
                 yield path, entry
 
     def write(
@@ -52,6 +58,30 @@ class LocalStore(base.Store):
     def create(self, path: str, data: bytes) -> None:
         with self._boundary('create', path):
             _write(path, data, exclusive=True)
+
+    def get(self, path: str) -> tuple[bytes, str]:
+        with self._boundary('read', path):
+            data = pathlib.Path(path).read_bytes()
+        return data, base.content_version(data)
+
+    def replace(self, path: str, data: bytes, version: str | None) -> None:
+        """Under an exclusive ``flock`` of a lock file beside the object (every updater takes it; ``flock`` is
+        honoured across processes, and over NFS as a POSIX lock), compare the content's hash, then rename."""
+        target = pathlib.Path(path)
+        with self._boundary('update', path):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(target.with_name(f'{LOCK_PREFIX}{target.name}'), os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                try:
+                    current = base.content_version(target.read_bytes())
+                except FileNotFoundError:
+                    current = None
+                if current != version:
+                    raise base.Changed(errno.EEXIST, f'{self.uri(path)} exists or changed meanwhile')
+                _write(path, data, exclusive=False)
+            finally:
+                os.close(fd)  # releases the lock
 
 
 def _write(path: str, data: bytes | pathlib.Path, *, exclusive: bool) -> None:

@@ -15,9 +15,25 @@ class MemoryStore(base.Store):
 
     protocol = 'memory'
     exclusive_create = True  # within the one process that can see it
+    conditional_write = True
 
     def create(self, path: str, data: bytes) -> None:
         with self._boundary('create', path), _LOCK:
             if self.fs.exists(path):
                 raise FileExistsError(errno.EEXIST, f'{self.uri(path)} exists')
+            self.fs.pipe_file(path, data)
+
+    def get(self, path: str) -> tuple[bytes, str]:
+        with self._boundary('read', path):
+            data = self.fs.cat_file(path)
+        return data, base.content_version(data)
+
+    def replace(self, path: str, data: bytes, version: str | None) -> None:
+        with self._boundary('update', path), _LOCK:
+            try:
+                current = base.content_version(self.fs.cat_file(path))
+            except FileNotFoundError:
+                current = None
+            if current != version:
+                raise base.Changed(errno.EEXIST, f'{self.uri(path)} exists or changed meanwhile')
             self.fs.pipe_file(path, data)

@@ -52,6 +52,7 @@ class S3Store(base.Store):
     lifecycle = True
     multipart = True
     conditional_delete = True
+    conditional_write = True
 
     def _connect(self) -> 'fsspec.AbstractFileSystem':
         import fsspec  # noqa: PLC0415 - lazy: keeps `forml-s3 --help` and provider loading fast
@@ -88,9 +89,10 @@ class S3Store(base.Store):
             return None
         if not isinstance(err, OSError) and not _is_transport_error(err):
             return None
-        if _code(err) == 'PreconditionFailed' or 'Precondition' in str(err):
-            # any 412 on a conditional create means "exists": some S3-compatible servers omit <Condition>
-            return FileExistsError(errno.EEXIST, f'{self.uri(path)} exists')
+        if _code(err) in ('PreconditionFailed', 'ConditionalRequestConflict') or 'Precondition' in str(err):
+            # any 412 on a conditional write means "exists" / "changed": some S3-compatible servers omit <Condition>;
+            # AWS answers 409 ConditionalRequestConflict to the loser of two concurrent conditional writes
+            return base.Changed(errno.EEXIST, f'{self.uri(path)} exists or changed meanwhile')
         return forml.FailedError(
             f'Could not {action} {self.uri(path)}, retries exhausted ({_code(err) or err}): the registry is '
             'unchanged by this step; check the endpoint and try again (storage_options max_attempts and '
@@ -211,6 +213,22 @@ class S3Store(base.Store):
 
     _unconditional = False
     """Set once the server refused the conditional delete (501)."""
+
+    def get(self, path: str) -> tuple[bytes, str]:
+        with self._boundary('read', path):
+            bucket, key = self._bucket_key(path)
+            response = self.fs.call_s3('get_object', Bucket=bucket, Key=key)
+            return _sync_read(self.fs, response['Body']), response.get('ETag', '').strip('"')
+
+    def replace(self, path: str, data: bytes, version: str | None) -> None:
+        """``If-Match`` on the ETag read (sent unquoted: Ceph RGW matches only that form, AWS and moto accept it),
+        or ``If-None-Match: *`` to create."""
+        if version is None:
+            self.create(path, data)
+            return
+        with self._boundary('update', path):
+            bucket, key = self._bucket_key(path)
+            self.fs.call_s3('put_object', Bucket=bucket, Key=key, Body=data, IfMatch=version)
 
     def _multipart_upload(self, path: str, data: bytes | pathlib.Path, size: int, extra: dict[str, typing.Any]) -> None:
         """Upload in parts of :data:`PART_SIZE`, up to :data:`PART_CONCURRENCY` in flight, and never in batches (a slow

@@ -1,0 +1,171 @@
+"""``forml-s3 alias``: named pointers to model generations (``champion``, ``challenger``, ...), kept in the bucket.
+
+Thin click commands over :mod:`forml_s3.aliases`. The registry is ``--url`` (with ``-o`` storage options) or, by
+default, the ForML config's registry (``--registry NAME`` for another section than the default one).
+
+Exit codes: 0 done; 1 the alias was not where ``--expect`` said, or another change won (nothing written);
+2 bad usage, a missing alias or generation, or the registry could not be read.
+"""
+
+import json
+import typing
+
+import click
+
+from .ops import PROBLEMS, Fatal, _loglevel, option_flag, parse_options
+
+
+class Lost(click.ClickException):
+    """A compare-and-swap lost (exit code 1): the message says what the alias points to now."""
+
+    exit_code = PROBLEMS
+
+
+def _aliases(url: str | None, registry: str | None, options: tuple[str, ...]):
+    """The :class:`forml_s3.aliases.Aliases` of the chosen registry."""
+    from forml_s3 import aliases, inspect, layout  # noqa: PLC0415
+    from forml_s3.cli import config  # noqa: PLC0415
+
+    _loglevel()
+    settings: dict[str, typing.Any] = {'url': url, 'storage_options': {}}
+    if url is None:
+        settings = config.registry_settings(registry)
+    storage_options = {**(settings.get('storage_options') or {}), **parse_options(options)}
+    try:
+        st = inspect.store_for(settings['url'], storage_options)
+    except Exception as err:
+        raise Fatal(str(err)) from err
+    return aliases.Aliases(st, layout.Layout(st.root))
+
+
+def registry_options(command: typing.Callable) -> typing.Callable:
+    command = option_flag('-o', '--option')(command)
+    command = click.option(
+        '--registry',
+        'registry',
+        metavar='NAME',
+        help='Section [REGISTRY.NAME] of the ForML config (default: its default).',
+    )(command)
+    return click.option(
+        '-u', '--url', help="Registry URL, e.g. s3://bucket/forml (default: the ForML config's registry)."
+    )(command)
+
+
+def _run(action: typing.Callable[[], typing.Any]) -> typing.Any:
+    """Run an alias operation: a lost swap exits 1, any other ForML error 2, each with its one-line message."""
+    import forml  # noqa: PLC0415
+
+    from forml_s3 import aliases  # noqa: PLC0415
+
+    try:
+        return action()
+    except aliases.Conflict as err:
+        raise Lost(str(err)) from err
+    except forml.AnyError as err:
+        raise Fatal(str(err)) from err
+
+
+def _target(value: str | None):
+    """``--expect`` as a target: ``RELEASE#GENERATION`` or ``none``."""
+    from forml_s3 import aliases  # noqa: PLC0415
+
+    if value is None:
+        return aliases.ANY
+    if value.lower() == 'none':
+        return None
+    release, sep, generation = value.rpartition('#')
+    if not sep or not generation.isdigit():
+        raise click.BadParameter(f'{value!r}: expected RELEASE#GENERATION (e.g. 1.0#3) or none', param_hint='--expect')
+    return aliases.Target(release, int(generation))
+
+
+def _show(alias, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps({**alias.as_json(), 'history': len(alias.history)}))
+    else:
+        click.echo(
+            f'{alias.project} {alias.name} -> {alias.target or "nothing"} (set by {alias.by} at {alias.updated})'
+        )
+
+
+@click.group()
+def alias() -> None:
+    """Named pointers to model generations (champion, challenger, ...), kept in the registry.
+
+    An alias points to one live generation of a project; moving it is a compare-and-swap in the bucket (of two
+    operators moving one alias at once exactly one wins) and every change is kept in its history. Gateways serving
+    with forml_s3.selector.Alias follow it without a restart; retention never retires an aliased generation.
+    """
+
+
+@alias.command(name='set')
+@click.argument('project')
+@click.argument('name')
+@click.argument('release')
+@click.argument('generation', type=click.IntRange(min=1))
+@click.option('--expect', metavar='RELEASE#GENERATION|none', help='Fail (exit 1) unless the alias points there now.')
+@click.option('--json', 'as_json', is_flag=True, help='Print the alias as JSON.')
+@registry_options
+def set_(project, name, release, generation, expect, as_json, url, registry, options) -> None:
+    """Point alias NAME of PROJECT to GENERATION of RELEASE (which must be live)."""
+    aliases = _aliases(url, registry, options)
+    _show(_run(lambda: aliases.set(project, name, release, generation, expect=_target(expect))), as_json)
+
+
+@alias.command()
+@click.argument('project')
+@click.argument('name')
+@click.option('--json', 'as_json', is_flag=True, help='Print the alias as JSON.')
+@registry_options
+def get(project, name, as_json, url, registry, options) -> None:
+    """What alias NAME of PROJECT points to."""
+    aliases = _aliases(url, registry, options)
+    _show(_run(lambda: aliases.get(project, name)), as_json)
+
+
+@alias.command(name='ls')
+@click.argument('project')
+@click.option('--json', 'as_json', is_flag=True, help='Print the aliases as JSON lines.')
+@registry_options
+def ls(project, as_json, url, registry, options) -> None:
+    """The aliases of PROJECT and what each points to."""
+    aliases = _aliases(url, registry, options)
+    found = _run(lambda: aliases.live(project))
+    for each in found:
+        _show(each, as_json)
+    if not found and not as_json:
+        click.echo(f'No aliases of {project}', err=True)
+
+
+@alias.command()
+@click.argument('project')
+@click.argument('name')
+@click.option('--expect', metavar='RELEASE#GENERATION', help='Fail (exit 1) unless the alias points there now.')
+@click.option('--json', 'as_json', is_flag=True, help='Print the removed alias as JSON.')
+@registry_options
+def rm(project, name, expect, as_json, url, registry, options) -> None:
+    """Remove alias NAME of PROJECT (its history is kept; `set` brings it back)."""
+    aliases = _aliases(url, registry, options)
+    _show(_run(lambda: aliases.remove(project, name, expect=_target(expect))), as_json)
+
+
+@alias.command()
+@click.argument('project')
+@click.argument('name')
+@click.option('--json', 'as_json', is_flag=True, help='Print the changes as JSON lines.')
+@registry_options
+def history(project, name, as_json, url, registry, options) -> None:
+    """Every change of alias NAME of PROJECT, oldest first: from, to, when, by whom."""
+    from forml_s3 import aliases as aliasmod  # noqa: PLC0415
+
+    aliases = _aliases(url, registry, options)
+
+    def shown(value: typing.Any) -> str:
+        target = aliasmod.Target.parse(value)
+        return str(target) if target else 'nothing'
+
+    for change in _run(lambda: aliases.history(project, name)):
+        if as_json:
+            click.echo(json.dumps(change))
+        else:
+            click.echo(f'{change["when"]}  {shown(change["from"])} -> {shown(change["to"])}  by {change["by"]}')
