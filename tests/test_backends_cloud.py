@@ -26,7 +26,7 @@ from forml_s3.cli.demo import parse_predictions
 from forml_s3.inventory import Inventory
 from forml_s3.registry import Registry
 
-from .helpers import PROJECT, run_cli, tag
+from .helpers import PROJECT, commit, run_cli, tag
 
 # the registry contract, collected again here: this module's fixtures run them on the emulators
 from .test_bad_input import (  # noqa: F401
@@ -256,6 +256,28 @@ def test_azure_objects_carry_the_uncommitted_index_tag_until_their_marker(azure_
     registry.close(PROJECT, '0.1', 1, tag([sid]))
     assert store.get_tags(key) == {}
     assert len(store.head(key)[1]['sha256']) == 64
+
+
+def test_retire_hides_generations_and_tags_their_states_where_objects_carry_tags(cloud, make_registry, package_factory):
+    registry = make_registry(listing_ttl=0, pack_states=False)
+    registry.push(package_factory('0.1'))
+    sids = {g: commit(registry, g, payloads=(f'state {g}'.encode(),))[1][0] for g in (1, 2, 3)}
+    args = [f'--option={k}={v}' for k, v in make_registry.options.items()]
+    done = run_cli('retire', make_registry.url, '--keep', '1', *args)
+    assert done.exit_code == 0, done.output
+    assert list(registry.generations(PROJECT, '0.1')) == [asset.Generation.Key(3)]
+    store = registry._store
+    tags = {g: store.get_tags(registry._layout.state(PROJECT, '0.1', sid)) for g, sid in sids.items()}
+    retired = dict([layout.RETIRED_TAG]) if store.object_tags else {}
+    assert tags == {1: retired, 2: retired, 3: {}}
+
+
+def test_azure_index_tags_can_be_turned_off_for_accounts_without_them(azure_server):
+    bucket, url, options = fresh_root(azure_server)
+    store = storage.open_store(url, {**options, 'index_tags': False})
+    assert not store.object_tags
+    store.write(f'{bucket}/forml/x', b'x', tags={'forml-s3': 'uncommitted'})
+    assert storage.open_store(url, options).get_tags(f'{bucket}/forml/x') == {}
 
 
 @pytest.mark.parametrize('command', [('lifecycle', 'plan'), ('lifecycle', 'apply')])

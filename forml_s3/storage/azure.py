@@ -13,6 +13,8 @@ unlisted).
 * tags are blob index tags, sent in the same upload (``x-ms-tags``): an account lifecycle management policy can
   filter on them (``blobIndexMatch``), but it lives in Azure Resource Manager, not in the blob API, so
   :attr:`~AzureStore.lifecycle` is off and ``docs/backends.md`` shows the policy to set with the ``az`` CLI.
+  Accounts with a hierarchical namespace have no index tags: the ``index_tags = false`` storage option turns
+  them off (:attr:`~AzureStore.object_tags` then is too).
 """
 
 import asyncio
@@ -42,6 +44,19 @@ class AzureStore(base.Store):
         'credential, or the Azure default chain: AZURE_CLIENT_ID/AZURE_TENANT_ID, managed identity, `az login`) and '
         'the role assignment (Storage Blob Data Contributor; Storage Blob Data Owner to set blob index tags)'
     )
+
+    def __init__(self, root: str, storage_options: typing.Mapping[str, typing.Any] | None = None):
+        super().__init__(root, storage_options)
+        # accounts with a hierarchical namespace (ADLS Gen2) refuse blob index tags: ``index_tags = false`` there
+        self.object_tags = bool(self._options.pop('index_tags', True))
+
+    @property
+    def bucket(self) -> str:
+        raise forml.InvalidError(
+            f'{self.url} has no bucket lifecycle rules forml-s3 can manage: Azure keeps lifecycle management policies '
+            'per storage account, in Azure Resource Manager; set one that filters on the forml-s3 blob index tags '
+            '(docs/backends.md shows it) with `az storage account management-policy create`'
+        )
 
     def _connect(self) -> typing.Any:
         from adlfs import AzureBlobFileSystem  # noqa: PLC0415 - the optional extra, imported when an az:// URL is used
@@ -146,7 +161,7 @@ class AzureStore(base.Store):
         """One PUT up to 64 MiB; above, blocks in parallel and one block list commit (the blob appears whole).
         ``tags`` and ``metadata`` travel in the same request (the commit of a large one)."""
         extra: dict[str, typing.Any] = {}
-        if tags:
+        if tags and self.object_tags:
             extra['tags'] = dict(tags)
         if metadata:
             extra['metadata'] = dict(metadata)
@@ -174,6 +189,9 @@ class AzureStore(base.Store):
 
     # blob index tags ----------------------------------------------------------------------------------------
     def set_tags(self, path: str, tags: typing.Mapping[str, str]) -> None:
+        if not self.object_tags:
+            return
+
         async def tag() -> None:
             async with self._blob(path) as blob:
                 await blob.set_blob_tags(dict(tags) or None)  # none: clears them
@@ -182,6 +200,9 @@ class AzureStore(base.Store):
             self._run(tag)
 
     def get_tags(self, path: str) -> dict[str, str]:
+        if not self.object_tags:
+            return {}
+
         async def tags() -> dict[str, str]:
             async with self._blob(path) as blob:
                 return dict(await blob.get_blob_tags() or {})
