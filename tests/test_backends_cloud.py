@@ -241,6 +241,18 @@ def test_listing_300_generations_is_one_request(backend, cloud, make_registry, p
     assert [LIST_REQUEST[backend](r) for r in requests] == [True], requests  # one request, and it is the LIST
 
 
+def test_a_level_past_one_page_is_listed_whole_one_request_a_page(backend, cloud, monkeypatch):
+    bucket, url, options = fresh_root(cloud)
+    store = storage.open_store(url, options)
+    monkeypatch.setattr(sys.modules[type(store).__module__], 'PAGE', 10)  # 1,000 in use: 25 names make 3 pages
+    names = [f'{n:04d}.json' for n in range(25)]
+    transfers.run_all(lambda name: store.write(f'{bucket}/forml/level/{name}', b'{}'), names)
+    store.write(f'{bucket}/forml/level/below/hidden.json', b'{}')
+    cloud.reset_counts()
+    assert sorted(e.name for e in store.listdir(f'{bucket}/forml/level')) == names
+    assert [LIST_REQUEST[backend](r) for r in cloud.requests()] == [True, True, True]
+
+
 # tags and retention -------------------------------------------------------------------------------------------
 def test_azure_objects_carry_the_uncommitted_index_tag_until_their_marker(azure_server, tmp_path, package_factory):
     bucket, url, options = fresh_root(azure_server)
