@@ -6,7 +6,7 @@
   or on first use), kept in memory, with the published development account.
 
 Each offers what the tests use of ``forml_s3.embedded.Server``: ``start()`` (waits until it answers),
-``stop()``, ``storage_options()``, ``client_env()``, ``create_bucket(name)`` and ``url(bucket, prefix)``, and
+``stop()``, ``storage_options()``, ``create_bucket(name)``, ``keys(bucket)`` and ``url(bucket, prefix)``, and
 ``requests()``: the requests the server logged since ``reset_counts()`` (both log one access line per request),
 for tests that count requests instead of timing them.
 """
@@ -184,11 +184,6 @@ class FakeGCS(_Process):
     def storage_options(self, **extra) -> dict:
         return {'endpoint_url': self.endpoint, 'token': 'anon', 'project': GCS_PROJECT, **extra}
 
-    def client_env(self) -> dict[str, str]:
-        """Environment for subprocesses: gcsfs's experimental bucket-layout probe is a gRPC call the emulator
-        does not serve (each waits out a 60 s timeout)."""
-        return {'GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT': 'false'}
-
     def create_bucket(self, name: str) -> str:
         request = urllib.request.Request(
             f'{self.endpoint}/storage/v1/b?project={GCS_PROJECT}',
@@ -261,9 +256,6 @@ class Azurite(_Process):
     def storage_options(self, **extra) -> dict:
         return {'connection_string': self.connection_string, **extra}
 
-    def client_env(self) -> dict[str, str]:
-        return {}
-
     def service(self):
         """A synchronous azure-storage-blob client of the account (the test's own look)."""
         from azure.storage.blob import BlobServiceClient
@@ -282,13 +274,3 @@ class Azurite(_Process):
     @staticmethod
     def url(bucket: str, prefix: str) -> str:
         return f'az://{bucket}/{prefix}'
-
-
-SERVERS = {'gcs': FakeGCS, 'azure': Azurite}
-
-
-@contextlib.contextmanager
-def running(kind: str):
-    """One emulator of the kind (``gcs`` or ``azure``), stopped on exit."""
-    with SERVERS[kind]() as server:
-        yield server
