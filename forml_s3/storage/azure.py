@@ -48,7 +48,10 @@ class AzureStore(base.Store):
     def __init__(self, root: str, storage_options: typing.Mapping[str, typing.Any] | None = None):
         super().__init__(root, storage_options)
         # accounts with a hierarchical namespace (ADLS Gen2) refuse blob index tags: ``index_tags = false`` there
-        self.object_tags = bool(self._options.pop('index_tags', True))
+        tags = self._options.pop('index_tags', True)
+        if not isinstance(tags, bool):
+            raise forml.InvalidError(f'storage_options index_tags must be true or false, not {tags!r}')
+        self.object_tags = tags
 
     @property
     def bucket(self) -> str:
