@@ -29,6 +29,14 @@ from forml_s3.registry import Registry
 from .helpers import PROJECT, commit, run_cli, tag
 
 # the registry contract, collected again here: this module's fixtures run them on the emulators
+from .test_aliases import (  # noqa: F401
+    test_expect_and_lost_swaps_write_nothing,
+    test_only_live_generations,
+    test_remove_keeps_history_and_set_brings_it_back,
+    test_retention_never_retires_an_aliased_generation,
+    test_set_get_move_and_history,
+    trained,
+)
 from .test_bad_input import (  # noqa: F401
     committed,
     test_altered_package_is_never_installed,
@@ -136,6 +144,38 @@ def test_16_racing_exclusive_creates_have_one_winner_decided_by_the_server(backe
     # the server refused every other create: no client-side check decided this
     statuses = sorted(r.status for r in cloud.requests() if r.method in ('POST', 'PUT'))
     assert statuses == [CREATED[backend]] + [REFUSED[backend]] * 15
+
+
+def test_16_racing_compare_and_swaps_have_one_winner_decided_by_the_server(backend, cloud):
+    bucket, url, options = fresh_root(cloud)
+    key = f'{bucket}/forml/alias.json'
+    stores = [storage.open_store(url, options) for _ in range(16)]
+    stores[0].replace(key, b'first', None)
+    with pytest.raises(FileExistsError):
+        stores[0].replace(key, b'again', None)
+    data, version = stores[1].get(key)
+    assert data == b'first'
+    cloud.reset_counts()
+
+    def swap(i: int) -> bool:
+        try:
+            stores[i].replace(key, f'racer {i}'.encode(), version)
+        except storage.Changed:
+            return False
+        return True
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        won = list(pool.map(swap, range(16)))
+    assert won.count(True) == 1, won
+    data, newer = stores[2].get(key)
+    assert data == f'racer {won.index(True)}'.encode() and newer != version
+    statuses = sorted(r.status for r in cloud.requests() if r.method in ('POST', 'PUT'))
+    assert statuses == [CREATED[backend]] + [412] * 15
+    with pytest.raises(storage.Changed):
+        stores[3].replace(key, b'stale', version)
+    stores[3].delete(key)
+    with pytest.raises(storage.Changed):
+        stores[3].replace(key, b'gone', newer)
 
 
 def test_store_capabilities_and_metadata(backend, cloud):

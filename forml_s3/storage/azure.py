@@ -18,6 +18,7 @@ unlisted).
 """
 
 import asyncio
+import errno
 import logging
 import pathlib
 import typing
@@ -37,6 +38,7 @@ class AzureStore(base.Store):
 
     protocol = 'az'
     exclusive_create = True
+    conditional_write = True
     object_tags = True
     user_metadata = True
     denied_hint = (
@@ -189,6 +191,37 @@ class AzureStore(base.Store):
 
         with self._boundary('delete', path):
             self._run(delete)
+
+    # compare-and-swap: the blob's ETag is its version -----------------------------------------------------
+    def get(self, path: str) -> tuple[bytes, str]:
+        async def get() -> tuple[bytes, str]:
+            async with self._blob(path) as blob:
+                stream = await blob.download_blob()
+                return await stream.readall(), stream.properties.etag
+
+        with self._boundary('read', path):
+            return self._run(get)
+
+    def replace(self, path: str, data: bytes, version: str | None) -> None:
+        """``If-Match`` on the ETag read (``If-None-Match: *`` to create)."""
+        if version is None:
+            self.create(path, data)
+            return
+        from azure.core import MatchConditions, exceptions  # noqa: PLC0415
+
+        async def swap() -> None:
+            async with self._blob(path) as blob:
+                try:
+                    await blob.upload_blob(
+                        data, overwrite=True, etag=version, match_condition=MatchConditions.IfNotModified
+                    )
+                except (exceptions.ResourceModifiedError, exceptions.ResourceNotFoundError) as err:
+                    if _code(err) == 'ContainerNotFound':
+                        raise
+                    raise base.Changed(errno.EEXIST, f'{self.uri(path)} changed meanwhile') from err
+
+        with self._boundary('update', path):
+            self._run(swap)
 
     # blob index tags ----------------------------------------------------------------------------------------
     def set_tags(self, path: str, tags: typing.Mapping[str, str]) -> None:

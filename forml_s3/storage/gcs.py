@@ -17,8 +17,11 @@ application-default login``, the metadata server).
 
 import asyncio
 import datetime
+import errno
+import json
 import pathlib
 import typing
+import urllib.parse
 
 import forml
 
@@ -36,6 +39,7 @@ class GCSStore(base.Store):
 
     protocol = 'gs'
     exclusive_create = True
+    conditional_write = True
     user_metadata = True
     denied_hint = (
         'check the credentials (storage_options token, GOOGLE_APPLICATION_CREDENTIALS or `gcloud auth '
@@ -128,6 +132,37 @@ class GCSStore(base.Store):
         """``ifGenerationMatch=0``: GCS refuses the upload with 412 if any live object has the name."""
         with self._boundary('create', path):
             self.fs.pipe_file(path, data, mode='create')
+
+    # compare-and-swap: the object's generation is its version ---------------------------------------------
+    def get(self, path: str) -> tuple[bytes, str]:
+        with self._boundary('read', path):
+            headers, data = self.fs.call('GET', self.fs.url(path))
+            return data, headers['X-Goog-Generation']
+
+    def replace(self, path: str, data: bytes, version: str | None) -> None:
+        """``ifGenerationMatch`` on one multipart upload (the generation read; ``0``: create)."""
+        if version is None:
+            self.create(path, data)
+            return
+        bucket, _, key = path.partition('/')
+        boundary = '==forml-s3=='
+        head = f'--{boundary}\r\nContent-Type: application/json; charset=UTF-8\r\n\r\n{json.dumps({"name": key})}\r\n'
+        head += f'--{boundary}\r\nContent-Type: application/octet-stream\r\n\r\n'
+        body = head.encode() + data + f'\r\n--{boundary}--'.encode()
+        with self._boundary('update', path):
+            try:
+                self.fs.call(
+                    'POST',
+                    f'{self.fs._location}/upload/storage/v1/b/{urllib.parse.quote(bucket, safe="")}/o',
+                    uploadType='multipart',
+                    ifGenerationMatch=version,
+                    headers={'Content-Type': f'multipart/related; boundary="{boundary}"'},
+                    data=body,
+                )
+            except FileExistsError as err:  # gcsfs raises a 412 so
+                raise base.Changed(errno.EEXIST, f'{self.uri(path)} changed meanwhile') from err
+            except FileNotFoundError as err:  # gone since it was read: not the version expected either
+                raise base.Changed(errno.EEXIST, f'{self.uri(path)} was deleted meanwhile') from err
 
     # errors ---------------------------------------------------------------------------------------------------
     def _translate(self, err: Exception, action: str, path: str) -> BaseException | None:
