@@ -34,6 +34,14 @@ def loopback(host: str) -> bool:
 )
 @click.option('--host', default='127.0.0.1', show_default=True, help='Address to bind (beyond loopback: a warning).')
 @click.option('--port', type=click.IntRange(0, 65535), default=8765, show_default=True, help='Port (0: any free).')
+@click.option(
+    '--listing-ttl',
+    type=click.FloatRange(min=0),
+    default=0,
+    show_default=True,
+    metavar='SECONDS',
+    help='Reuse each listing this long (0: every page lists afresh; markers are always cached).',
+)
 @click.option('--allow-writes', is_flag=True, help='Enable pin, unpin and retire from the browser (POST + CSRF).')
 def ui(
     url: str | None,
@@ -42,6 +50,7 @@ def ui(
     inventory_options: tuple[str, ...],
     host: str,
     port: int,
+    listing_ttl: float,
     allow_writes: bool,
 ) -> None:
     """Browse the registry at URL in a web browser: projects, releases, generations, lifecycle, applications.
@@ -83,7 +92,9 @@ def ui(
             err=True,
         )
     allowed: typing.Sequence[str] = ['127.0.0.1', 'localhost', '[::1]', '::1'] if loopback(host) else ['*']
-    application = app.create_app(model.Browser(st, inventory), allow_writes=allow_writes, allowed_hosts=allowed)
+    application = app.create_app(
+        model.Browser(st, inventory, listing_ttl=listing_ttl), allow_writes=allow_writes, allowed_hosts=allowed
+    )
     server = uvicorn.Server(uvicorn.Config(application, host=host, port=port, log_level='warning', access_log=False))
 
     sock = socket.socket(socket.AF_INET6 if ':' in host else socket.AF_INET)

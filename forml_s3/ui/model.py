@@ -1,6 +1,6 @@
 """What the registry browser shows, read from the store at the cost the issue sets.
 
-Each level is read with one delimiter LIST per 1,000 entries (reused for ``listing_ttl`` seconds), and a marker
+Each level is read with one delimiter LIST per 1,000 entries (afresh on each view unless ``listing_ttl``), and a marker
 is read (one GET) only when a page shows its row; markers are memoised by key and ETag, so a marker read once is
 never read again while it is unchanged. A release page therefore costs its three LISTs (generations, retired,
 pinned) plus the markers of the one page of generations it shows, whatever the release holds.
@@ -25,7 +25,8 @@ LOGGER = logging.getLogger(__name__)
 
 PAGE = 50
 """Rows per page of projects and of generations."""
-LISTING_TTL = 5.0
+LISTING_TTL = 0.0
+"""Seconds a listing is reused (0: every page view lists afresh, so a commit by another process shows at once)."""
 MEMO = 20_000
 """Markers kept in memory (a generation marker is a few KiB)."""
 WORKERS = 8
