@@ -3,7 +3,10 @@ embedded moto server: what each page shows, what it costs in requests, escaping,
 
 import datetime
 import html
+import pathlib
 import re
+import subprocess
+import sys
 import uuid
 
 import pytest
@@ -14,7 +17,7 @@ from forml_s3 import codec, layout, lifecycle, retention, store, transfers
 from forml_s3.registry import Registry
 from forml_s3.ui import app, config, highlight, model
 
-from .helpers import PackageFactory
+from .helpers import PackageFactory, run_cli, s3_options
 
 SCORES = {'alpha': [0.61, 0.74, 0.69], 'beta': [0.9], 'gamma': []}
 DESCRIPTOR = '''"""Churn application <script>alert("descriptor")</script>."""
@@ -346,3 +349,24 @@ def test_loopback_hosts():
 
     assert loopback('127.0.0.1') and loopback('::1') and loopback('localhost') and loopback('127.0.0.2')
     assert not loopback('0.0.0.0') and not loopback('192.168.1.4') and not loopback('example.com')
+
+
+def test_cli_without_url_or_default_registry_says_what_to_give(tmp_path, monkeypatch):
+    monkeypatch.setenv('FORML_HOME', str(tmp_path / 'empty-home'))
+    result = run_cli('ui')
+    assert result.exit_code == 2
+    assert 'No URL given and no default registry' in result.output and 'forml-s3 ui s3://' in result.output
+
+
+def test_serving_beyond_loopback_warns(seeded):
+    command = [str(pathlib.Path(sys.executable).with_name('forml-s3')), 'ui', seeded.url, '--host', '0.0.0.0']
+    command += [*s3_options(seeded.server, '-o'), '--port', '0']
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        started = process.stdout.readline()
+    finally:
+        process.terminate()
+        _, err = process.communicate(timeout=20)
+    assert re.search(r'on http://0\.0\.0\.0:\d+/ \(read-only', started), started + err
+    assert 'Warning: serving on 0.0.0.0' in err and 'no login' in err
+    assert seeded.options['secret'] not in started + err

@@ -19,7 +19,6 @@ import urllib.parse
 
 import forml
 import jinja2
-from forml.io import asset
 from starlette import applications, concurrency, requests, responses, routing
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
@@ -98,6 +97,14 @@ def create_app(
         return render(
             request, 'message.html', status, title=title, message=message, back=request.headers.get('referer')
         )
+
+    def conflict(request: requests.Request, message: str, back: str) -> responses.Response:
+        """A write whose premise no longer holds: shown, not applied."""
+        return render(request, 'message.html', 409, title='Conflict: not applied', message=message, back=back)
+
+    def applied(request: requests.Request, message: str, back: str) -> responses.Response:
+        LOGGER.info('%s (through the browser)', message)
+        return render(request, 'message.html', title='Done', message=message, back=back)
 
     def page_of(request: requests.Request) -> int:
         try:
@@ -194,24 +201,16 @@ def create_app(
         try:
             if form.get('action') == 'unpin':
                 if not retention.unpin(st, browser.layout, p, r, n):
-                    return render(
-                        request,
-                        'message.html',
-                        409,
-                        title='Conflict: not applied',
-                        back=back,
-                        message=f'Generation {n} of {p}-{r} is not pinned (unpinned meanwhile?)',
-                    )
+                    return conflict(request, f'Generation {n} of {p}-{r} is not pinned (unpinned meanwhile?)', back)
                 done = f'Unpinned generation {n} of {p}-{r}'
             else:
                 retention.pin(st, browser.layout, p, r, n, form.get('note', ''))
                 done = f'Pinned generation {n} of {p}-{r}'
         except forml.MissingError as err:
-            return render(request, 'message.html', 409, title='Conflict: not applied', message=str(err), back=back)
+            return conflict(request, str(err), back)
         finally:
             browser.invalidate(p, r)
-        LOGGER.info(done)
-        return render(request, 'message.html', title='Done', message=done, back=back)
+        return applied(request, done, back)
 
     async def retire(request: requests.Request) -> responses.Response:
         return await concurrency.run_in_threadpool(do_retire, request, await guard(request))
@@ -227,21 +226,14 @@ def create_app(
         browser.invalidate(p, r)
         now = browser.retire_plan(p, r, keep)
         if now.retired != shown:  # the release changed since the page was shown: the user did not see this plan
-            return render(
-                request,
-                'message.html',
-                409,
-                title='Conflict: not applied',
-                back=back,
-                message=f'{p}-{r} changed since the page was shown: retiring all but the newest {keep} would '
-                f'now retire {now.retired or "nothing"}, not {shown or "nothing"}. Review it again.',
+            message = (
+                f'{p}-{r} changed since the page was shown: retiring all but the newest {keep} would now retire '
+                f'{now.retired or "nothing"}, not {shown or "nothing"}. Review it again.'
             )
+            return conflict(request, message, back)
         done = retention.retire(st, browser.layout, p, r, keep)
         browser.invalidate(p, r)
-        LOGGER.info('Retired generations %s of %s-%s', done, p, r)
-        return render(
-            request, 'message.html', title='Done', message=f'Retired generations {done} of {p}-{r}', back=back
-        )
+        return applied(request, f'Retired generations {done} of {p}-{r}', back)
 
     # errors -------------------------------------------------------------------------------------------------
     async def refused(request: requests.Request, err: Exception) -> responses.Response:
@@ -251,7 +243,7 @@ def create_app(
         return problem(request, 404, 'Not found', str(err))
 
     async def invalid(request: requests.Request, err: Exception) -> responses.Response:
-        status = 400 if isinstance(err, asset.Level.Invalid) else 502
+        status = 400 if isinstance(err, forml.InvalidError) else 502  # else: the store failed (retries exhausted)
         return problem(request, status, 'Cannot show this', str(err))
 
     routes = [
