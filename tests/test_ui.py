@@ -309,7 +309,9 @@ def test_lifecycle_page_previews_the_rules(seeded):
     retention.retire(st, seeded.layout, 'alpha', '0.1', 1)  # generations 1 and 2: their states tagged retired
     tagged = sum(len(seeded.layout.stored('alpha', '0.1', m)) + 1 for m in markers)  # objects + retired marker
     client = seeded.client()
-    now = client.get('/lifecycle')
+    rules = client.get('/lifecycle')  # the rules only: no listing of the registry
+    assert rules.status_code == 200 and 'forml-s3:forml/:retired</b>' in rules.text and 'matched' not in rules.text
+    now = client.get(f'/lifecycle?at={datetime.date.today()}')
     assert now.status_code == 200
 
     def retired_rule(page) -> tuple[str, int, int]:

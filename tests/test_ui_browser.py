@@ -16,7 +16,7 @@ import typing
 
 import pytest
 
-from forml_s3 import codec
+from forml_s3 import codec, lifecycle
 
 from .helpers import s3_options
 from .test_ui import SCORES, Seeded
@@ -192,6 +192,11 @@ def test_writes_refused_without_allow_writes_then_applied_with_it(chromium, seed
         assert 'Retired generations [1] of alpha-0.1' in driver.find_element(By.ID, 'message').text
         assert sorted(seeded.registry.generations('alpha', '0.1')) == [2, 3, 4]
 
+        seeded.store.set_lifecycle_rules(lifecycle.plan(seeded.store, lifecycle.Policy()))
         driver.get(f'{base}/lifecycle')
-        assert driver.find_element(By.TAG_NAME, 'h1').text == 'Lifecycle rules'
+        assert len(driver.find_elements(By.CSS_SELECTOR, '.rule')) == 3
+        driver.execute_script('document.querySelector("input[name=at]").value = "2099-01-01"')
+        follow(driver, driver.find_element(By.ID, 'preview'))
+        retired = next(r for r in driver.find_elements(By.CSS_SELECTOR, '.rule') if ':retired' in r.text)
+        assert re.search(r'matched ([1-9]\d*), due by 2099-01-01 00:00 UTC: \1 ', retired.text), retired.text
         shoot(driver, 'lifecycle', tmp_path)

@@ -155,14 +155,19 @@ def create_app(
         except ValueError:
             return problem(request, 400, 'Bad date', f'{raw!r} is not a date: use YYYY-MM-DD')
         at = at if at.tzinfo else at.replace(tzinfo=datetime.UTC)
-        effects, note = [], None
+        rules, effects, note = [], None, None
         if not st.is_s3:
             note = f'{st.url} is not in S3: lifecycle rules exist only there'
         else:
-            effects = lifecycle.preview(st, st.lifecycle_rules(), at)
+            rules = st.lifecycle_rules()
+            if raw:  # the preview walks the whole registry: only when asked for
+                effects = lifecycle.preview(st, rules, at)
         return render(
             request,
             'lifecycle.html',
+            rules=rules,
+            owned=lambda rule: lifecycle.owned(rule, st),
+            action=lambda rule: lifecycle.action_of(rule)[0],
             effects=effects,
             note=note,
             at=at,
