@@ -372,3 +372,20 @@ def test_serving_beyond_loopback_warns(seeded):
     assert re.search(r'on http://0\.0\.0\.0:\d+/ \(read-only', started), started + err
     assert 'Warning: serving on 0.0.0.0' in err and 'no login' in err
     assert seeded.options['secret'] not in started + err
+
+
+def test_damaged_markers_are_shown_as_such(seeded):
+    client = seeded.client()
+    seeded.server.client().put_object(
+        Bucket=seeded.bucket, Key=seeded.layout.release_marker('beta', '0.1').partition('/')[2], Body=codec.dumps({})
+    )
+    key = seeded.layout.generation_marker('alpha', '0.1', 2).partition('/')[2]
+    seeded.server.client().put_object(Bucket=seeded.bucket, Key=key, Body=b'{not json')
+    assert client.get('/projects/beta').status_code == 200
+    assert client.get('/projects/beta/releases/0.1').status_code == 200  # a marker without fields shows blanks
+    release = client.get('/projects/alpha/releases/0.1')
+    assert release.status_code == 200 and 'Corrupted marker' in release.text
+    assert len(re.findall(r'<circle class="point', release.text)) == 3  # still listed, its score unknown
+    generation = client.get('/projects/alpha/releases/0.1/generations/2')
+    assert generation.status_code == 200 and 'not valid JSON' in generation.text
+    assert client.get('/projects/alpha/releases/0.1/generations/2/verify').status_code == 400

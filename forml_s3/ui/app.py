@@ -42,7 +42,7 @@ class Refused(Exception):
 
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True, undefined=jinja2.StrictUndefined
+        loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True, undefined=jinja2.ChainableUndefined
     )
     env.filters['human'] = inspect.human
     env.filters['when'] = model.when

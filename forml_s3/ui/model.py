@@ -84,7 +84,7 @@ class StateRow:
 
 def when(moment: float | str | None) -> str:
     """A listing time (POSIX seconds) or marker time (ISO) for people, in UTC."""
-    if moment is None or moment == '':
+    if not moment and moment != 0:
         return '-'
     if isinstance(moment, int | float):
         return datetime.datetime.fromtimestamp(moment, datetime.UTC).strftime('%Y-%m-%d %H:%M:%S')
