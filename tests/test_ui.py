@@ -13,7 +13,7 @@ import pytest
 from forml.io import asset
 from starlette.testclient import TestClient
 
-from forml_s3 import codec, layout, lifecycle, retention, store, transfers
+from forml_s3 import codec, layout, lifecycle, retention, storage, transfers
 from forml_s3.registry import Registry
 from forml_s3.ui import app, config, highlight, model
 
@@ -49,14 +49,14 @@ class Seeded:
         self.registry = Registry(
             self.url, storage_options=self.options, cache_dir=tmp_path / 'seed-cache', listing_ttl=0
         )
-        self.store = store.Store(self.url, self.options)
+        self.store = storage.open_store(self.url, self.options)
         self.layout = layout.Layout(self.store.root)
         packages = PackageFactory(tmp_path / 'packages')
         for project, scores in SCORES.items():
             self.registry.push(packages('0.1', project=project))
             for number, score in enumerate(scores, start=1):
                 self.commit(project, number, score)
-        store.Store(self.inventory_url, self.options).write(f'{bucket}/apps/alpha.py', DESCRIPTOR.encode())
+        storage.open_store(self.inventory_url, self.options).write(f'{bucket}/apps/alpha.py', DESCRIPTOR.encode())
 
     def commit(self, project: str, number: int, score: float, payloads=(b'state-one', b'state-two' * 50)) -> list:
         sids = [uuid.uuid4() for _ in payloads]
@@ -67,7 +67,7 @@ class Seeded:
 
     def browser(self, **kwargs) -> model.Browser:
         return model.Browser(
-            store.Store(self.url, self.options), store.Store(self.inventory_url, self.options), **kwargs
+            storage.open_store(self.url, self.options), storage.open_store(self.inventory_url, self.options), **kwargs
         )
 
     def client(self, allow_writes: bool = False, **kwargs) -> TestClient:
@@ -389,3 +389,20 @@ def test_damaged_markers_are_shown_as_such(seeded):
     generation = client.get('/projects/alpha/releases/0.1/generations/2')
     assert generation.status_code == 200 and 'not valid JSON' in generation.text
     assert client.get('/projects/alpha/releases/0.1/generations/2/verify').status_code == 400
+
+
+def test_a_registry_on_local_disk_browses_too(tmp_path, package_factory):
+    url = f'file://{tmp_path}/registry'
+    registry = Registry(url, cache_dir=tmp_path / 'cache', listing_ttl=0)
+    registry.push(package_factory('0.1'))
+    sids = [uuid.uuid4()]
+    registry.write('demo-proj', '0.1', sids[0], b'state')
+    registry.close('demo-proj', '0.1', 1, scored(0.5, sids))
+    client = TestClient(app.create_app(model.Browser(storage.open_store(url))))
+    assert 'href="/projects/demo-proj/releases/0.1"' in client.get('/').text
+    release = client.get('/projects/demo-proj/releases/0.1')
+    assert re.findall(r'<circle class="point" data-generation="(\d+)"', release.text) == ['1']
+    assert '1 of 1 objects verified' in client.get('/projects/demo-proj/releases/0.1/generations/1/verify').text
+    lifecycle_page = client.get('/lifecycle')
+    assert lifecycle_page.status_code == 200 and 'has no bucket lifecycle rules' in lifecycle_page.text
+    assert 'No inventory configured' in client.get('/applications').text

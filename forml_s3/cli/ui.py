@@ -66,7 +66,7 @@ def ui(
     """
     import uvicorn  # noqa: PLC0415 - installed with forml[rest]
 
-    from forml_s3 import store  # noqa: PLC0415
+    from forml_s3 import storage  # noqa: PLC0415
     from forml_s3.ui import app, config, model
 
     _loglevel()
@@ -77,12 +77,12 @@ def ui(
             found = config.default('REGISTRY')
             if found is None:
                 raise Fatal(f'No URL given and no default registry in {config.path()}: forml-s3 ui s3://bucket/prefix')
-            st = store.Store(*found)
+            st = storage.open_store(*found)
             if inventory_url is None and (section := config.default('INVENTORY')):
-                inventory = store.Store(*section)
+                inventory = storage.open_store(*section)
         if inventory_url:
             extra = parse_options(inventory_options) if inventory_options else parse_options(options)
-            inventory = store.Store(inventory_url, extra)
+            inventory = storage.open_store(inventory_url, extra)
     if not loopback(host):
         click.secho(
             f'Warning: serving on {host}: anyone who can reach this address can browse the registry'

@@ -23,7 +23,7 @@ from starlette import applications, concurrency, requests, responses, routing
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from .. import inspect, lifecycle, retention, store
+from .. import inspect, lifecycle, retention
 from ..cli.retention import _describe_filter as describe_filter
 from . import chart, highlight, model
 
@@ -156,8 +156,8 @@ def create_app(
             return problem(request, 400, 'Bad date', f'{raw!r} is not a date: use YYYY-MM-DD')
         at = at if at.tzinfo else at.replace(tzinfo=datetime.UTC)
         rules, effects, note = [], None, None
-        if not st.is_s3:
-            note = f'{st.url} is not in S3: lifecycle rules exist only there'
+        if not st.lifecycle:
+            note = f'{st.url} has no bucket lifecycle rules forml-s3 can read ({st.protocol} store)'
         else:
             rules = st.lifecycle_rules()
             if raw:  # the preview walks the whole registry: only when asked for
@@ -284,16 +284,3 @@ async def _form(request: requests.Request) -> dict[str, str]:
     if len(body) > MAX_FORM:
         raise Refused(f'Form larger than {MAX_FORM} bytes')
     return {k: v[-1] for k, v in urllib.parse.parse_qs(body.decode('utf-8', errors='replace')).items()}
-
-
-def browser_for(
-    url: str,
-    storage_options: typing.Mapping[str, typing.Any] | None = None,
-    inventory: str | None = None,
-    inventory_options: typing.Mapping[str, typing.Any] | None = None,
-) -> model.Browser:
-    """The browser of a registry URL (and optionally an inventory URL) with their storage options."""
-    return model.Browser(
-        store.Store(url, storage_options),
-        store.Store(inventory, inventory_options) if inventory else None,
-    )

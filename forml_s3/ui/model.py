@@ -19,7 +19,7 @@ import typing
 import forml
 from forml.io import asset
 
-from .. import codec, inspect, layout, names, retention, store
+from .. import codec, inspect, layout, names, retention, storage
 
 LOGGER = logging.getLogger(__name__)
 
@@ -102,8 +102,8 @@ class Browser:
 
     def __init__(
         self,
-        st: store.Store,
-        inventory: store.Store | None = None,
+        st: storage.Store,
+        inventory: storage.Store | None = None,
         *,
         listing_ttl: float = LISTING_TTL,
         page: int = PAGE,
@@ -114,11 +114,11 @@ class Browser:
         self.listing_ttl = listing_ttl
         self.page_size = page
         self._lock = threading.Lock()
-        self._listings: dict[str, tuple[float, list[store.Entry]]] = {}
+        self._listings: dict[str, tuple[float, list[storage.Entry]]] = {}
         self._markers: collections.OrderedDict[tuple[str, str], dict[str, typing.Any]] = collections.OrderedDict()
 
     # listings and markers ---------------------------------------------------------------------------------
-    def _entries(self, prefix: str) -> list[store.Entry]:
+    def _entries(self, prefix: str) -> list[storage.Entry]:
         now = time.monotonic()
         with self._lock:
             cached = self._listings.get(prefix)
@@ -129,7 +129,7 @@ class Browser:
             self._listings[prefix] = (now, entries)
         return entries
 
-    def markers(self, prefix: str) -> dict[str, store.Entry]:
+    def markers(self, prefix: str) -> dict[str, storage.Entry]:
         """Live markers under a level prefix by name (tombstones and foreign objects skipped)."""
         entries = {e.name: e for e in self._entries(prefix)}
         return {
@@ -147,7 +147,7 @@ class Browser:
             ):
                 self._listings.pop(prefix, None)
 
-    def marker(self, key: str, entry: store.Entry) -> dict[str, typing.Any]:
+    def marker(self, key: str, entry: storage.Entry) -> dict[str, typing.Any]:
         """A marker by key and listed version: memoised, else one GET."""
         with self._lock:
             memo = self._markers.get((key, entry.version))
@@ -286,7 +286,7 @@ class Browser:
                     self._tag(row, project, release)
         return ReleaseView(project, release, marker, error, live, shown, retired, pinned, pages, page)
 
-    def _read_rows(self, project: str, release: str, rows: list[Row], entries: dict[str, store.Entry]) -> None:
+    def _read_rows(self, project: str, release: str, rows: list[Row], entries: dict[str, storage.Entry]) -> None:
         def read(row: Row) -> dict[str, typing.Any]:
             return self.marker(self.layout.generation_marker(project, release, row.number), entries[str(row.number)])
 
