@@ -88,7 +88,7 @@ def create_app(
         )
         response = responses.HTMLResponse(env.get_template(template).render(**context), status_code=status)
         if fresh:
-            response.set_cookie(COOKIE, fresh, httponly=True, samesite='strict')
+            response.set_cookie(COOKIE, fresh, httponly=True, samesite='lax')
         response.headers['Content-Security-Policy'] = CSP
         response.headers['X-Content-Type-Options'] = 'nosniff'
         return response
