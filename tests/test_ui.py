@@ -134,17 +134,17 @@ def test_release_page_reads_only_the_markers_of_the_page_shown(seeded, counted):
     counted.reset_counts()
     page = client.get('/projects/gamma/releases/0.1')
     assert page.status_code == 200
-    assert requests() == (4, 51)  # releases, generations, pinned, retired listed; release + 50 generation markers
+    assert requests() == (5, 51)  # releases, generations, pinned, retired, aliases; release + 50 generation markers
     assert len(re.findall(r'<circle class="point" ', page.text)) == 50  # scored: the page shown
     assert len(re.findall(r'<circle class="point unscored"', page.text)) == 70  # every generation has its point
 
     counted.reset_counts()
     client.get('/projects/gamma/releases/0.1')
-    assert requests() == (4, 0)
+    assert requests() == (5, 0)
 
     counted.reset_counts()
     second = client.get('/projects/gamma/releases/0.1?page=2')
-    assert requests() == (4, 50)
+    assert requests() == (5, 50)
     assert '<a href="/projects/gamma/releases/0.1/generations/70">70</a>' in second.text
     assert len(re.findall(r'<circle class="point" ', second.text)) == 100  # markers read before are shown too
 
@@ -406,3 +406,43 @@ def test_a_registry_on_local_disk_browses_too(tmp_path, package_factory):
     lifecycle_page = client.get('/lifecycle')
     assert lifecycle_page.status_code == 200 and 'has no bucket lifecycle rules' in lifecycle_page.text
     assert 'No inventory configured' in client.get('/applications').text
+
+
+def test_aliases_are_set_moved_and_removed_by_compare_and_swap(seeded):
+    book = seeded.browser().alias_book
+    client = seeded.client(allow_writes=True)
+    path = '/projects/alpha/aliases'
+    page = client.get('/projects/alpha/releases/0.1/generations/2')
+    token = csrf(page)
+    assert 'id="alias-new"' in page.text
+    made = client.post(
+        path, data={'csrf': token, 'name': 'champion', 'release': '0.1', 'generation': '2', 'expect': 'none'}
+    )
+    assert made.status_code == 200 and 'now points to 0.1#2' in made.text
+    assert str(book.resolve('alpha', 'champion')) == '0.1#2'
+    release = client.get('/projects/alpha/releases/0.1')
+    assert re.search(r'generations/2">2</a>.*?<span class="badge">champion</span>', release.text, re.S)
+
+    page = client.get('/projects/alpha/releases/0.1/generations/3')
+    assert 'Move champion here' in page.text and 'value="0.1#2"' in page.text  # the form carries what it showed
+    book.set('alpha', 'champion', '0.1', 1)  # another operator moves it meanwhile
+    move = {'csrf': token, 'name': 'champion', 'release': '0.1', 'generation': '3', 'expect': '0.1#2'}
+    conflict = client.post(path, data=move)
+    assert conflict.status_code == 409 and 'points to 0.1#1, not 0.1#2' in text(conflict)
+    assert str(book.resolve('alpha', 'champion')) == '0.1#1'
+    moved = client.post(path, data={**move, 'expect': '0.1#1'})
+    assert moved.status_code == 200 and str(book.resolve('alpha', 'champion')) == '0.1#3'
+
+    project = client.get('/projects/alpha')
+    assert '<span class="badge">champion</span>' in project.text and 'generations/3">0.1 #3</a>' in project.text
+    removed = client.post(path, data={'csrf': token, 'action': 'remove', 'name': 'champion', 'expect': '0.1#3'})
+    assert removed.status_code == 200 and book.live('alpha') == []
+    bad = client.post(
+        path, data={'csrf': token, 'name': 'champion', 'release': '0.1', 'generation': '3', 'expect': 'x'}
+    )
+    assert bad.status_code == 400
+
+    readonly = seeded.client()
+    page = readonly.get('/projects/alpha/releases/0.1/generations/2')
+    refused = readonly.post(path, data={'csrf': csrf(page), 'name': 'c2', 'release': '0.1', 'generation': '2'})
+    assert refused.status_code == 403 and book.live('alpha') == []

@@ -183,6 +183,12 @@ def test_writes_refused_without_allow_writes_then_applied_with_it(chromium, seed
         follow(driver, driver.find_element(By.LINK_TEXT, 'Back'))
         assert 'pinned' in driver.find_element(By.TAG_NAME, 'h1').text
         assert seeded.browser().generation('alpha', '0.1', 2)[0].pinned is True
+        driver.find_element(By.CSS_SELECTOR, '#alias-new input[name=name]').send_keys('champion')
+        follow(driver, driver.find_element(By.CSS_SELECTOR, '#alias-new button'))
+        assert 'Alias champion of alpha now points to 0.1#2' in driver.find_element(By.ID, 'message').text
+        follow(driver, driver.find_element(By.LINK_TEXT, 'Back'))
+        assert driver.find_element(By.CSS_SELECTOR, '#alias-box .here').text == 'champion'
+        shoot(driver, 'generation-writable', tmp_path)
 
         seeded.commit('alpha', 4, 0.8)
         driver.get(f'{base}/projects/alpha/releases/0.1')

@@ -23,6 +23,7 @@ from starlette import applications, concurrency, requests, responses, routing
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
+from .. import aliases as aliasmod
 from .. import inspect, lifecycle, retention
 from ..cli.retention import _describe_filter as describe_filter
 from . import chart, highlight, model
@@ -119,7 +120,8 @@ def create_app(
 
     def project(request: requests.Request) -> responses.Response:
         name = request.path_params['project']
-        return render(request, 'project.html', project=name, releases=browser.project(name))
+        releases = browser.project(name)
+        return render(request, 'project.html', project=name, releases=releases, aliases=browser.aliases(name))
 
     def release(request: requests.Request) -> responses.Response:
         p, r = request.path_params['project'], request.path_params['release']
@@ -133,19 +135,26 @@ def create_app(
     def generation(request: requests.Request) -> responses.Response:
         p, r, n = request.path_params['project'], request.path_params['release'], request.path_params['generation']
         row, retired, states = browser.generation(p, r, n)
-        return render(
-            request, 'generation.html', project=p, release=r, row=row, retired=retired, states=states, checked=None
-        )
+        return render(request, 'generation.html', project=p, release=r, row=row, retired=retired, states=states,
+                      checked=None, aliases=browser.aliases(p))  # fmt: skip
 
     def verify(request: requests.Request) -> responses.Response:
         p, r, n = request.path_params['project'], request.path_params['release'], request.path_params['generation']
         row, retired, states = browser.generation(p, r, n)
-        checked = browser.verify(p, r, n)
+        checked, aliases = browser.verify(p, r, n), browser.aliases(p)
         for key, _, message in checked:
             if message:
                 LOGGER.warning('Verify %s: %s', st.uri(key), message)
         return render(
-            request, 'generation.html', project=p, release=r, row=row, retired=retired, states=states, checked=checked
+            request,
+            'generation.html',
+            project=p,
+            release=r,
+            row=row,
+            retired=retired,
+            states=states,
+            checked=checked,
+            aliases=aliases,
         )
 
     def lifecycle_page(request: requests.Request) -> responses.Response:
@@ -217,6 +226,31 @@ def create_app(
             browser.invalidate(p, r)
         return applied(request, done, back)
 
+    async def alias(request: requests.Request) -> responses.Response:
+        return await concurrency.run_in_threadpool(do_alias, request, await guard(request))
+
+    def do_alias(request: requests.Request, form: dict[str, str]) -> responses.Response:
+        """Set, move or remove an alias by compare-and-swap from what the page showed (``expect``)."""
+        p = request.path_params['project']
+        back = form.get('back') if form.get('back', '').startswith('/projects/') else None
+        back = back or request.url_for('project', project=p).path
+        try:
+            expect = _target(form.get('expect', ''))
+            generation = int(form.get('generation') or 0)
+        except (ValueError, forml.InvalidError):
+            return problem(
+                request, 400, 'Bad request', 'expect must be RELEASE#GENERATION or none; generation a number'
+            )
+        name = form.get('name', '').strip()
+        try:
+            if form.get('action') == 'remove':
+                browser.alias_book.remove(p, name, expect=expect)
+                return applied(request, f'Removed alias {name} of {p} (its history is kept)', back)
+            done = browser.alias_book.set(p, name, form.get('release', ''), generation, expect=expect)
+        except (aliasmod.Conflict, forml.MissingError) as err:
+            return conflict(request, str(err), back)
+        return applied(request, f'Alias {done.name} of {p} now points to {done.target}', back)
+
     async def retire(request: requests.Request) -> responses.Response:
         return await concurrency.run_in_threadpool(do_retire, request, await guard(request))
 
@@ -254,6 +288,7 @@ def create_app(
     routes = [
         routing.Route('/', projects, name='projects'),
         routing.Route('/projects/{project}', project, name='project'),
+        routing.Route('/projects/{project}/aliases', alias, methods=['POST'], name='alias'),
         routing.Route('/projects/{project}/releases/{release}', release, name='release'),
         routing.Route('/projects/{project}/releases/{release}/retire', retire, methods=['POST'], name='retire'),
         routing.Route(
@@ -284,3 +319,13 @@ async def _form(request: requests.Request) -> dict[str, str]:
     if len(body) > MAX_FORM:
         raise Refused(f'Form larger than {MAX_FORM} bytes')
     return {k: v[-1] for k, v in urllib.parse.parse_qs(body.decode('utf-8', errors='replace')).items()}
+
+
+def _target(shown: str) -> aliasmod.Target | None:
+    """What a page showed an alias pointing to (``RELEASE#GENERATION``; empty or ``none``: nothing)."""
+    if shown in ('', 'none'):
+        return None
+    release, sep, generation = shown.partition('#')
+    if not sep:
+        raise ValueError(shown)
+    return aliasmod.Target.parse({'release': release, 'generation': int(generation)})

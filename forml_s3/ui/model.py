@@ -19,6 +19,7 @@ import typing
 import forml
 from forml.io import asset
 
+from .. import aliases as aliasmod
 from .. import codec, inspect, layout, names, retention, storage
 
 LOGGER = logging.getLogger(__name__)
@@ -71,6 +72,8 @@ class ReleaseView:
     pinned: list[int]
     pages: int
     number: int
+    aliased: dict[int, list[str]] = dataclasses.field(default_factory=dict)
+    """Alias names by the generation of this release they point to."""
 
 
 @dataclasses.dataclass
@@ -284,7 +287,11 @@ class Browser:
                     row.marker = self._markers.get(key)
                 if row.marker is not None:
                     self._tag(row, project, release)
-        return ReleaseView(project, release, marker, error, live, shown, retired, pinned, pages, page)
+        aliased: dict[int, list[str]] = {}
+        for alias in self.aliases(project):
+            if alias.target and alias.target.release == release:
+                aliased.setdefault(alias.target.generation, []).append(alias.name)
+        return ReleaseView(project, release, marker, error, live, shown, retired, pinned, pages, page, aliased)
 
     def _read_rows(self, project: str, release: str, rows: list[Row], entries: dict[str, storage.Entry]) -> None:
         def read(row: Row) -> dict[str, typing.Any]:
@@ -364,6 +371,16 @@ class Browser:
         _, problems = inspect.verify(self.store, orphans=False, snap=snap)
         by_path = {p.path: p.message for p in problems}
         return [(path, what, by_path.get(path)) for path, (_, _, what) in sorted(stored.items())]
+
+    # aliases ------------------------------------------------------------------------------------------------
+    @property
+    def alias_book(self) -> aliasmod.Aliases:
+        """The registry's aliases (:mod:`forml_s3.aliases`: what ``forml-s3 alias`` reads and moves)."""
+        return aliasmod.Aliases(self.store, self.layout)
+
+    def aliases(self, project: str) -> list[aliasmod.Alias]:
+        """The live aliases of a project (one LIST, one GET per alias)."""
+        return self.alias_book.live(project)
 
     # writes (the CLI's functions) ---------------------------------------------------------------------------
     def retire_plan(self, project: str, release: str, keep: int) -> retention.Plan:
