@@ -133,29 +133,21 @@ def create_app(
         return render(request, 'release.html', view=view, chart=figure, base=base, plan=plan, keep=keep)
 
     def generation(request: requests.Request) -> responses.Response:
-        p, r, n = request.path_params['project'], request.path_params['release'], request.path_params['generation']
-        row, retired, states = browser.generation(p, r, n)
-        return render(request, 'generation.html', project=p, release=r, row=row, retired=retired, states=states,
-                      checked=None, aliases=browser.aliases(p))  # fmt: skip
+        return generation_page(request, verify=False)
 
     def verify(request: requests.Request) -> responses.Response:
+        return generation_page(request, verify=True)
+
+    def generation_page(request: requests.Request, verify: bool) -> responses.Response:
+        """A generation; with ``verify``, each object holding its states checked too."""
         p, r, n = request.path_params['project'], request.path_params['release'], request.path_params['generation']
         row, retired, states = browser.generation(p, r, n)
-        checked, aliases = browser.verify(p, r, n), browser.aliases(p)
-        for key, _, message in checked:
+        checked = browser.verify(p, r, n) if verify else None
+        for key, _, message in checked or ():
             if message:
                 LOGGER.warning('Verify %s: %s', st.uri(key), message)
-        return render(
-            request,
-            'generation.html',
-            project=p,
-            release=r,
-            row=row,
-            retired=retired,
-            states=states,
-            checked=checked,
-            aliases=aliases,
-        )
+        return render(request, 'generation.html', project=p, release=r, row=row, retired=retired, states=states,
+                      checked=checked, aliases=browser.aliases(p))  # fmt: skip
 
     def lifecycle_page(request: requests.Request) -> responses.Response:
         raw = request.query_params.get('at')
