@@ -5,9 +5,11 @@ longer listed; the gateway hashes the selected instance on every request. Before
 ``forml-s3 retire`` got HTTP 400 and the gateway never recovered.
 
 To make "retired and deleted while still the pick" deterministic, the gateway's registry reuses its listings for
-``LISTING_TTL`` seconds: everything below (training generation 2, retiring generation 1, deleting what the
-lifecycle rule would delete) happens inside one such window, so the gateway's first fresh listing sees
-generation 1 gone and generation 2 live at once - the worst case of a refresh coming late.
+``LISTING_TTL`` seconds, and everything after its first pick (committing generation 2, retiring generation 1,
+deleting what the lifecycle rule would delete) happens inside one such window, so the gateway's first fresh
+listing sees generation 1 gone and generation 2 live at once - the worst case of a refresh coming late. To keep
+that window short, generation 2 is trained (by the real ``forml model train``) before the gateway starts, and
+its commit marker is parked outside the registry until the window opens: putting it back is the commit.
 """
 
 import json
@@ -30,7 +32,7 @@ from forml_s3.cli.demo import Gateway, free_port
 from .test_e2e import QUERY, reference
 
 PROJECT = demo.PROJECT
-LISTING_TTL = 40.0
+LISTING_TTL = 30.0
 REFRESH = 1
 
 
@@ -85,6 +87,12 @@ def test_gateway_serves_across_retirement_and_expiry_of_its_generation(s3server,
     )
     demo.run_forml(trainer, 'project', 'release', cwd=source)
     trained = demo.run_forml(trainer, 'model', 'train', PROJECT)
+    demo.new_data(trainer, data, batch=2)
+    demo.run_forml(trainer, 'model', 'train', PROJECT)
+    client = s3server.client()
+    marker = f'registry/{PROJECT}/{demo.RELEASE}/generations/2.json'
+    client.copy_object(Bucket=bucket, Key='parked/2.json', CopySource={'Bucket': bucket, 'Key': marker})
+    client.delete_object(Bucket=bucket, Key=marker)
     put = demo.run_forml(trainer, 'application', 'put', str(source / 'application.py'))
     assert 'Error' not in put.stdout + put.stderr, trained.stderr + put.stderr
 
@@ -92,7 +100,7 @@ def test_gateway_serves_across_retirement_and_expiry_of_its_generation(s3server,
         # (this first request also waits for the gateway to listen)
         # a descriptor exiting at import (put behind forml's back: `forml application put` would import it) is
         # a clear error for its own requests and takes nothing else down
-        s3server.client().put_object(Bucket=bucket, Key='apps/exits.py', Body=b'import sys\nsys.exit(3)\n')
+        client.put_object(Bucket=bucket, Key='apps/exits.py', Body=b'import sys\nsys.exit(3)\n')
         with pytest.raises(urllib.error.HTTPError) as exits:
             gateway.post(f'http://127.0.0.1:{port}/exits', json.dumps(demo.QUERY).encode())
         assert exits.value.code < 500 and 'SystemExit' in exits.value.read().decode(), gateway.output()
@@ -103,8 +111,7 @@ def test_gateway_serves_across_retirement_and_expiry_of_its_generation(s3server,
         poster = Poster(gateway, port)
         poster.start()
         try:
-            demo.new_data(trainer, data, batch=2)
-            demo.run_forml(trainer, 'model', 'train', PROJECT)
+            client.copy_object(Bucket=bucket, Key=marker, CopySource={'Bucket': bucket, 'Key': 'parked/2.json'})
             env = {**os.environ, **s3server.client_env()}
             retired = forml_s3('retire', url, '--keep', '1', env=env)
             assert retired.returncode == 0 and 'retired 1 ' in retired.stdout, retired.stdout + retired.stderr
@@ -114,7 +121,6 @@ def test_gateway_serves_across_retirement_and_expiry_of_its_generation(s3server,
             rule = next(r for r in json.loads(previewed.stdout)['rules'] if r['id'].endswith(':retired'))
             doomed = [t['key'] for t in rule['due']]
             assert any('/retired/1.json' in k for k in doomed) and any('/states/' in k for k in doomed), doomed
-            client = s3server.client()
             for key in doomed:
                 client.delete_object(Bucket=bucket, Key=key)
             deleted = time.monotonic()
