@@ -1,0 +1,149 @@
+"""Two real ``forml-s3 lifecycle apply``/``remove`` processes for two registries of one bucket, deterministically
+interleaved: one process talks to S3 through a proxy that holds its lifecycle write until the other process has
+tried to change the configuration too. Neither loses the other's rules, and ``remove`` never deletes a
+configuration holding another registry's rules."""
+
+import http.client
+import http.server
+import os
+import pathlib
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+
+import pytest
+
+from forml_s3 import lifecycle
+
+from .helpers import run_cli, s3_options
+
+
+class HoldingProxy(http.server.ThreadingHTTPServer):
+    """Forwards HTTP requests to the S3 endpoint; the first one matching ``hold`` waits until ``release`` is set."""
+
+    daemon_threads = True
+
+    def __init__(self, upstream: str, hold):
+        self.upstream = urllib.parse.urlsplit(upstream)
+        self.hold, self.held, self.release = hold, threading.Event(), threading.Event()
+        super().__init__(('127.0.0.1', 0), _Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def endpoint(self) -> str:
+        return f'http://127.0.0.1:{self.server_address[1]}'
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = 'HTTP/1.1'
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def _forward(self) -> None:
+        proxy: HoldingProxy = self.server
+        body = self.rfile.read(int(self.headers.get('Content-Length') or 0))
+        if not proxy.held.is_set() and proxy.hold(self.command, self.path):
+            proxy.held.set()
+            assert proxy.release.wait(60), 'never released'
+        upstream = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port, timeout=60)
+        upstream.request(self.command, self.path, body, dict(self.headers))
+        response = upstream.getresponse()
+        data = response.read()
+        self.send_response(response.status, response.reason)
+        for name, value in response.getheaders():
+            if name.lower() not in ('content-length', 'transfer-encoding', 'connection'):
+                self.send_header(name, value)
+        self.send_header('Content-Length', str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+        upstream.close()
+
+    do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
+
+
+def lifecycle_write(bucket: str):
+    """Matches the PUT or DELETE of the bucket's lifecycle configuration."""
+    return lambda method, path: method in ('PUT', 'DELETE') and path.startswith(f'/{bucket}?') and 'lifecycle' in path
+
+
+def spawn(endpoint_url: str, *args: str, options: list[str]) -> subprocess.Popen:
+    forml_s3 = pathlib.Path(sys.executable).with_name('forml-s3')
+    options = [o if not o.startswith('endpoint_url=') else f'endpoint_url={endpoint_url}' for o in options]
+    return subprocess.Popen(
+        [str(forml_s3), 'lifecycle', *args, *options],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, 'AWS_ENDPOINT_URL': endpoint_url},
+    )
+
+
+def lock_attempts(server, bucket: str) -> int:
+    return server.count('PUT', f'/{bucket}/{lifecycle.LOCK}')
+
+
+def race(server, bucket: str, first: tuple[str, ...], second: tuple[str, ...]) -> list[subprocess.CompletedProcess]:
+    """Run ``first`` through the holding proxy until it is about to write the configuration; then ``second``
+    directly, until it has tried to take the lock (or, without a lock, has written); then let ``first`` write."""
+    options = s3_options(server)
+    proxy = HoldingProxy(server.endpoint, lifecycle_write(bucket))
+    try:
+        one = spawn(proxy.endpoint, *first, options=options)
+        assert proxy.held.wait(60), one.communicate()
+        attempts = lock_attempts(server, bucket)
+        two = spawn(server.endpoint, *second, options=options)
+        deadline = time.monotonic() + 60
+        while lock_attempts(server, bucket) == attempts and two.poll() is None:  # blocked on the lock, or done
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(0.3)  # a second look at the lock: it still waits
+        proxy.release.set()
+        done = []
+        for proc in (one, two):
+            stdout, stderr = proc.communicate(timeout=120)
+            done.append(subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr))
+        return done
+    finally:
+        proxy.release.set()
+        proxy.shutdown()
+
+
+def ids(server, bucket: str) -> set[str]:
+    try:
+        rules = server.client().get_bucket_lifecycle_configuration(Bucket=bucket)['Rules']
+    except Exception as err:  # noqa: BLE001
+        assert 'NoSuchLifecycleConfiguration' in str(err)
+        return set()
+    return {r['ID'] for r in rules}
+
+
+def team(name: str) -> set[str]:
+    return {f'forml-s3:{name}/:{p}' for p in ('uncommitted', 'multipart', 'retired')}
+
+
+@pytest.fixture
+def server(embedded_server):
+    return embedded_server
+
+
+def test_two_applies_racing_keep_both_registries_rules(server, bucket):
+    one, two = race(server, bucket, ('apply', f's3://{bucket}/team-a'), ('apply', f's3://{bucket}/team-b'))
+    assert one.returncode == 0 and two.returncode == 0, (one.stderr, two.stderr)
+    assert ids(server, bucket) == team('team-a') | team('team-b')
+    assert lifecycle.LOCK not in {o['Key'] for o in server.client().list_objects_v2(Bucket=bucket).get('Contents', [])}
+
+
+def test_remove_racing_an_apply_never_deletes_the_other_registrys_rules(server, bucket):
+    assert run_cli('lifecycle', 'apply', f's3://{bucket}/team-a', *s3_options(server)).exit_code == 0
+    one, two = race(server, bucket, ('remove', f's3://{bucket}/team-a'), ('apply', f's3://{bucket}/team-b'))
+    assert one.returncode == 0 and two.returncode == 0, (one.stderr, two.stderr)
+    assert ids(server, bucket) == team('team-b')
+
+    # and the other way round: the apply held, the remove of the other registry waiting for the lock
+    one, two = race(server, bucket, ('apply', f's3://{bucket}/team-a'), ('remove', f's3://{bucket}/team-b'))
+    assert one.returncode == 0 and two.returncode == 0, (one.stderr, two.stderr)
+    assert ids(server, bucket) == team('team-a')
+    assert 'Removed 3 forml-s3 rules' in two.stderr and '(3 other rules kept)' in two.stderr
