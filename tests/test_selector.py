@@ -49,16 +49,22 @@ def test_pickles_without_its_cache():
     assert repr(clone) == repr(selector) and clone._picked == {}
 
 
-def test_survives_the_retirement_of_its_pick(make_registry, package_factory):
-    """ForML's own Instance equality re-lists the generation and raises once it is retired; picks compare by name."""
-    from forml_s3 import retention
-
+def serving(make_registry, package_factory):
+    """A registry with generation 1, always listed fresh, and a selector re-checking at every request that has
+    picked it: (registry, directory, selector, first pick)."""
     registry = make_registry(listing_ttl=0)
     registry.push(package_factory('0.1'))
     commit(registry, 1, payloads=())
     directory = asset.Directory(registry)
     selector = Refreshing(PROJECT, refresh=0)
-    first = selector.select(directory, None, None)
+    return registry, directory, selector, selector.select(directory, None, None)
+
+
+def test_survives_the_retirement_of_its_pick(make_registry, package_factory):
+    """ForML's own Instance equality re-lists the generation and raises once it is retired; picks compare by name."""
+    from forml_s3 import retention
+
+    registry, directory, selector, first = serving(make_registry, package_factory)
     commit(registry, 2, payloads=())
     forml_own = asset.Instance(PROJECT, '0.1', 1, directory)
     assert retention.retire(registry._store, registry._layout, PROJECT, '0.1', keep=1) == [1]
@@ -72,12 +78,8 @@ def test_survives_the_retirement_of_its_pick(make_registry, package_factory):
 
 def test_drops_a_pick_the_registry_no_longer_has(make_registry, package_factory):
     """Expired (deleted) with nothing newer: the error is raised, never a pick that cannot be read."""
-    registry = make_registry(listing_ttl=0)
-    registry.push(package_factory('0.1'))
-    commit(registry, 1, payloads=())
-    directory = asset.Directory(registry)
-    selector = Refreshing(PROJECT, refresh=0)
-    assert selector.select(directory, None, None).name == (PROJECT, '0.1', 1)
+    registry, directory, selector, first = serving(make_registry, package_factory)
+    assert first.name == (PROJECT, '0.1', 1)
     registry._store.delete(registry._layout.generation_marker(PROJECT, '0.1', 1))
     with pytest.raises(asset.Level.Listing.Empty, match='No trained generation'):
         selector.select(directory, None, None)
