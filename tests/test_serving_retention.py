@@ -13,10 +13,6 @@ its commit marker is parked outside the registry until the window opens: putting
 """
 
 import json
-import os
-import pathlib
-import subprocess
-import sys
 import threading
 import time
 import typing
@@ -29,22 +25,12 @@ import pytest
 from forml_s3 import demo
 from forml_s3.cli.demo import Gateway, free_port
 
+from .helpers import run_cli, s3_options
 from .test_e2e import QUERY, reference
 
 PROJECT = demo.PROJECT
-LISTING_TTL = 30.0
+LISTING_TTL = 40.0
 REFRESH = 1
-
-
-def forml_s3(*args: str, env=None):
-    return subprocess.run(
-        [str(pathlib.Path(sys.executable).with_name('forml-s3')), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env=env,
-    )
 
 
 class Poster(threading.Thread):
@@ -112,12 +98,15 @@ def test_gateway_serves_across_retirement_and_expiry_of_its_generation(s3server,
         poster.start()
         try:
             client.copy_object(Bucket=bucket, Key=marker, CopySource={'Bucket': bucket, 'Key': 'parked/2.json'})
-            env = {**os.environ, **s3server.client_env()}
-            retired = forml_s3('retire', url, '--keep', '1', env=env)
-            assert retired.returncode == 0 and 'retired 1 ' in retired.stdout, retired.stdout + retired.stderr
+            # the real commands, in this process (no interpreter start-up inside the window)
+            options = s3_options(s3server)
+            retired = run_cli('retire', url, '--keep', '1', *options)
+            assert retired.exit_code == 0 and 'retired 1 ' in retired.stdout, retired.output
             # what the lifecycle rule expiring retired generations would delete, as its preview lists it
-            previewed = forml_s3('lifecycle', 'preview', url, '--planned', '--at', '2100-01-01', '--json', env=env)
-            assert previewed.returncode == 0, previewed.stderr
+            previewed = run_cli(
+                'lifecycle', 'preview', url, '--planned', '--at', '2100-01-01', '--json', *s3_options(s3server)
+            )
+            assert previewed.exit_code == 0, previewed.output
             rule = next(r for r in json.loads(previewed.stdout)['rules'] if r['id'].endswith(':retired'))
             doomed = [t['key'] for t in rule['due']]
             assert any('/retired/1.json' in k for k in doomed) and any('/states/' in k for k in doomed), doomed
