@@ -3,65 +3,18 @@ interleaved: one process talks to S3 through a proxy that holds its lifecycle wr
 tried to change the configuration too. Neither loses the other's rules, and ``remove`` never deletes a
 configuration holding another registry's rules."""
 
-import http.client
-import http.server
 import os
 import pathlib
 import subprocess
 import sys
-import threading
 import time
-import urllib.parse
 
 import pytest
 
 from forml_s3 import lifecycle
 
 from .helpers import run_cli, s3_options
-
-
-class HoldingProxy(http.server.ThreadingHTTPServer):
-    """Forwards HTTP requests to the S3 endpoint; the first one matching ``hold`` waits until ``release`` is set."""
-
-    daemon_threads = True
-
-    def __init__(self, upstream: str, hold):
-        self.upstream = urllib.parse.urlsplit(upstream)
-        self.hold, self.held, self.release = hold, threading.Event(), threading.Event()
-        super().__init__(('127.0.0.1', 0), _Handler)
-        threading.Thread(target=self.serve_forever, daemon=True).start()
-
-    @property
-    def endpoint(self) -> str:
-        return f'http://127.0.0.1:{self.server_address[1]}'
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = 'HTTP/1.1'
-
-    def log_message(self, *args) -> None:
-        pass
-
-    def _forward(self) -> None:
-        proxy: HoldingProxy = self.server
-        body = self.rfile.read(int(self.headers.get('Content-Length') or 0))
-        if not proxy.held.is_set() and proxy.hold(self.command, self.path):
-            proxy.held.set()
-            assert proxy.release.wait(60), 'never released'
-        upstream = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port, timeout=60)
-        upstream.request(self.command, self.path, body, dict(self.headers))
-        response = upstream.getresponse()
-        data = response.read()
-        self.send_response(response.status, response.reason)
-        for name, value in response.getheaders():
-            if name.lower() not in ('content-length', 'transfer-encoding', 'connection'):
-                self.send_header(name, value)
-        self.send_header('Content-Length', str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-        upstream.close()
-
-    do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
+from .proxy import Proxy
 
 
 def lifecycle_write(bucket: str):
@@ -89,8 +42,7 @@ def race(server, bucket: str, first: tuple[str, ...], second: tuple[str, ...]) -
     """Run ``first`` through the holding proxy until it is about to write the configuration; then ``second``
     directly, until it has tried to take the lock (or, without a lock, has written); then let ``first`` write."""
     options = s3_options(server)
-    proxy = HoldingProxy(server.endpoint, lifecycle_write(bucket))
-    try:
+    with Proxy(server.endpoint, hold=lifecycle_write(bucket)) as proxy:
         one = spawn(proxy.endpoint, *first, options=options)
         assert proxy.held.wait(60), one.communicate()
         attempts = lock_attempts(server, bucket)
@@ -106,9 +58,6 @@ def race(server, bucket: str, first: tuple[str, ...], second: tuple[str, ...]) -
             stdout, stderr = proc.communicate(timeout=120)
             done.append(subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr))
         return done
-    finally:
-        proxy.release.set()
-        proxy.shutdown()
 
 
 def ids(server, bucket: str) -> set[str]:
