@@ -86,3 +86,20 @@ def test_drops_a_pick_the_registry_no_longer_has(make_registry, package_factory)
     assert selector._picked == {}
     commit(registry, 2, payloads=())
     assert selector.select(directory, None, None).name == (PROJECT, '0.1', 2)
+
+
+def test_an_alias_pick_retired_after_the_alias_moved_still_hashes(make_registry, package_factory):
+    """Alias (and Split/Fallback over it) return the same name-hashed instances: the old pick, served until the
+    next read of the alias, survives its generation's retirement."""
+    from forml_s3 import retention
+    from forml_s3.selector import Alias, Named
+
+    registry, directory, _, _ = serving(make_registry, package_factory)
+    commit(registry, 2, payloads=())
+    registry.aliases.set(PROJECT, 'champion', '0.1', 1)
+    selector = Alias(PROJECT, 'champion', refresh=3600)
+    old = selector.select(directory, None, None)
+    registry.aliases.set(PROJECT, 'champion', '0.1', 2)
+    assert retention.retire(registry._store, registry._layout, PROJECT, '0.1', keep=1) == [1]
+    again = selector.select(directory, None, None)  # within the interval: the old pick, as the gateway gets it
+    assert isinstance(again, Named) and again is old and hash(again) == hash((PROJECT, '0.1', 1))
