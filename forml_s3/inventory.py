@@ -76,7 +76,9 @@ class Inventory(asset.Inventory, alias='s3'):
             path.write_bytes(source)
             try:
                 return appmod.Descriptor.Handle(path).descriptor
-            except Exception as err:  # not a module, fails to import, or holds no descriptor
+            except (Exception, SystemExit, KeyboardInterrupt) as err:  # noqa: BLE001 - see below
+                # not a module, fails to import, or holds no descriptor; a module calling sys.exit() (or raising
+                # KeyboardInterrupt) at import is a broken descriptor too: let through, it would stop the gateway
                 raise forml.InvalidError(
                     f'Descriptor of {application!r} in {self._store.uri(key)} is not a valid descriptor module: '
                     f'{type(err).__name__}: {err}'

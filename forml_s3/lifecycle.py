@@ -15,8 +15,21 @@ rule of the bucket is put back as it was read. The rules forml-s3 recommends (:c
 
 S3 runs lifecycle rules about once a day and gives no dry run: :func:`preview` evaluates rules (prefix, tags,
 sizes and age, with S3's rounding to the next midnight UTC) against the registry's objects as they are now.
+
+Rules only ever select the registry's own objects: every filter carries the registry's prefix (tag rules:
+prefix and tag), so registries side by side in a bucket never touch each other's objects. That holds only if no
+registry's prefix contains another's: :func:`check_scope` refuses a registry at the bucket root (its rules
+would select everything in the bucket) unless the caller accepts the whole bucket, and one nested in (or
+containing) another registry with forml-s3 rules. :func:`outside` says, from the preview, what else a
+whole-bucket registry's rules would touch.
+
+The configuration is one document per bucket, replaced whole by ``PutBucketLifecycleConfiguration`` (no
+conditional write): :func:`update` serialises forml-s3's read-modify-write with a lock object
+(:data:`LOCK` at the bucket root, created exclusively, expiring after :data:`LOCK_TTL` seconds so a crashed
+holder blocks nobody for long), re-reads the configuration under the lock, and reads it back after writing.
 """
 
+import contextlib
 import dataclasses
 import datetime
 import difflib
@@ -24,11 +37,13 @@ import hashlib
 import json
 import logging
 import math
+import time
 import typing
+import uuid
 
 import forml
 
-from . import layout, storage, transfers
+from . import codec, layout, storage, transfers
 
 LOGGER = logging.getLogger(__name__)
 
@@ -145,6 +160,152 @@ def merge(
 ) -> list[dict[str, typing.Any]]:
     """The bucket's rules with this registry's forml-s3 rules replaced by ``planned`` (others kept, in order)."""
     return [r for r in current if not owned(r, st)] + list(planned)
+
+
+# scope ------------------------------------------------------------------------------------------------------
+def registries(rules: list[dict[str, typing.Any]]) -> set[str]:
+    """The prefixes of the registries that have forml-s3 rules in a configuration (from the rules' filters)."""
+    return {RuleFilter.of(r).prefix for r in rules if owned(r)}
+
+
+def check_scope(st: storage.Store, rules: list[dict[str, typing.Any]], whole_bucket: bool = False) -> None:
+    """Refuse rules that would select objects of anything but this registry, given the bucket's current rules.
+
+    A registry at the bucket root needs ``whole_bucket``: its rules select every object of the bucket. A registry
+    whose prefix contains (or lies inside) another registry's that has forml-s3 rules is refused too (unless
+    ``whole_bucket``): either one's rules would expire the other's tagged objects on its own timers.
+    """
+    prefix, bucket = scope(st), st.bucket
+    if not prefix and not whole_bucket:
+        raise forml.InvalidError(
+            f'The registry s3://{bucket} is the root of its bucket: its lifecycle rules would act on every object '
+            f'in the bucket (other registries, unrelated data). Keep registries under a prefix (s3://{bucket}/forml; '
+            '`forml-s3 copy` moves one), or pass --whole-bucket to accept that (the output then lists what else '
+            'the rules would touch)'
+        )
+    if whole_bucket:
+        return
+    ours = id_prefix(st)
+    for other in sorted(registries(r for r in rules if not str(r.get('ID') or '').startswith(ours))):
+        if other.startswith(prefix) or prefix.startswith(other):
+            where = f's3://{bucket}/{other}' if other else f's3://{bucket} (the bucket root)'
+            raise forml.InvalidError(
+                f'The registry s3://{bucket}/{prefix} and the registry {where} (which has forml-s3 lifecycle rules) '
+                "are nested: one's rules would expire the other's objects. Keep registries side by side "
+                "(s3://bucket/team-a and s3://bucket/team-b), or remove the other one's rules first "
+                '(`forml-s3 lifecycle remove`)'
+            )
+
+
+def owns_key(key: str, prefix: str, projects: typing.Collection[str]) -> bool:
+    """Whether a key (of the bucket) is one of the registry's objects: under a project of the registry."""
+    if not key.startswith(prefix):
+        return False
+    name = key[len(prefix) :]
+    first = name.split('/', 1)[0]
+    return (first in projects and '/' in name) or name in {f'{p}{layout.MARKER}' for p in projects}
+
+
+def outside(st: storage.Store, effects: list['Effect']) -> list[tuple['Effect', list['Target']]]:
+    """Per rule, what it matches that is not the registry's own (for a registry at the bucket root: other
+    registries' and unrelated objects, versions and uploads). The registry's projects are those with a marker."""
+    prefix = scope(st)
+    projects = {
+        e.name[: -len(layout.MARKER)]
+        for e in st.listdir(st.root)
+        if e.name.endswith(layout.MARKER) and not e.name.startswith('.') and e.size > len(layout.TOMBSTONE)
+    }
+    found = []
+    for effect in effects:
+        foreign = [t for t in effect.matched if not owns_key(t.key, prefix, projects)]
+        if foreign:
+            found.append((effect, foreign))
+    return found
+
+
+# updating the bucket's configuration -------------------------------------------------------------------------
+LOCK = '.forml-s3-lifecycle.lock'
+"""The lock object's key at the bucket root (a dot name: never a registry's project)."""
+LOCK_TTL = 60.0
+"""Seconds a lock is honoured; a holder that crashed is overridden after this."""
+LOCK_WAIT = 120.0
+"""Seconds to wait for another holder before giving up."""
+
+
+@contextlib.contextmanager
+def locked(st: storage.Store, ttl: float = LOCK_TTL, wait: float = LOCK_WAIT) -> typing.Iterator[None]:
+    """Hold the bucket's forml-s3 lifecycle lock: an object created exclusively (``If-None-Match: *``), deleted
+    on release; one that expired (its holder died) is deleted and taken over."""
+    key = f'{st.bucket}/{LOCK}'
+    token = uuid.uuid4().hex
+    deadline = time.monotonic() + wait
+    delay = 0.05
+    while True:
+        body = {'token': token, 'holder': codec.writer(), 'expires': time.time() + ttl}
+        try:
+            st.create(key, json.dumps(body).encode())
+            break
+        except FileExistsError:
+            pass
+        holder = _lock_of(st, key)
+        if holder is not None and float(holder.get('expires') or 0) < time.time():
+            if _lock_of(st, key) == holder:  # still that stale lock (not one taken over meanwhile)
+                LOGGER.warning('Taking over the expired lifecycle lock of %s', holder.get('holder'))
+                st.delete(key)
+            continue
+        if time.monotonic() > deadline:
+            who = (holder or {}).get('holder', 'another process')
+            raise forml.FailedError(
+                f'The lifecycle configuration of s3://{st.bucket} is being changed by {who} (lock {st.uri(key)}, '
+                f'held for up to {ttl:.0f}s); try again later'
+            )
+        time.sleep(delay)
+        delay = min(delay * 2, 1.0)
+    try:
+        yield
+    finally:
+        if (_lock_of(st, key) or {}).get('token') == token:
+            st.delete(key)
+
+
+def _lock_of(st: storage.Store, key: str) -> dict[str, typing.Any] | None:
+    """The lock object's content (``None`` if there is none; an unreadable one counts as expired)."""
+    try:
+        found = json.loads(st.read(key))
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        return {'expires': 0}
+    return found if isinstance(found, dict) else {'expires': 0}
+
+
+def update(
+    st: storage.Store, change: typing.Callable[[list[dict[str, typing.Any]]], list[dict[str, typing.Any]]]
+) -> tuple[list[dict[str, typing.Any]], list[dict[str, typing.Any]]]:
+    """Apply ``change`` to the bucket's rules under the lock: re-read, write, read back to verify.
+
+    Returns the configuration before and after. A read-back that differs (a writer that does not take the lock
+    changed it meanwhile) is retried twice from a fresh read, then reported.
+    """
+    with locked(st):
+        for _ in range(3):
+            current = st.lifecycle_rules()
+            new = change(current)
+            if same(current, new):
+                return current, new
+            st.set_lifecycle_rules(new)
+            back = st.lifecycle_rules()
+            if _ids(back) == _ids(new):
+                return current, new
+            LOGGER.warning('The lifecycle configuration of s3://%s changed while it was written; again', st.bucket)
+    raise forml.FailedError(
+        f'The lifecycle configuration of s3://{st.bucket} keeps changing under forml-s3 (another tool writing it?): '
+        'check it with `forml-s3 lifecycle show` and apply again'
+    )
+
+
+def _ids(rules: list[dict[str, typing.Any]]) -> list[str]:
+    return sorted(json.dumps(r, sort_keys=True, default=str) if not r.get('ID') else str(r['ID']) for r in rules)
 
 
 def dumps(rules: list[dict[str, typing.Any]]) -> str:

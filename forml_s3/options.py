@@ -21,13 +21,17 @@ conveniences are understood (all optional):
 
 Listings are never served from s3fs's listings cache (``use_listings_cache=False``): the registry keeps its
 own short-lived listing cache, invalidated on its own writes. ``AWS_ENDPOINT_URL`` and the rest of the AWS
-environment are honoured by botocore as usual, since nothing here forces an endpoint.
+environment are honoured by botocore as usual, since nothing here forces an endpoint. Mapping options also
+installs :mod:`forml_s3.redact`'s filter on the S3 libraries' loggers, so their DEBUG output never shows the
+credentials.
 """
 
 import copy
 import typing
 
 import forml
+
+from . import redact
 
 DEFAULT_RETRIES = {'mode': 'standard', 'max_attempts': 5}
 DEFAULT_POOL = 32
@@ -39,6 +43,7 @@ _CONFIG_KEYS = ('connect_timeout', 'read_timeout', 'request_checksum_calculation
 def s3_kwargs(storage_options: typing.Mapping[str, typing.Any]) -> dict[str, typing.Any]:
     """``S3FileSystem`` keyword arguments for the given user ``storage_options`` (``retries`` excluded: it is
     an attribute of the file system, see :func:`s3fs_retries`)."""
+    redact.install(_secret_values(storage_options))
     options = copy.deepcopy(dict(storage_options))
     options.pop('retries', None)
     config = dict(options.pop('config_kwargs', None) or {})
@@ -89,6 +94,17 @@ def s3fs_retries(storage_options: typing.Mapping[str, typing.Any]) -> int | None
 
 
 SECRET_KEYS = ('key', 'secret', 'token', 'aws_access_key_id', 'aws_secret_access_key', 'aws_session_token')
+
+
+def _secret_values(storage_options: typing.Mapping[str, typing.Any]) -> list[typing.Any]:
+    """The credential values set anywhere in ``storage_options`` (for :mod:`forml_s3.redact` to mask)."""
+    found = []
+    for key, value in storage_options.items():
+        if isinstance(value, typing.Mapping):
+            found += _secret_values(value)
+        elif str(key).lower() in SECRET_KEYS and value:
+            found.append(value)
+    return found
 
 
 def redacted(storage_options: typing.Mapping[str, typing.Any]) -> dict[str, typing.Any]:

@@ -8,7 +8,6 @@ or nothing, and of two writers racing for the same one exactly one wins.
 
 import contextlib
 import dataclasses
-import functools
 import hashlib
 import logging
 import pathlib
@@ -392,8 +391,21 @@ class Registry(asset.Registry, alias='s3'):
         key = self._layout.state(project, stem, sid)
         sha256 = hashlib.sha256(state).hexdigest()
         uri = self._store.uri(key)
+        if transfers.remember(uri, sha256) is not None:  # one id, two contents: refused, see transfers.remember
+            raise forml.InvalidError(
+                f'State {sid} of {project}-{release} was already written by this process with other content '
+                f'({uri}); a state id is written once: write the new state under a new id (ForML uses a fresh one '
+                'for every state it dumps)'
+            )
+
+        def upload() -> None:
+            try:
+                self._store.write(key, state, tags=self._uncommitted(), metadata={'sha256': sha256})
+            except BaseException:
+                transfers.unremember(uri, sha256)
+                raise
+
         self._track(names.project(project), stem, key)
-        upload = functools.partial(self._store.write, key, state, tags=self._uncommitted(), metadata={'sha256': sha256})
         if self._pack_states and len(state) <= packing.MAX_STATE:
             LOGGER.debug('Holding state %s (%d bytes) for packing', sid, len(state))
             packing.hold(uri, state, sha256, upload)

@@ -1,9 +1,20 @@
-"""A model-selection strategy that follows newly trained generations without a restart.
+"""Model-selection strategies that follow the registry without a restart, and survive retention.
 
 ``Refreshing`` picks the latest generation of a project (optionally of one release) and re-checks the
 registry at most every ``refresh`` seconds, on the next request after the interval: a retrained model is
-served within one interval, and the check costs a listing or two (one LIST each). If the registry cannot
-be reached at refresh time, the last good pick keeps serving and the failure is logged.
+served within one interval, and the check costs a listing or two (one LIST each). ``Alias`` follows a model
+alias, ``Fallback`` chains selectors and ``Split`` weighs traffic over them (``docs/aliases.md``).
+
+Picks are compared and hashed by their names (project, release, generation number), never through ForML's
+``Instance`` equality: that looks the generation up in the registry's listing and raises once the generation
+is retired or expired, which took ForML's own ``Latest`` (and ``Refreshing``, before) down for good. The
+gateway hashes the selected instance on every request to find its loaded model, so every selector here returns
+a :class:`Named` instance, hashed by name too: a retired pick keeps being served from memory until the next
+check moves on.
+
+If the registry cannot be reached at refresh time, the last good pick keeps serving and the failure is
+logged; if the registry answers that ``Refreshing`` has no generation left to pick (the served one retired or
+expired too), the pick is dropped and requests fail with that error until a generation is listed again.
 
 Example descriptor (``application.py``)::
 
@@ -29,6 +40,43 @@ if typing.TYPE_CHECKING:
 
 LOGGER = logging.getLogger(__name__)
 
+GONE = (asset.Level.Listing.Empty, asset.Level.Invalid, forml.MissingError)
+"""What a registry that answered says about a pick that no longer exists (retired, expired or deleted)."""
+
+
+Pick = tuple[str, str, int]
+"""A selector's pick by name: (project, release, generation number) - compared without asking the registry."""
+
+
+class Named(asset.Instance):
+    """A model instance named by its :data:`Pick`, compared and hashed by that name (``name``).
+
+    ForML's ``Instance`` compares and hashes through the registry's listings (``Level.key`` re-lists its
+    parent and raises ``Invalid level key`` for a generation no longer listed): fine for a fixed generation,
+    fatal for a serving gateway whose generation gets retired while it serves it. Every selector here returns
+    these.
+    """
+
+    def __init__(self, project: str, release: str, generation: int, registry: asset.Directory):
+        super().__init__(project=project, release=release, generation=generation, registry=registry)
+        self.name: Pick = (str(project), str(release), int(generation))
+
+    def __hash__(self):
+        return hash(self.name)
+
+    def __eq__(self, other):
+        return isinstance(other, Named) and other.name == self.name
+
+    def __str__(self):
+        return '-'.join(str(n) for n in self.name)
+
+    def __repr__(self):
+        return f'Named{self.name}'
+
+
+def _instance(registry: asset.Directory, pick: Pick) -> Named:
+    return Named(*pick, registry=registry)
+
 
 class Refreshing(application.Selector):
     """Latest generation of a project (or of one of its releases), re-checked every ``refresh`` seconds.
@@ -46,7 +94,7 @@ class Refreshing(application.Selector):
         self._release: str | None = release
         self._refresh: float = float(refresh)
         self._lock: threading.Lock = threading.Lock()
-        self._picked: dict[asset.Directory, tuple[float, asset.Instance]] = {}
+        self._picked: dict[asset.Directory, tuple[float, Named]] = {}
 
     def __reduce__(self):
         return self.__class__, (self._project, self._release, self._refresh)
@@ -58,21 +106,27 @@ class Refreshing(application.Selector):
         with self._lock:
             now = time.monotonic()
             picked = self._picked.get(registry)
-            if picked is None or now - picked[0] >= self._refresh:
-                try:
-                    instance = self.pick(registry)
-                except Exception as err:
-                    if picked is None:
-                        raise
-                    LOGGER.warning('Registry check failed, still serving %s: %s', picked[1], err)
-                    instance = picked[1]
-                if picked is not None and instance != picked[1]:
-                    LOGGER.info('Switching from %s to %s', picked[1], instance)
-                self._picked[registry] = picked = (now, instance)
-            return picked[1]
+            if picked is not None and now - picked[0] < self._refresh:
+                return picked[1]
+            try:
+                instance = self.pick(registry)
+            except GONE as err:
+                if picked is not None:
+                    LOGGER.error('No generation left to serve (%s was retired or deleted): %s', picked[1], err)
+                    del self._picked[registry]
+                raise
+            except Exception as err:
+                if picked is None:
+                    raise
+                LOGGER.warning('Registry check failed, still serving %s: %s', picked[1], err)
+                instance = picked[1]
+            if picked is not None and instance != picked[1]:
+                LOGGER.info('Switching from %s to %s', picked[1], instance)
+            self._picked[registry] = (now, instance)
+            return instance
 
-    def pick(self, registry: asset.Directory) -> asset.Instance:
-        """The latest generation now, as a model instance."""
+    def pick(self, registry: asset.Directory) -> Named:
+        """The latest generation now, as a model instance (listings only: nothing older is looked up)."""
         project = registry.get(self._project)
         releases = [self._release] if self._release else reversed(project.list())
         for release in releases:
@@ -80,17 +134,8 @@ class Refreshing(application.Selector):
                 generation = project.get(release).list().last
             except asset.Level.Listing.Empty:
                 continue
-            return asset.Instance(project=self._project, release=release, generation=generation, registry=registry)
+            return _instance(registry, (self._project, str(release), int(generation)))
         raise asset.Level.Listing.Empty(f'No trained generation of {self._project} in {registry}')
-
-
-Pick = tuple[str, str, int]
-"""A selector's pick by name: (project, release, generation number) - compared without asking the registry."""
-
-
-def _instance(registry: asset.Directory, pick: Pick) -> asset.Instance:
-    project, release, generation = pick
-    return asset.Instance(project=project, release=release, generation=generation, registry=registry)
 
 
 def _aliases(registry: asset.Directory):

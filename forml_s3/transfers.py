@@ -6,6 +6,7 @@ waits for the futures of its states. The table is per process (keyed by the full
 provider instance in the process - ForML copies them freely - finds the uploads another one started.
 """
 
+import collections
 import concurrent.futures
 import dataclasses
 import os
@@ -56,6 +57,10 @@ class Pending:
 
 _pending: dict[str, Pending] = {}
 
+REMEMBERED = 100_000
+"""How many state URLs (the most recently written) this process remembers the content of."""
+_written: 'collections.OrderedDict[str, str]' = collections.OrderedDict()
+
 
 def pool(workers: int = DEFAULT_WORKERS) -> concurrent.futures.ThreadPoolExecutor:
     """The process's transfer pool (created anew after a fork: threads do not survive it)."""
@@ -67,6 +72,7 @@ def pool(workers: int = DEFAULT_WORKERS) -> concurrent.futures.ThreadPoolExecuto
             _budget = _Budget(QUEUED_BYTES)
             _pool_pid = os.getpid()
             _pending.clear()
+            _written.clear()
         return _pool
 
 
@@ -116,6 +122,33 @@ def pending(url: str) -> Pending | None:
     uploads are not the child's to wait for)."""
     with _lock:
         return _pending.get(url) if _pool_pid == os.getpid() else None
+
+
+def remember(url: str, sha256: str) -> str | None:
+    """Record that this process writes the content ``sha256`` to ``url``.
+
+    Returns the checksum of the other content this process wrote to ``url`` before (still uploading, held, or
+    stored and maybe committed), in which case nothing is recorded and the caller refuses the write: replacing
+    it could leave a marker naming one content over the other's bytes. Writing the same content again is fine
+    (a retry). A failed upload is forgotten (:func:`unremember`), so a retry may bring other content.
+    """
+    pool()  # a forked child starts with an empty record: what its parent wrote is not the child's
+    with _lock:
+        previous = _written.get(url)
+        if previous is not None and previous != sha256:
+            return previous
+        _written[url] = sha256
+        _written.move_to_end(url)
+        while len(_written) > REMEMBERED:
+            _written.popitem(last=False)
+    return None
+
+
+def unremember(url: str, sha256: str) -> None:
+    """Forget that this process wrote ``sha256`` to ``url`` (its upload failed: nothing of it is stored)."""
+    with _lock:
+        if _written.get(url) == sha256:
+            del _written[url]
 
 
 def wait_all() -> None:

@@ -184,3 +184,22 @@ def package_factory(tmp_path):
 
 def pytest_report_header(config):
     return f'forml-s3 S3 endpoint: {os.environ.get("FORML_S3_TEST_ENDPOINT") or "embedded moto server"}'
+
+
+# --- cloud storage emulators (tests/servers.py): each started on first use, once a session, stopped at its end ---
+@pytest.fixture(scope='session')
+def gcs_server():
+    """fake-gcs-server on 127.0.0.1 (the Google Cloud Storage JSON API)."""
+    from . import servers
+
+    with servers.FakeGCS() as server:
+        yield server
+
+
+@pytest.fixture(scope='session')
+def azure_server():
+    """Azurite's blob service on 127.0.0.1 (Azure Blob Storage, the development account)."""
+    from . import servers
+
+    with servers.Azurite() as server:
+        yield server

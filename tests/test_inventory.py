@@ -62,8 +62,14 @@ def test_unknown_application_is_missing(inventory):
 
 @pytest.mark.parametrize(
     'body',
-    ['this is not python (', 'raise RuntimeError("boom")', 'X = 1  # no descriptor set up'],
-    ids=['syntax-error', 'raises', 'no-descriptor'],
+    [
+        'this is not python (',
+        'raise RuntimeError("boom")',
+        'X = 1  # no descriptor set up',
+        'import sys; sys.exit(3)',
+        'raise KeyboardInterrupt',
+    ],
+    ids=['syntax-error', 'raises', 'no-descriptor', 'exits', 'interrupts'],
 )
 def test_a_descriptor_that_is_not_a_valid_module_is_invalid(inventory, tmp_path, body):
     good = handle(tmp_path, 'broken')

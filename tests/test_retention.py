@@ -86,17 +86,19 @@ def test_apply_round_trips_keeps_foreign_rules_and_is_idempotent(s3server, bucke
 def test_registries_sharing_a_bucket_own_their_rules_apart(s3server, bucket):
     options = s3_options(s3server)
     assert run_cli('lifecycle', 'apply', f's3://{bucket}/team-a', *options).exit_code == 0
-    assert run_cli('lifecycle', 'apply', f's3://{bucket}/team-a/sub', *options).exit_code == 0
+    assert run_cli('lifecycle', 'apply', f's3://{bucket}/team-b', *options).exit_code == 0
+    nested = run_cli('lifecycle', 'apply', f's3://{bucket}/team-a/sub', *options)  # would cross team-a's rules
+    assert nested.exit_code == 2 and 'are nested' in nested.output
     removed = run_cli('lifecycle', 'remove', f's3://{bucket}/team-a', *options)
     assert removed.exit_code == 0
     rules = s3server.client().get_bucket_lifecycle_configuration(Bucket=bucket)['Rules']
-    assert {r['ID'].rsplit(':', 1)[0] for r in rules} == {'forml-s3:team-a/sub/'}
+    assert {r['ID'].rsplit(':', 1)[0] for r in rules} == {'forml-s3:team-b/'}
 
     shown = run_cli('lifecycle', 'show', f's3://{bucket}/team-a', *options)
-    assert shown.exit_code == 0 and '[forml-s3, other registry] forml-s3:team-a/sub/:retired' in shown.stdout
-    assert 'tag forml-s3=retired' in shown.stdout and "prefix 'team-a/sub/'" in shown.stdout
+    assert shown.exit_code == 0 and '[forml-s3, other registry] forml-s3:team-b/:retired' in shown.stdout
+    assert 'tag forml-s3=retired' in shown.stdout and "prefix 'team-b/'" in shown.stdout
 
-    assert run_cli('lifecycle', 'remove', f's3://{bucket}/team-a/sub', *options).exit_code == 0
+    assert run_cli('lifecycle', 'remove', f's3://{bucket}/team-b', *options).exit_code == 0
     empty = run_cli('lifecycle', 'show', f's3://{bucket}/team-a', *options)
     assert 'no lifecycle rules' in empty.stdout  # the last rule gone: the configuration is deleted
 

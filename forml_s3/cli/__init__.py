@@ -9,6 +9,7 @@ starts fast (no boto3, fsspec or ForML import). Each command module owns one are
     lifecycle/retire/pin - forml_s3.cli.retention (S3 lifecycle policies, retiring generations)
     staging    - forml_s3.cli.staging     (what is installed in a staging path, pruning)
     alias      - forml_s3.cli.alias       (named pointers to generations, kept in the bucket)
+    ui         - forml_s3.cli.ui          (the registry browser, a local web application)
     serve-s3   - forml_s3.cli.demo        (just the embedded S3 endpoint, until Ctrl-C)
 """
 
@@ -30,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     'pin': ('forml_s3.cli.retention', 'pin'),
     'staging': ('forml_s3.cli.staging', 'staging'),
     'alias': ('forml_s3.cli.alias', 'alias'),
+    'ui': ('forml_s3.cli.ui', 'ui'),
 }
 
 HELP = {
@@ -44,6 +46,7 @@ HELP = {
     'pin': 'Pin a generation so it is never retired.',
     'staging': 'List and prune releases installed in a staging path.',
     'alias': 'Set, show and move named pointers to generations (champion, challenger, ...).',
+    'ui': 'Browse the registry in a web browser (served on 127.0.0.1).',
 }
 
 

@@ -111,22 +111,55 @@ def lifecycle() -> None:
     """
 
 
+WHOLE_BUCKET = click.option(
+    '--whole-bucket',
+    is_flag=True,
+    help='Accept rules that act on the whole bucket (a registry at the bucket root, or nested with another '
+    'registry that has forml-s3 rules); the output lists what else in the bucket they would touch.',
+)
+
+
+def _outside(st, rules: list[dict[str, typing.Any]], limit: int = 10) -> None:
+    """Print (to stderr) what the rules would touch in the bucket that is not the registry's, from the preview."""
+    from forml_s3 import lifecycle as lc  # noqa: PLC0415
+
+    found = lc.outside(st, lc.preview(st, rules))
+    if not found:
+        click.echo(f'--whole-bucket: the rules touch nothing in s3://{st.bucket} but the registry, as of now', err=True)
+    for effect, targets in found:
+        click.echo(f'--whole-bucket: {effect.rule.get("ID")} would {effect.action} for {len(targets)} objects, '
+                   'versions or uploads outside the registry:', err=True)  # fmt: skip
+        what = 'upload' if lc.action_of(effect.rule)[1] == 'uploads' else 'version'
+        for target in targets[:limit]:
+            click.echo(f'    {target.key}{f" ({what} {target.version})" if target.version else ""}', err=True)
+        if len(targets) > limit:
+            click.echo(f'    ... {len(targets) - limit} more (`forml-s3 lifecycle preview --planned --json`)', err=True)
+
+
 @lifecycle.command()
 @click.argument('url')
 @policy_options
 @option_flag('-o', '--option')
-def plan(url: str, options: tuple[str, ...], **params: typing.Any) -> None:
-    """Print the lifecycle rules forml-s3 recommends for the registry at URL (nothing is sent to S3).
+@WHOLE_BUCKET
+def plan(url: str, options: tuple[str, ...], whole_bucket: bool, **params: typing.Any) -> None:
+    """Print the lifecycle rules forml-s3 recommends for the registry at URL.
 
     The output is the JSON PutBucketLifecycleConfiguration takes (`aws s3api
     put-bucket-lifecycle-configuration --lifecycle-configuration file://rules.json`), with only this
-    registry's rules: `forml-s3 lifecycle apply` merges them with the bucket's other rules.
+    registry's rules: `forml-s3 lifecycle apply` merges them with the bucket's other rules. Reads the bucket's
+    current rules (to refuse a registry nested with another) and, with --whole-bucket, previews the rules.
     """
     from forml_s3 import lifecycle as lc  # noqa: PLC0415
 
     policy = _policy(params)
     st = _s3_store(url, options)
-    click.echo(lc.dumps(lc.plan(st, policy)))
+    with fatal_errors():
+        lc.check_scope(st, [], whole_bucket)  # the bucket root: refused before any request
+        lc.check_scope(st, st.lifecycle_rules(), whole_bucket)
+        rules = lc.plan(st, policy)
+        if whole_bucket:
+            _outside(st, rules)
+    click.echo(lc.dumps(rules))
 
 
 @lifecycle.command()
@@ -134,28 +167,46 @@ def plan(url: str, options: tuple[str, ...], **params: typing.Any) -> None:
 @policy_options
 @option_flag('-o', '--option')
 @click.option('--dry-run', is_flag=True, help='Print the change as a diff, apply nothing.')
-def apply(url: str, options: tuple[str, ...], dry_run: bool, **params: typing.Any) -> None:
+@WHOLE_BUCKET
+def apply(url: str, options: tuple[str, ...], dry_run: bool, whole_bucket: bool, **params: typing.Any) -> None:
     """Put forml-s3's rules for the registry at URL into its bucket's lifecycle configuration.
 
     Replaces the rules forml-s3 owns for this registry (by ID) with the planned ones and keeps every other
-    rule of the bucket. Re-applying the same options changes nothing. Needs s3:GetLifecycleConfiguration and
-    s3:PutLifecycleConfiguration on the bucket.
+    rule of the bucket. Re-applying the same options changes nothing. The change is made under a lock object
+    (.forml-s3-lifecycle.lock at the bucket root), so forml-s3 processes applying or removing rules of other
+    registries of the bucket at the same time do not lose each other's, and it is read back to verify. Needs
+    s3:GetLifecycleConfiguration and s3:PutLifecycleConfiguration on the bucket, and s3:GetObject,
+    s3:PutObject and s3:DeleteObject on the lock object.
     """
     from forml_s3 import lifecycle as lc  # noqa: PLC0415
 
     policy = _policy(params)
     st = _s3_store(url, options)
     with fatal_errors():
+        lc.check_scope(st, [], whole_bucket)
         current = st.lifecycle_rules()
-        new = lc.merge(current, lc.plan(st, policy), st)
+        lc.check_scope(st, current, whole_bucket)
+        planned = lc.plan(st, policy)
+        if whole_bucket:
+            _outside(st, planned)
+        new = lc.merge(current, planned, st)
         if lc.same(current, new):
             click.echo(f's3://{st.bucket}: lifecycle rules already as planned, nothing to change')
             return
-        click.echo(lc.diff(current, new, st.bucket), nl=False)
         if dry_run:
+            click.echo(lc.diff(current, new, st.bucket), nl=False)
             click.echo('Dry run: nothing applied.', err=True)
             return
-        st.set_lifecycle_rules(new)
+
+        def change(rules: list[dict[str, typing.Any]]) -> list[dict[str, typing.Any]]:
+            lc.check_scope(st, rules, whole_bucket)  # another registry may have got rules meanwhile
+            return lc.merge(rules, planned, st)
+
+        current, new = lc.update(st, change)
+    if lc.same(current, new):
+        click.echo(f's3://{st.bucket}: lifecycle rules already as planned, nothing to change')
+        return
+    click.echo(lc.diff(current, new, st.bucket), nl=False)
     ours = sum(lc.owned(r, st) for r in new)
     click.echo(f'Applied {ours} forml-s3 rules to s3://{st.bucket} ({len(new) - ours} other rules kept)', err=True)
 
@@ -165,7 +216,11 @@ def apply(url: str, options: tuple[str, ...], dry_run: bool, **params: typing.An
 @option_flag('-o', '--option')
 @click.option('--dry-run', is_flag=True, help='Print the change as a diff, apply nothing.')
 def remove(url: str, options: tuple[str, ...], dry_run: bool) -> None:
-    """Remove forml-s3's rules for the registry at URL from its bucket (other rules are kept)."""
+    """Remove forml-s3's rules for the registry at URL from its bucket (other rules are kept).
+
+    Made under the same lock as `apply` and read back: the bucket's configuration is deleted only when no
+    other rule is left in it.
+    """
     from forml_s3 import lifecycle as lc  # noqa: PLC0415
 
     st = _s3_store(url, options)
@@ -175,9 +230,16 @@ def remove(url: str, options: tuple[str, ...], dry_run: bool) -> None:
         if lc.same(current, new):
             click.echo(f's3://{st.bucket}: no forml-s3 rules for this registry, nothing to remove')
             return
-        click.echo(lc.diff(current, new, st.bucket), nl=False)
-        if not dry_run:
-            st.set_lifecycle_rules(new)
+        if dry_run:
+            click.echo(lc.diff(current, new, st.bucket), nl=False)
+            return
+        current, new = lc.update(st, lambda rules: lc.merge(rules, [], st))
+    if lc.same(current, new):
+        click.echo(f's3://{st.bucket}: no forml-s3 rules for this registry, nothing to remove')
+        return
+    click.echo(lc.diff(current, new, st.bucket), nl=False)
+    click.echo(f'Removed {len(current) - len(new)} forml-s3 rules from s3://{st.bucket} ({len(new)} other rules '
+               'kept)', err=True)  # fmt: skip
 
 
 def _describe_filter(rule: dict[str, typing.Any]) -> str:
