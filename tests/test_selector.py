@@ -1,26 +1,29 @@
 """The Refreshing selector follows new generations after its interval, on a real registry."""
 
 import pickle
-import time
 
 import pytest
 from forml.io import asset
 
+from forml_s3 import selector as selector_module
 from forml_s3.selector import Refreshing
 
 from .helpers import PROJECT, commit
 
 
-def test_follows_new_generations_after_the_interval(registry, package_factory):
+def test_follows_new_generations_after_the_interval(registry, package_factory, monkeypatch):
     registry.push(package_factory('0.1'))
     commit(registry, 1, payloads=())
     directory = asset.Directory(registry)
+    clock = [1000.0]  # the selector's clock, moved by the test: no dependence on how long requests take
+    monkeypatch.setattr(selector_module.time, 'monotonic', lambda: clock[0])
     selector = Refreshing(PROJECT, refresh=0.5)
     first = selector.select(directory, None, None)
     assert str(first).endswith('-0.1-1')
     commit(registry, 2, payloads=())
+    clock[0] += 0.4
     assert selector.select(directory, None, None) is first  # within the interval: no registry call
-    time.sleep(0.6)
+    clock[0] += 0.2
     assert str(selector.select(directory, None, None)).endswith('-0.1-2')
 
 

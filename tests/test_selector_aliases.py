@@ -3,13 +3,13 @@ fails (injected 503s on moto's HTTP server), cold starts, weights and sticky ass
 
 import collections
 import pickle
-import time
 
 import forml
 import pytest
 from forml.io import asset
 from forml.provider.registry.filesystem import posix
 
+from forml_s3 import selector as selector_module
 from forml_s3.registry import Registry
 from forml_s3.selector import Alias, Fallback, Refreshing, Split
 
@@ -28,18 +28,21 @@ def generation(instance: asset.Instance) -> int:
     return int(str(instance).rsplit('-', 1)[-1])
 
 
-def test_alias_follows_a_move_after_the_interval(served):
+def test_alias_follows_a_move_after_the_interval(served, monkeypatch):
     registry, directory = served
+    clock = [1000.0]  # the selector's clock, moved by the test: no dependence on how long requests take
+    monkeypatch.setattr(selector_module.time, 'monotonic', lambda: clock[0])
     registry.aliases.set(PROJECT, 'champion', '0.1', 1)
-    selector = Alias(PROJECT, 'champion', refresh=0.5)
+    selector = Alias(PROJECT, 'champion', refresh=10)
     first = selector.select(directory, None, None)
     assert generation(first) == 1
     registry.aliases.set(PROJECT, 'champion', '0.1', 3)
+    clock[0] += 9.9
     assert selector.select(directory, None, None) is first  # within the interval: no registry call
-    time.sleep(0.6)
+    clock[0] += 0.2
     assert generation(selector.select(directory, None, None)) == 3
     registry.aliases.set(PROJECT, 'champion', '0.1', 1)  # roll back
-    time.sleep(0.6)
+    clock[0] += 10
     assert generation(selector.select(directory, None, None)) == 1
 
 
