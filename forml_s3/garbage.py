@@ -18,6 +18,11 @@ incomplete multipart uploads of a writer killed mid-upload (S3). An object is de
   ``memory://`` have none: see ``docs/consistency.md``).
 
 Expired leases (of killed processes) are dropped too.
+
+With ``retired_older_than``, ``gc`` also deletes what a lifecycle rule on the ``forml-s3=retired`` tag would
+expire, on stores that have no such rules (GCS; ``file://``; any bucket without them): the states and packs of
+generations retired longer ago than that (except those a live generation names too) and their ``retired/``
+markers. The generation's tombstone stays, so its number is never reused.
 """
 
 import dataclasses
@@ -25,6 +30,8 @@ import datetime
 import logging
 import time
 import typing
+
+from forml.io import asset
 
 from . import inspect, layout, lease, storage
 
@@ -60,9 +67,11 @@ class Garbage:
     """Releases (``project/release``) spared because a live lease names them."""
     changed: list[str] = dataclasses.field(default_factory=list)
     """Paths kept because they changed since they were judged (a conditional delete refused)."""
+    retired: list[inspect.Object] = dataclasses.field(default_factory=list)
+    """Objects of generations retired long enough ago (``retired_older_than``): states, packs, retired markers."""
 
     def __len__(self) -> int:
-        return len(self.objects) + len(self.uploads) + len(self.leases)
+        return len(self.objects) + len(self.uploads) + len(self.leases) + len(self.retired)
 
 
 def _eligible(snap: inspect.Snapshot) -> typing.Callable[[str | None, str | None, inspect.Kind], bool]:
@@ -97,6 +106,32 @@ def candidates(
     ]
 
 
+def retired(snap: inspect.Snapshot, older_than: datetime.timedelta, now: float) -> list[inspect.Object]:
+    """The objects of generations retired more than ``older_than`` before ``now`` (by their ``retired/`` marker's
+    modification time): the states and packs no other generation names, then the retired markers themselves."""
+    lay, limit = layout.Layout(snap.root), now - older_than.total_seconds()
+    kept: set[str] = set()
+    expired: list[str] = []
+    markers: list[str] = []
+    for project in snap.projects:
+        for release in project.releases:
+            for generation in release.generations:
+                try:
+                    stored = list(generation.stored(lay, project.name, release.name))
+                except asset.Level.Invalid:
+                    kept.add(generation.marker)  # a damaged marker: judge nothing it may name
+                    continue
+                marker = snap.objects.get(generation.marker)
+                modified = marker.modified if marker else None
+                if generation.retired and generation.error is None and modified is not None and modified < limit:
+                    expired.extend(stored)
+                    markers.append(generation.marker)
+                else:
+                    kept.update(stored)
+    doomed = [p for p in dict.fromkeys(expired) if p not in kept] + markers
+    return [snap.objects[p] for p in doomed if p in snap.objects]
+
+
 def uploads(st: storage.Store, snap: inspect.Snapshot, older_than: datetime.timedelta, now: float) -> list[Upload]:
     """Incomplete multipart uploads of the registry's objects initiated more than ``older_than`` ago (S3 only)."""
     if not st.multipart:
@@ -115,9 +150,14 @@ def uploads(st: storage.Store, snap: inspect.Snapshot, older_than: datetime.time
 
 
 def judge(
-    st: storage.Store, older_than: datetime.timedelta, now: float | None = None, snap: inspect.Snapshot | None = None
+    st: storage.Store,
+    older_than: datetime.timedelta,
+    now: float | None = None,
+    snap: inspect.Snapshot | None = None,
+    retired_older_than: datetime.timedelta | None = None,
 ) -> Garbage:
-    """What a collection would delete now: the garbage of two listings, less what live leases protect."""
+    """What a collection would delete now: the garbage of two listings, less what live leases protect (and, with
+    ``retired_older_than``, the objects of generations retired that long ago)."""
     now = time.time() if now is None else now
     snap = snap or inspect.snapshot(st)
     first = candidates(snap, older_than, now)
@@ -127,6 +167,8 @@ def judge(
     found = lease.leases(st)
     live = [x for x in found if x.live(now)]
     garbage = Garbage(leases=[x for x in found if not x.live(now)])
+    if retired_older_than is not None:
+        garbage.retired = retired(snap, retired_older_than, now)
     for obj in first:
         current = again.get(obj.path)
         if current is None or current.version != obj.version:
@@ -144,8 +186,8 @@ def judge(
 
 
 Progress = typing.Callable[[str, typing.Any], None]
-"""Told each thing done: (``'deleted'`` / ``'aborted'`` / ``'dropped'`` / ``'changed'``, the object, upload,
-lease or path)."""
+"""Told each thing done: (``'deleted'`` / ``'expired'`` / ``'aborted'`` / ``'dropped'`` / ``'changed'``, the
+object, upload, lease or path)."""
 
 
 def collect(
@@ -176,6 +218,14 @@ def collect(
         if st.delete_if_unchanged(obj.path, obj.version):
             done.objects.append(obj)
             tell('deleted', obj)
+        else:
+            done.changed.append(obj.path)
+            tell('changed', obj.path)
+    for obj in garbage.retired:
+        LOGGER.info('Deleting %s of a retired generation (%d bytes)', st.uri(obj.path), obj.size)
+        if st.delete_if_unchanged(obj.path, obj.version):
+            done.retired.append(obj)
+            tell('expired', obj)
         else:
             done.changed.append(obj.path)
             tell('changed', obj.path)

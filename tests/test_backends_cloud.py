@@ -46,6 +46,7 @@ from .test_bad_input import (  # noqa: F401
 )
 from .test_concurrency import ROOT
 from .test_e2e import reference
+from .test_gc_retired import test_expires_retired_generations_only  # noqa: F401
 from .test_inventory import (  # noqa: F401
     test_a_descriptor_that_is_not_a_valid_module_is_invalid,
     test_get_leaves_no_stray_files,

@@ -292,9 +292,24 @@ SHORT_GRACE_HELP = (
 )
 @click.option('--allow-short-grace', is_flag=True, help=SHORT_GRACE_HELP)
 @click.option(
+    '--retired-older-than',
+    'retired_days',
+    type=click.FloatRange(min=0),
+    metavar='DAYS',
+    help='Also delete the states and retired markers of generations retired more than DAYS days ago: what an S3 '
+    'lifecycle rule would expire, for stores without such rules (gs://, file://). Tombstones stay.',
+)
+@click.option(
     '--dry-run', is_flag=True, help='List what would be deleted (judged exactly as a real run), delete nothing.'
 )
-def gc(url: str, options: tuple[str, ...], days: float, allow_short_grace: bool, dry_run: bool) -> None:
+def gc(
+    url: str,
+    options: tuple[str, ...],
+    days: float,
+    allow_short_grace: bool,
+    retired_days: float | None,
+    dry_run: bool,
+) -> None:
     """Delete abandoned uncommitted objects at URL: packages, states, packs no marker names, older than DAYS,
     and incomplete multipart uploads (S3) started more than DAYS ago.
 
@@ -309,6 +324,7 @@ def gc(url: str, options: tuple[str, ...], days: float, allow_short_grace: bool,
       forml-s3 gc s3://my-bucket/forml --dry-run
       forml-s3 gc s3://my-bucket/forml
       forml-s3 gc s3://my-bucket/forml --older-than 1 --allow-short-grace
+      forml-s3 gc gs://my-bucket/forml --retired-older-than 30
 
     Exit code 0: done; 2: could not complete (what was deleted before the failure is listed).
     """
@@ -322,7 +338,12 @@ def gc(url: str, options: tuple[str, ...], days: float, allow_short_grace: bool,
         )
     st = open_store(url, options)
     age = datetime.timedelta(days=days)
+    retired_age = None if retired_days is None else datetime.timedelta(days=retired_days)
     verb = {'deleted': 'would delete', 'aborted': 'would abort', 'dropped': 'would drop'} if dry_run else {}
+    if dry_run:
+        verb['expired'] = 'would delete (retired)'
+    else:
+        verb['expired'] = 'deleted (retired)'
 
     def line(what: str, item: typing.Any) -> str:
         what = verb.get(what, what)
@@ -342,11 +363,12 @@ def gc(url: str, options: tuple[str, ...], days: float, allow_short_grace: bool,
 
     try:
         with fatal_errors():
-            judged = garbage.judge(st, age)
+            judged = garbage.judge(st, age, retired_older_than=retired_age)
             if dry_run:
                 result = judged
                 for what, items in (
                     ('deleted', result.objects),
+                    ('expired', result.retired),
                     ('aborted', result.uploads),
                     ('dropped', result.leases),
                 ):
@@ -368,4 +390,10 @@ def gc(url: str, options: tuple[str, ...], days: float, allow_short_grace: bool,
     click.echo(
         f'{len(result.objects)} uncommitted objects older than {days:g} days {would}deleted ({total}), '
         f'{len(result.uploads)} multipart uploads {would}aborted, {len(result.leases)} expired leases {would}dropped'
+        + (
+            f', {len(result.retired)} objects of generations retired more than {retired_days:g} days ago '
+            f'{would}deleted ({inspect.human(sum(o.size for o in result.retired))})'
+            if retired_days is not None
+            else ''
+        )
     )
