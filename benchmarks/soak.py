@@ -12,16 +12,19 @@ The seed is printed first: ``--seed`` replays the same fault and kill schedule (
 processes on the machine is not replayable).
 
     python -m benchmarks.soak --backend moto --duration 1800 --out soak-moto.json
-    python -m benchmarks.soak --short   # the CI run: both backends, about 90 s in all
+    python -m benchmarks.soak --short   # the CI run: both backends at once, about 90 s in all
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import concurrent.futures
 import contextlib
 import dataclasses
+import faulthandler
 import json
+import multiprocessing
 import os
 import pathlib
 import random
@@ -35,7 +38,7 @@ import time
 import typing
 import zlib
 
-from benchmarks import chaos
+from benchmarks import chaos, soak_roles
 
 BUCKET = 'soak'
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -128,12 +131,9 @@ def seaweedfs(work: pathlib.Path) -> typing.Iterator[str]:
         _wait_for_bucket(endpoint, proc, work / 'weed.log')
         yield endpoint
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):  # its data is thrown away: no need for a clean stop (slow)
             os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
         log.close()
 
 
@@ -187,6 +187,47 @@ def cli_options(options: dict[str, typing.Any]) -> list[str]:
 
 
 # the run ----------------------------------------------------------------------------------------------------
+PRELOAD = ['benchmarks.soak_roles', 'benchmarks.providers', 'forml_s3.registry', 'forml.project', 's3fs', 'boto3']
+"""Imported once by the forkserver: a writer started in a dead one's place forks in milliseconds instead of paying
+seconds of imports (far more on a loaded machine), so kills do not starve the run of writers."""
+_CONTEXT = multiprocessing.get_context('forkserver')
+_CONTEXT.set_forkserver_preload(PRELOAD)
+
+
+class Child:
+    """A writer or reader process forked from the forkserver, with the bits of ``Popen`` the run uses."""
+
+    def __init__(self, role: str, config: dict[str, typing.Any]):
+        self.config = config
+        self.process = _CONTEXT.Process(target=soak_roles.start, args=(role, config), daemon=False)
+        self.process.start()
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.exitcode
+
+    def poll(self) -> int | None:
+        return self.process.exitcode
+
+    def busy(self) -> bool:
+        """Whether it has begun a step (a kill before that would only cost a restart)."""
+        log = pathlib.Path(self.config['log'])
+        return log.exists() and log.stat().st_size > 0
+
+    def send_signal(self, signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError, TypeError):
+            os.kill(self.process.pid, signum)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        self.process.join(timeout)
+        if self.process.exitcode is None:
+            raise subprocess.TimeoutExpired('soak child', timeout or 0)
+        return self.process.exitcode
+
+
 class Run:
     """One soak run against one backend."""
 
@@ -201,7 +242,7 @@ class Run:
         self.logs = work / 'logs'
         self.logs.mkdir()
         self.stop = work / 'stop'
-        self.procs: dict[str, subprocess.Popen] = {}
+        self.procs: dict[str, Child] = {}
         self.spawned: collections.Counter[str] = collections.Counter()
         self.killed: collections.Counter[str] = collections.Counter()
         self.exits: collections.Counter[str] = collections.Counter()
@@ -231,12 +272,9 @@ class Run:
         key = f'{role}-{slot}'
         incarnation = self.spawned[key]
         self.spawned[key] += 1
-        err = (self.logs / f'{role}-{slot}-{incarnation}.stderr').open('w')
-        self.procs[key] = subprocess.Popen(
-            [sys.executable, '-m', 'benchmarks.soak_roles', role, json.dumps(self.config(role, slot, incarnation))],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err,
-        )  # fmt: skip
-        err.close()
+        config = self.config(role, slot, incarnation)
+        config['stderr'] = str(self.logs / f'{role}-{slot}-{incarnation}.stderr')
+        self.procs[key] = Child(role, config)
 
     def run(self) -> dict[str, typing.Any]:
         settings = self.settings
@@ -256,7 +294,7 @@ class Run:
                     self.exits['killed' if proc.returncode == -signal.SIGKILL else str(proc.returncode)] += 1
                     self.spawn('writer', int(key.rsplit('-', 1)[1]))
             if time.time() >= next_kill:
-                live = [k for k, p in self.procs.items() if k.startswith('writer') and p.poll() is None]
+                live = [k for k, p in self.procs.items() if k.startswith('writer') and p.poll() is None and p.busy()]
                 if live:
                     self.procs[self.rng.choice(sorted(live))].send_signal(signal.SIGKILL)
                     self.killed['random moment'] += 1
@@ -325,16 +363,20 @@ def operations(logs: pathlib.Path) -> tuple[dict[str, dict[str, int]], list[str]
 def soak(settings: Settings, keep: pathlib.Path | None = None) -> dict[str, typing.Any]:
     """One run against ``settings.backend``; returns its figures (``violations`` empty when all invariants held)."""
     work = pathlib.Path(tempfile.mkdtemp(prefix=f'soak-{settings.backend}-'))
+    began = time.time()
     try:
         with (
             BACKENDS[settings.backend](work) as endpoint,
             chaos.Proxy(endpoint, settings.seed, settings.rates) as proxy,
         ):
             run = Run(settings, work, endpoint, proxy)
-            timing = run.run()
+            timing = {'setup_seconds': round(time.time() - began, 1), **run.run()}
             proxy.enabled = False
             traffic = proxy.stats()
+            checked = time.time()
             found = run.check()
+            timing['check_seconds'] = round(time.time() - checked, 1)
+        timing['total_seconds'] = round(time.time() - began, 1)
         ops, seen, errors, kills = operations(run.logs)
         kills.update(run.killed)
         return {
@@ -362,7 +404,8 @@ def render(result: dict[str, typing.Any]) -> list[str]:
     lines = [
         f'backend {result["backend"]}: seed {result["seed"]}, {result["writers"]} writers, '
         f'{result["readers"]} readers, '
-        f'load {result["load_seconds"]} s (+{result["drain_seconds"]} s draining), {result["requests"]} requests',
+        f'load {result["load_seconds"]} s (+{result["drain_seconds"]} s draining; setup {result["setup_seconds"]} s, '
+        f'final check {result["check_seconds"]} s, {result["total_seconds"]} s in all), {result["requests"]} requests',
         '  operations (outcome: count): '
         + '; '.join(f'{k} ' + ', '.join(f'{p} {n}' for p, n in sorted(v.items())) for k, v in ops.items()),
         '  faults injected: ' + ', '.join(f'{k} {v}' for k, v in result['faults'].items()),
@@ -396,25 +439,40 @@ def main(argv: typing.Sequence[str] | None = None) -> int:
     parser.add_argument('--kill-rate', type=float, default=0.08, help='chance a writer step arms a self-kill')
     parser.add_argument('--big-rate', type=float, default=0.02, help='chance a training has a 32 MiB+ state')
     parser.add_argument('--fault-rate', type=float, default=0.05, help='faults per request (before + after)')
-    parser.add_argument('--short', action='store_true', help='the CI run: moto and SeaweedFS, 35 s of load each')
+    parser.add_argument('--short', action='store_true', help='the CI run: moto and SeaweedFS at once, 30 s of load')
+    parser.add_argument('--parallel', action='store_true', help='soak the backends at the same time')
     parser.add_argument('--out', type=pathlib.Path, help='write the figures as JSON here')
     parser.add_argument('--keep-logs', type=pathlib.Path, help="copy the processes' logs here")
     args = parser.parse_args(argv)
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` shows where a stuck run is
     backends = args.backend or (['moto', 'seaweedfs'] if args.short else ['moto'])
     if args.short:
-        args.duration, args.writers, args.readers, args.kill_interval = 35, 6, 2, 6.0
-        args.big_rate = 0.03
+        args.duration, args.writers, args.readers, args.kill_interval = 30, 4, 2, 5.0
+        args.big_rate, args.kill_rate, args.parallel = 0.05, 0.1, True
     seed = args.seed if args.seed is not None else random.randrange(2**31)
     print(f'soak seed {seed} (replay with --seed {seed})', flush=True)
     rates = chaos.Rates(before=args.fault_rate * 0.6, after=args.fault_rate * 0.4)
-    results = []
-    for backend in backends:
-        settings = Settings(
-            backend, args.duration, args.writers, args.readers, seed, args.max_requests, args.kill_interval,
-            args.kill_rate, args.big_rate, rates=rates,
+    settings = [
+        Settings(
+            backend,
+            args.duration,
+            args.writers,
+            args.readers,
+            seed,
+            args.max_requests,
+            args.kill_interval,
+            args.kill_rate,
+            args.big_rate,
+            rates=rates,
         )  # fmt: skip
-        result = soak(settings, args.keep_logs)
-        results.append(result)
+        for backend in backends
+    ]
+    if args.parallel:  # each backend has its own server, proxy and processes: nothing is shared but the machine
+        with concurrent.futures.ThreadPoolExecutor(len(settings)) as pool:
+            results = list(pool.map(lambda s: soak(s, args.keep_logs), settings))
+    else:
+        results = [soak(s, args.keep_logs) for s in settings]
+    for result in results:
         print('\n'.join(render(result)), flush=True)
     if args.out:
         args.out.write_text(json.dumps(results, indent=2) + '\n')

@@ -1,4 +1,5 @@
-"""The soak's worker processes: ``python -m benchmarks.soak_roles writer|reader CONFIG_JSON``.
+"""The soak's worker processes (forked by :mod:`benchmarks.soak`; by hand: ``python -m benchmarks.soak_roles
+writer|reader CONFIG_JSON``).
 
 A **writer** pushes releases and trains generations through the real provider the way ForML does: it writes a
 generation's states one by one (``Registry.write``), then closes them with the number ForML would pick (the
@@ -298,10 +299,19 @@ class Reader:
 ROLES: dict[str, type] = {'writer': Writer, 'reader': Reader}
 
 
-def main() -> None:
-    role, config = sys.argv[1], json.loads(sys.argv[2])
+def start(role: str, config: dict[str, typing.Any]) -> None:
+    """A role's process body (forked by the soak's forkserver): its stderr goes to ``config['stderr']``."""
+    err = os.open(config['stderr'], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(err, 2)
+    sys.stderr = open(2, 'w', buffering=1, closefd=False)  # noqa: SIM115 - the process's stderr, never closed
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` shows where a stuck worker is, in its stderr
     ROLES[role](config).run()
+
+
+def main() -> None:
+    start(sys.argv[1], json.loads(sys.argv[2]))
 
 
 if __name__ == '__main__':
