@@ -437,7 +437,7 @@ def main(argv: typing.Sequence[str] | None = None) -> int:
     parser.add_argument('--max-requests', type=int, default=2_000_000, help='stop the load after this many')
     parser.add_argument('--kill-interval', type=float, default=10.0, help='mean seconds between random kills')
     parser.add_argument('--kill-rate', type=float, default=0.08, help='chance a writer step arms a self-kill')
-    parser.add_argument('--big-rate', type=float, default=0.02, help='chance a training has a 32 MiB+ state')
+    parser.add_argument('--big-rate', type=float, default=0.005, help='chance a training has a 32 MiB+ state')
     parser.add_argument('--fault-rate', type=float, default=0.05, help='faults per request (before + after)')
     parser.add_argument('--short', action='store_true', help='the CI run: moto and SeaweedFS at once, 30 s of load')
     parser.add_argument('--parallel', action='store_true', help='soak the backends at the same time')
