@@ -415,7 +415,8 @@ def render(result: dict[str, typing.Any]) -> list[str]:
         ack = result['acknowledged']
         lines += [
             f'  commits acknowledged: {ack["generations"]} generations, {ack["releases"]} releases; '
-            f'committed: {result["generations"]} generations, {result["releases"]} releases; lost: {result["lost"]}',
+            f'committed: {result["generations"]} generations, {result["releases"]} releases; lost: {result["lost"]}; '
+            f'told "failed" but committed: {result.get("failed_but_committed", "-")}',
             f'  left by killed writers: {result["orphans"]} orphans ({result["orphans_tagged_uncommitted"]} tagged '
             f'uncommitted), {result["multipart_uploads_left"]} incomplete multipart uploads; gc deleted '
             f'{result["gc_deleted"]}',

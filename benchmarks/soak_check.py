@@ -95,6 +95,15 @@ def check(config: dict[str, typing.Any]) -> dict[str, typing.Any]:
                 f'was committed by another writer, but the marker is its own ({entry["error"][:200]})'
             )
 
+    # a close that failed (retries exhausted) yet whose marker is there: the client cannot know; counted, not wrong
+    ambiguous = sum(
+        entry['op'] == 'close'
+        and entry['phase'] == 'failed'
+        and (entry['release'], entry['generation']) in committed
+        and _marker_writer(store, lay, entry['release'], entry['generation']).endswith(f':{entry["pid"]}')
+        for entry in entries
+    )
+
     # committed objects must not be expirable; orphans must be
     named = sorted(snap.named())
     tagged = []
@@ -134,6 +143,7 @@ def check(config: dict[str, typing.Any]) -> dict[str, typing.Any]:
             'releases': sum(e['op'] == 'push' and e['phase'] == 'acked' for e in entries),
         },
         'lost': lost,
+        'failed_but_committed': ambiguous,
         'orphans': len(orphans),
         'orphans_tagged_uncommitted': len(expirable),
         'orphan_bytes': sum(o.size for o in orphans),
