@@ -209,6 +209,9 @@ class Child:
     def poll(self) -> int | None:
         return self.process.exitcode
 
+    def ready(self) -> bool:
+        return os.path.exists(self.config['log'] + '.ready')
+
     def busy(self) -> bool:
         """Whether it has begun a step (a kill before that would only cost a restart)."""
         log = pathlib.Path(self.config['log'])
@@ -259,7 +262,6 @@ class Run:
             'log': str(self.logs / f'{name}.jsonl'),
             'work': str(work),
             'staging': str(self.work / 'staging'),
-            'deadline': self.deadline,
             'stop': str(self.stop),
             'kill_rate': self.settings.kill_rate,
             'big_rate': self.settings.big_rate,
@@ -278,12 +280,18 @@ class Run:
 
     def run(self) -> dict[str, typing.Any]:
         settings = self.settings
-        started = time.time()
-        self.deadline = started + settings.duration
+        self.deadline = time.time() + 3600  # until the workers are ready (a loaded machine takes its time)
         for slot in range(settings.writers):
             self.spawn('writer', slot)
         for slot in range(settings.readers):
             self.spawn('reader', slot)
+        waited = time.time()
+        while not all(p.ready() or p.poll() is not None for p in self.procs.values()):
+            if time.time() - waited > 600:
+                raise RuntimeError('the soak workers did not start within 10 minutes')
+            time.sleep(0.1)
+        started = time.time()
+        self.deadline = started + settings.duration
         next_kill = time.time() + self.rng.expovariate(1 / settings.kill_interval)
         while time.time() < self.deadline:
             time.sleep(0.2)
@@ -310,7 +318,11 @@ class Run:
                 self.killed['still running at the end'] += 1
             if key.startswith('reader') and proc.returncode:
                 self.exits[f'reader exit {proc.returncode}'] += 1
-        return {'load_seconds': round(load_ended - started, 1), 'drain_seconds': round(time.time() - load_ended, 1)}
+        return {
+            'start_seconds': round(started - waited, 1),
+            'load_seconds': round(load_ended - started, 1),
+            'drain_seconds': round(time.time() - load_ended, 1),
+        }
 
     def check(self) -> dict[str, typing.Any]:
         config = {
@@ -378,6 +390,8 @@ def soak(settings: Settings, keep: pathlib.Path | None = None) -> dict[str, typi
             timing['check_seconds'] = round(time.time() - checked, 1)
         timing['total_seconds'] = round(time.time() - began, 1)
         ops, seen, errors, kills = operations(run.logs)
+        acked = sum(ops.get(f'writer {op}', {}).get('acked', 0) for op in ('push', 'close'))
+        idle = [] if acked else ["the load did nothing: no writer step was acknowledged (see the workers' stderr)"]
         kills.update(run.killed)
         return {
             'backend': settings.backend,
@@ -391,7 +405,7 @@ def soak(settings: Settings, keep: pathlib.Path | None = None) -> dict[str, typi
             'writers_killed': dict(kills),
             'unexpected_errors': errors,
             **{k: v for k, v in found.items() if k != 'violations'},
-            'violations': seen + found.get('violations', []),
+            'violations': seen + found.get('violations', []) + idle,
         }
     finally:
         if keep:
@@ -405,6 +419,7 @@ def render(result: dict[str, typing.Any]) -> list[str]:
         f'backend {result["backend"]}: seed {result["seed"]}, {result["writers"]} writers, '
         f'{result["readers"]} readers, '
         f'load {result["load_seconds"]} s (+{result["drain_seconds"]} s draining; setup {result["setup_seconds"]} s, '
+        f'workers started in {result["start_seconds"]} s, '
         f'final check {result["check_seconds"]} s, {result["total_seconds"]} s in all), {result["requests"]} requests',
         '  operations (outcome: count): '
         + '; '.join(f'{k} ' + ', '.join(f'{p} {n}' for p, n in sorted(v.items())) for k, v in ops.items()),

@@ -96,12 +96,12 @@ def outcome(err: BaseException) -> str:
 
 
 def stopped(config: dict[str, typing.Any]) -> bool:
-    return time.time() >= config['deadline'] or os.path.exists(config['stop'])
+    return os.path.exists(config['stop'])
 
 
 # writer ---------------------------------------------------------------------------------------------------
 class Writer:
-    """One writer process: pushes and trainings until the deadline, or until it kills itself."""
+    """One writer process: pushes and trainings until the parent stops the run, or until it kills itself."""
 
     def __init__(self, config: dict[str, typing.Any]):
         self.config = config
@@ -214,7 +214,7 @@ class Writer:
 
 # reader ---------------------------------------------------------------------------------------------------
 class Reader:
-    """One reader process: lists, opens, reads and mounts until the deadline, checking what it sees."""
+    """One reader process: lists, opens, reads and mounts until the parent stops the run, checking what it sees."""
 
     def __init__(self, config: dict[str, typing.Any]):
         self.config = config
@@ -307,7 +307,9 @@ def start(role: str, config: dict[str, typing.Any]) -> None:
     null = os.open(os.devnull, os.O_WRONLY)
     os.dup2(null, 1)
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` shows where a stuck worker is, in its stderr
-    ROLES[role](config).run()
+    worker = ROLES[role](config)
+    pathlib.Path(config['log'] + '.ready').touch()  # the parent starts the clock when every worker is ready
+    worker.run()
 
 
 def main() -> None:
