@@ -440,6 +440,43 @@ def render(result: dict[str, typing.Any]) -> list[str]:
     return lines
 
 
+def markdown(results: list[dict[str, typing.Any]]) -> list[str]:
+    """The figures of some runs as one Markdown table, a column per backend (for docs/reliability.md)."""
+
+    def ops(result: dict[str, typing.Any]) -> str:
+        cells = []
+        for kind, phases in result['operations'].items():
+            attempted = phases.get('begin') or sum(phases.values())
+            cells.append(f'{kind}: {phases.get("acked", 0)}/{attempted}')
+        return '<br>'.join(cells)
+
+    def counts(figures: dict[str, int]) -> str:
+        return ', '.join(f'{k} {v}' for k, v in sorted(figures.items())) or '-'
+
+    rows = [
+        ('seed', lambda r: r['seed']),
+        ('writers / readers', lambda r: f'{r["writers"]} / {r["readers"]}'),
+        ('duration of the load', lambda r: f'{r["load_seconds"]} s'),
+        ('requests through the proxy', lambda r: r['requests']),
+        ('operations succeeded/attempted', ops),
+        ('faults injected', lambda r: f'{sum(r["faults"].values())}: {counts(r["faults"])}'),
+        ('writers killed', lambda r: f'{sum(r["writers_killed"].values())}: {counts(r["writers_killed"])}'),
+        ('commits acknowledged', lambda r: f'{r["acknowledged"]["generations"]} generations, '
+         f'{r["acknowledged"]["releases"]} releases'),
+        ('committed (at the end)', lambda r: f'{r["generations"]} generations, {r["releases"]} releases'),
+        ('acknowledged commits lost', lambda r: r['lost']),
+        ('told "failed" but committed', lambda r: r.get('failed_but_committed', '-')),
+        ('invariant violations', lambda r: len(r['violations'])),
+        ('unexpected errors', lambda r: len(r['unexpected_errors'])),
+        ('left by killed writers', lambda r: f'{r["orphans"]} orphans ({r["orphans_tagged_uncommitted"]} tagged '
+         f'uncommitted), {r["multipart_uploads_left"]} incomplete multipart uploads'),
+        ('deleted by `forml-s3 gc`', lambda r: r['gc_deleted']),
+    ]  # fmt: skip
+    lines = ['| | ' + ' | '.join(r['backend'] for r in results) + ' |', '| --- |' + ' --- |' * len(results)]
+    lines += [f'| {name} | ' + ' | '.join(str(cell(r)) for r in results) + ' |' for name, cell in rows]
+    return lines
+
+
 def main(argv: typing.Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog='python -m benchmarks.soak', description=__doc__.split('\n\n')[0])
     parser.add_argument('--backend', action='append', choices=sorted(BACKENDS), help='repeatable (default: moto)')
@@ -456,7 +493,11 @@ def main(argv: typing.Sequence[str] | None = None) -> int:
     parser.add_argument('--parallel', action='store_true', help='soak the backends at the same time')
     parser.add_argument('--out', type=pathlib.Path, help='write the figures as JSON here')
     parser.add_argument('--keep-logs', type=pathlib.Path, help="copy the processes' logs here")
+    parser.add_argument('--markdown', type=pathlib.Path, help='print the figures of a --out file as Markdown')
     args = parser.parse_args(argv)
+    if args.markdown:
+        print('\n'.join(markdown(json.loads(args.markdown.read_text()))))
+        return 0
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` shows where a stuck run is
     backends = args.backend or (['moto', 'seaweedfs'] if args.short else ['moto'])
     if args.short:
