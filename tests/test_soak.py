@@ -5,8 +5,10 @@ import json
 import pathlib
 import subprocess
 import sys
+import threading
 import uuid
 
+import botocore.exceptions
 import pytest
 from forml import project as prj
 
@@ -112,3 +114,37 @@ def test_short_soak_holds_every_invariant(tmp_path):
         assert sum(result['writers_killed'].values()) > 0, report
         assert result['operations']['reader read'].get('acked', 0) > 0, report
     assert done.returncode == 0, report
+
+
+def test_embedded_server_lets_one_of_racing_exclusive_creates_win(embedded_server, bucket):
+    """Found by the soak (two writers acknowledged one generation on moto): moto checks ``If-None-Match: *`` and
+    stores the object later, without a lock, so racing creates could both succeed. The embedded server serialises
+    conditional writes; thread switches forced as often as possible make the race as likely as it gets."""
+    clients = [embedded_server.client() for _ in range(8)]
+    doubles = []
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for round_ in range(100):
+            wins = []
+            barrier = threading.Barrier(len(clients))
+
+            def create(client, i, key=f'race/{round_}', barrier=barrier, wins=wins):
+                barrier.wait()
+                try:
+                    client.put_object(Bucket=bucket, Key=key, Body=b'%d' % i * 100, IfNoneMatch='*')
+                    wins.append(i)
+                except botocore.exceptions.ClientError as err:
+                    assert err.response['ResponseMetadata']['HTTPStatusCode'] == 412
+
+            threads = [threading.Thread(target=create, args=(c, i)) for i, c in enumerate(clients)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            assert wins, f'round {round_}: nobody won'
+            if len(wins) > 1:
+                doubles.append(round_)
+    finally:
+        sys.setswitchinterval(interval)
+    assert doubles == []
