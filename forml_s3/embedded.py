@@ -211,6 +211,8 @@ class Middleware:
     def __init__(self, app: WSGIApplication):
         self.app = app
         self._lock = threading.Lock()
+        self._conditional = threading.Lock()
+        """Serialises conditional writes (moto's own check-then-store is not atomic)."""
         self._records: list[RequestRecord] = []
         self._faults: list[Fault] = []
         self._sequence = 0
@@ -330,7 +332,13 @@ class Middleware:
             self._record(call, bytes_in, sent, status[0])
 
         try:
-            body = self.app(environ, recording_start_response)
+            if environ.get('REQUEST_METHOD') in ('PUT', 'POST') and (
+                environ.get('HTTP_IF_NONE_MATCH') or environ.get('HTTP_IF_MATCH')
+            ):  # moto checks the condition, then stores, unlocked: two racing exclusive creates could both win
+                with self._conditional:
+                    body = self.app(environ, recording_start_response)
+            else:
+                body = self.app(environ, recording_start_response)
         except Exception:
             self._record(call, bytes_in, 0, 500)
             raise

@@ -312,8 +312,9 @@ class Registry(asset.Registry, alias='s3'):
             'created': codec.now(),
             'writer': codec.writer(),
         }
+        body = codec.dumps(marker)
         try:
-            self._store.create(self._layout.release_marker(project, stem), codec.dumps(marker))
+            self._create_marker(self._layout.release_marker(project, stem), body)
         except FileExistsError:
             self._invalidate(self._layout.releases(project))
             winner = self._release_marker(project, release)
@@ -336,6 +337,24 @@ class Registry(asset.Registry, alias='s3'):
         except (forml.AnyError, OSError):  # only decorates an error message
             return ''
         return f' (pushed as {pushed})' if pushed != str(release) else ''
+
+    def _create_marker(self, key: str, body: bytes) -> None:
+        """Create a commit marker exclusively; ``FileExistsError`` if another writer's marker is there.
+
+        A create whose answer was lost (a reset connection, a 5xx after the server stored it) is retried by the
+        client and then meets the marker it has just created: that is this writer's commit, not a conflict. The
+        marker (writer, time, content checksums) is unique to this commit, so an identical one is ours.
+        """
+        try:
+            self._store.create(key, body)
+        except FileExistsError:
+            try:
+                found = self._store.read(key)
+            except FileNotFoundError:
+                found = None
+            if found != body:
+                raise
+            LOGGER.info('Marker %s was created by this writer (its first answer was lost)', self._store.uri(key))
 
     def _ensure_project(self, project: asset.Project.Key) -> None:
         """Create the project marker if missing (after the first release marker, so it never lists empty)."""
@@ -460,7 +479,7 @@ class Registry(asset.Registry, alias='s3'):
                 packs={pack.name: {'size': len(pack.body), 'sha256': pack.sha256}} if pack else None,
             )
             try:
-                self._store.create(self._layout.generation_marker(project, release, generation), codec.dumps(marker))
+                self._create_marker(self._layout.generation_marker(project, release, generation), codec.dumps(marker))
             except FileExistsError:
                 self._uncommit_tags(stored)
                 raise self._conflict(project, release, generation) from None

@@ -1,0 +1,150 @@
+"""The fault-injection soak (``python -m benchmarks.soak --short``) holds every invariant, and what it found stays
+fixed: a marker create whose answer was lost is the writer's own commit, not a conflict."""
+
+import json
+import pathlib
+import subprocess
+import sys
+import threading
+import uuid
+
+import botocore.exceptions
+import pytest
+from forml import project as prj
+
+from benchmarks import chaos
+from forml_s3 import layout
+from forml_s3.registry import Registry
+
+from .helpers import PROJECT, commit, tag
+
+ROOT = pathlib.Path(__file__).parent.parent
+
+
+def once(kind: str, method: str, fragment: str):
+    """A chaos rule: ``kind`` for the first request ``method`` to a target containing ``fragment``."""
+    left = [1]
+
+    def force(m: str, target: str) -> str | None:
+        if m == method and fragment in target and left[0]:
+            left[0] -= 1
+            return kind
+        return None
+
+    force.left = left
+    return force
+
+
+@pytest.fixture
+def proxied(s3server, bucket, tmp_path):
+    """A registry reaching the test server through the chaos proxy (no random faults), and the proxy."""
+    proxy = chaos.Proxy(s3server.endpoint, seed=0, rates=chaos.Rates(before=0, after=0, delay=0)).start()
+    registry = Registry(
+        f's3://{bucket}/forml',
+        storage_options=s3server.storage_options(endpoint_url=proxy.endpoint),
+        cache_dir=tmp_path / 'cache',
+        staging=tmp_path / 'staging',
+    )
+    yield registry, proxy
+    proxy.stop()
+
+
+@pytest.mark.parametrize('kind', ['error-after', 'reset-response'])
+def test_generation_marker_whose_answer_was_lost_is_committed_once(s3server, bucket, proxied, package_factory, kind):
+    """Found by the soak: the server stored the marker, its answer was lost, the client's retry met the marker
+    (412). The writer was told "committed by another writer" and its committed states were re-tagged uncommitted
+    (the lifecycle rule would have expired them)."""
+    registry, proxy = proxied
+    registry.push(package_factory('0.1'))
+    proxy.force = once(kind, 'PUT', '/generations/1.json')
+    _, sids = commit(registry, 1, payloads=[b'a' * 100, b'b' * 2_000_000])
+    assert proxy.force.left == [0] and proxy.stats()['faults'] == {kind: 1}
+    assert [int(g) for g in registry.generations(PROJECT, '0.1')] == [1]
+    client = s3server.client()
+    for sid, payload in zip(sids, [b'a' * 100, b'b' * 2_000_000], strict=True):
+        assert registry.read(PROJECT, '0.1', 1, sid) == payload
+    objects = client.list_objects_v2(Bucket=bucket, Prefix=f'forml/{PROJECT}/0.1/states/')['Contents']
+    assert objects
+    for obj in objects:
+        tags = client.get_object_tagging(Bucket=bucket, Key=obj['Key'])['TagSet']
+        assert {'Key': layout.UNCOMMITTED_TAG[0], 'Value': layout.UNCOMMITTED_TAG[1]} not in tags, obj['Key']
+
+
+def test_release_marker_whose_answer_was_lost_is_pushed(proxied, package_factory):
+    registry, proxy = proxied
+    proxy.force = once('error-after', 'PUT', '/releases/0.1.json')
+    registry.push(package_factory('0.1'))
+    assert proxy.force.left == [0]
+    assert [str(r) for r in registry.releases(PROJECT)] == ['0.1']
+    assert isinstance(registry.pull(PROJECT, '0.1'), prj.Package)
+
+
+def test_another_writers_marker_is_still_a_conflict(proxied, package_factory, tmp_path, s3server):
+    """The check above compares the whole marker: a different writer's marker for the same number conflicts."""
+    registry, _ = proxied
+    registry.push(package_factory('0.1'))
+    commit(registry, 1)
+    other = Registry(registry.url, storage_options=s3server.storage_options(), cache_dir=tmp_path / 'other')
+    sid = uuid.uuid4()
+    other.write(PROJECT, '0.1', sid, b'late')
+    with pytest.raises(Exception, match='committed by another writer'):
+        other.close(PROJECT, '0.1', 1, tag([sid]))
+
+
+def test_short_soak_holds_every_invariant(tmp_path):
+    """The CI soak: writers racing and killed, readers and mounts, faults injected, on moto and SeaweedFS."""
+    out = tmp_path / 'soak.json'
+    done = subprocess.run(
+        [sys.executable, '-m', 'benchmarks.soak', '--short', '--out', str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    report = done.stdout[-6000:] + done.stderr[-3000:]
+    assert out.exists(), report
+    results = json.loads(out.read_text())
+    assert [r['backend'] for r in results] == ['moto', 'seaweedfs'], report
+    for result in results:
+        assert result['violations'] == [], report
+        assert result['lost'] == 0, report
+        assert result['acknowledged']['generations'] > 0, report
+        assert sum(result['faults'].values()) > 0, report
+        assert sum(result['writers_killed'].values()) > 0, report
+        assert result['operations'].get('reader read', {}).get('acked', 0) > 0, report
+    assert done.returncode == 0, report
+
+
+def test_embedded_server_lets_one_of_racing_exclusive_creates_win(embedded_server, bucket):
+    """Found by the soak (two writers acknowledged one generation on moto): moto checks ``If-None-Match: *`` and
+    stores the object later, without a lock, so racing creates could both succeed. The embedded server serialises
+    conditional writes; thread switches forced as often as possible make the race as likely as it gets."""
+    clients = [embedded_server.client() for _ in range(8)]
+    doubles = []
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for round_ in range(100):
+            wins = []
+            barrier = threading.Barrier(len(clients))
+
+            def create(client, i, key=f'race/{round_}', barrier=barrier, wins=wins):
+                barrier.wait()
+                try:
+                    client.put_object(Bucket=bucket, Key=key, Body=b'%d' % i * 100, IfNoneMatch='*')
+                    wins.append(i)
+                except botocore.exceptions.ClientError as err:
+                    assert err.response['ResponseMetadata']['HTTPStatusCode'] == 412
+
+            threads = [threading.Thread(target=create, args=(c, i)) for i, c in enumerate(clients)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            assert wins, f'round {round_}: nobody won'
+            if len(wins) > 1:
+                doubles.append(round_)
+    finally:
+        sys.setswitchinterval(interval)
+    assert doubles == []
