@@ -1,7 +1,7 @@
 """Demo application descriptor: serves the latest generation of forml-s3-demo, re-checked every 2 seconds.
 
-Published with ``forml application put application.py``; ForML's own ``Latest`` selector would keep serving
-the generation it found first until the gateway restarts.
+Published with ``forml application put application.py``. ForML's own ``Latest`` re-picks every 30 s from a thread
+that stops for good at the first registry error or retired generation; ``Refreshing`` survives both.
 """
 
 from forml import application
