@@ -58,6 +58,9 @@ class Registry(asset.Registry, alias='s3'):
                      than a second before) side by side in one object (see :mod:`forml_s3.packing`).
         keep_generations: After each commit, retire all but the newest N generations of the release (pinned
                           ones excepted; see :mod:`forml_s3.retention`). Default: keep everything.
+        single_writer: Accept a URL protocol without a verified exclusive create (and an S3 endpoint that ignores
+                       ``If-None-Match``): gives NO protection against concurrent writers, two of which can both
+                       commit the same release or generation, the later overwriting the earlier.
 
     The provider can be enabled using the following :ref:`platform configuration <platform-config>`:
 
@@ -87,8 +90,9 @@ class Registry(asset.Registry, alias='s3'):
         tag_uncommitted: bool = True,
         pack_states: bool = True,
         keep_generations: int | None = None,
+        single_writer: bool = False,
     ):
-        self._store: storage.Store = storage.open_store(url, storage_options)
+        self._store: storage.Store = storage.open_store(url, storage_options, single_writer=bool(single_writer))
         self._layout: layout.Layout = layout.Layout(self._store.root)
         self._cache: cachemod.BlobCache = cachemod.BlobCache(cache_dir, cache_size)
         super().__init__(staging or self._cache.root / 'staging')
@@ -261,6 +265,7 @@ class Registry(asset.Registry, alias='s3'):
         project = names.project(package.manifest.name)
         release = names.release(package.manifest.version)
         stem = names.canonical(release)  # equal versions (2.0, 2.0.0) contend for one marker key
+        self._store.verify_exclusive_create()  # once per endpoint and process: before anything is written
         existing = self._keys(self._list(self._layout.releases(project), fresh=True), names.release)
         if release in existing:  # PEP 440 equality: 2.0 == 2.0.0
             raise Conflict(
@@ -367,6 +372,7 @@ class Registry(asset.Registry, alias='s3'):
     # states and generations ---------------------------------------------------------------------------
     def write(self, project: asset.Project.Key, release: asset.Release.Key, sid: uuid.UUID, state: bytes) -> None:
         key = self._layout.state(project, self._stem(project, release), sid)
+        self._store.verify_exclusive_create()
         sha256 = hashlib.sha256(state).hexdigest()
         uri = self._store.uri(key)
         if transfers.remember(uri, sha256) is not None:  # one id, two contents: refused, see transfers.remember
@@ -401,6 +407,7 @@ class Registry(asset.Registry, alias='s3'):
         release = self._stem(project, release)
         if self._entry(self._layout.releases(project), release) is None:
             raise asset.Level.Invalid(f'No release {project}-{release} in {self.url} to commit generation into')
+        self._store.verify_exclusive_create()
         prefix = self._layout.generations(project, release)
         with self._lock:  # early exit on a known conflict; the exclusive marker below is the real guard
             known = self._listings.get(prefix, (0, {}))[1]

@@ -43,7 +43,8 @@ def open_store(
 ) -> Store:
     """The store at ``url`` (``forml.InvalidError`` for a URL no backend serves).
 
-    ``single_writer`` admits any other fsspec protocol, with no protection against concurrent writers.
+    ``single_writer`` admits any other fsspec protocol (and an S3 server that ignores ``If-None-Match``), with no
+    protection against concurrent writers.
     """
     url = str(url)
     parsed = urllib.parse.urlsplit(url)
@@ -75,7 +76,9 @@ def open_store(
             )
         from .unguarded import UnguardedStore  # noqa: PLC0415
 
-        return UnguardedStore(scheme, root, storage_options)
+        store = UnguardedStore(scheme, root, storage_options)
+        store.single_writer = True
+        return store
     module, _, name = target.partition(':')
     try:
         backend = importlib.import_module(f'.{module}', __name__)
@@ -84,4 +87,6 @@ def open_store(
         raise forml.MissingError(
             f'Registry url {url!r} needs the {extra} extra: pip install "forml-s3[{extra}]" ({err})'
         ) from None
-    return getattr(backend, name)(root, storage_options)
+    store = getattr(backend, name)(root, storage_options)
+    store.single_writer = single_writer
+    return store
