@@ -58,14 +58,6 @@ def open_store(
             f'Registry url {url!r} has no scheme: write s3://bucket/prefix, gs://..., az://..., file:///absolute/path '
             'or memory://name'
         )
-    if scheme == 'file':
-        import os  # noqa: PLC0415
-
-        root = os.path.abspath(os.path.expanduser(parsed.netloc + parsed.path))
-    else:
-        root = (parsed.netloc + parsed.path).rstrip('/')
-        if not parsed.netloc:
-            raise forml.InvalidError(f'Invalid registry url {url!r}: expected {scheme}://bucket[/prefix]')
     target = SCHEMES.get(scheme)
     if target is None:
         if not single_writer:
@@ -76,9 +68,17 @@ def open_store(
             )
         from .unguarded import UnguardedStore  # noqa: PLC0415
 
-        store = UnguardedStore(scheme, root, storage_options)
+        store = UnguardedStore(url, storage_options)
         store.single_writer = True
         return store
+    if scheme == 'file':
+        import os  # noqa: PLC0415
+
+        root = os.path.abspath(os.path.expanduser(parsed.netloc + parsed.path))
+    else:
+        root = (parsed.netloc + parsed.path).rstrip('/')
+        if not parsed.netloc:
+            raise forml.InvalidError(f'Invalid registry url {url!r}: expected {scheme}://bucket[/prefix]')
     module, _, name = target.partition(':')
     try:
         backend = importlib.import_module(f'.{module}', __name__)

@@ -1,0 +1,178 @@
+"""The conformance probe: ``forml-s3 doctor`` against real servers (moto, SeaweedFS, a moto bucket that ignores
+``If-None-Match``, local disk), and the exclusive-create check the registry runs once per endpoint, bucket and
+process before it writes anything.
+
+Buckets here are made with ``create_bucket`` directly, not with the ``bucket`` fixture (which verifies exclusive
+create as it makes one): these tests watch the verification happen.
+"""
+
+import json
+import logging
+import uuid
+
+import forml
+import pytest
+
+from forml_s3 import storage
+from forml_s3.registry import Registry
+
+from .conftest import drop_bucket
+from .helpers import PROJECT, commit, every_s3_backend, run_cli, s3_options
+
+PROBE_PATH = '.forml-s3-probe/'
+
+
+@pytest.fixture
+def raw_bucket(s3backend, request) -> str:
+    """A bucket whose exclusive create nobody has verified yet (deleted after the test)."""
+    name = s3backend.create_bucket(f'doctor-{uuid.uuid4().hex[:12]}')
+    request.addfinalizer(lambda: drop_bucket(s3backend, name))
+    return name
+
+
+@pytest.fixture
+def ignoring(embedded_server, request) -> str:
+    """A moto bucket whose PUTs lose If-None-Match before moto sees them: a server without conditional writes."""
+    name = embedded_server.create_bucket(f'ignoring-{uuid.uuid4().hex[:12]}')
+    embedded_server.ignore_if_none_match(name)
+    request.addfinalizer(
+        lambda: (embedded_server.ignore_if_none_match(name, False), drop_bucket(embedded_server, name))
+    )
+    return name
+
+
+def keys(server, bucket: str) -> list[str]:
+    return [o['Key'] for o in server.client().list_objects_v2(Bucket=bucket).get('Contents', ())]
+
+
+@every_s3_backend
+def test_doctor_passes_every_check_and_leaves_nothing(s3backend, raw_bucket, request):
+    client = s3backend.client()
+    rule = {'ID': 'theirs', 'Status': 'Enabled', 'Filter': {'Prefix': 'logs/'}, 'Expiration': {'Days': 30}}
+    client.put_bucket_lifecycle_configuration(Bucket=raw_bucket, LifecycleConfiguration={'Rules': [rule]})
+    url = f's3://{raw_bucket}/forml'
+    result = run_cli('doctor', url, '--json', '--write-lifecycle', *s3_options(s3backend))
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    checks = {c['name']: c for c in report['checks']}
+    assert report['ok'] is True and report['url'] == url
+    assert [n for n, c in checks.items() if c['ok'] is not True] == [], checks
+    assert set(checks) == {
+        'exclusive create',
+        'listing',
+        'write and read',
+        'object tags',
+        'multipart',
+        'checksum headers',
+        'lifecycle rules',
+    }
+    # how the second create was refused differs between servers (both are "exists" to forml-s3)
+    seaweedfs = request.node.callspec.params['s3backend'] == 'seaweedfs'
+    how = '412 PreconditionFailed without <Condition>' if seaweedfs else '412 PreconditionFailed with <Condition>'
+    assert checks['exclusive create']['detail'].endswith(how)
+    assert 'original restored' in checks['lifecycle rules']['detail']
+    assert client.get_bucket_lifecycle_configuration(Bucket=raw_bucket)['Rules'][0]['ID'] == 'theirs'
+    assert len(client.get_bucket_lifecycle_configuration(Bucket=raw_bucket)['Rules']) == 1
+    assert keys(s3backend, raw_bucket) == []  # every probe object deleted
+    assert not client.list_multipart_uploads(Bucket=raw_bucket).get('Uploads')
+
+
+def test_doctor_fails_a_server_that_ignores_if_none_match(s3server, ignoring):
+    result = run_cli('doctor', f's3://{ignoring}/forml', *s3_options(s3server))
+    assert result.exit_code == 1, result.output
+    lines = result.stdout.splitlines()
+    assert any(line.split()[:3] == ['FAIL', 'exclusive', 'create'] and 'ACCEPTED' in line for line in lines), lines
+    assert lines[-1] == 'FAIL: the registry cannot run safely here'
+    assert sum(line.startswith('  ok') for line in lines) == 6  # everything else works there
+
+
+def test_doctor_reads_lifecycle_without_writing_it_by_default(s3server, raw_bucket):
+    s3server.reset_counts()
+    result = run_cli('doctor', f's3://{raw_bucket}/forml', *s3_options(s3server))
+    assert result.exit_code == 0, result.output
+    assert 'not written (--write-lifecycle' in result.stdout
+    lifecycle = [r for r in s3server.requests if 'lifecycle' in r.query]
+    assert [r.method for r in lifecycle] == ['GET']
+
+
+def test_doctor_on_local_disk(tmp_path):
+    result = run_cli('doctor', f'file://{tmp_path}/registry', '--json')
+    assert result.exit_code == 0, result.output
+    checks = {c['name']: c['ok'] for c in json.loads(result.stdout)['checks']}
+    assert checks == {
+        'exclusive create': True,
+        'listing': True,
+        'write and read': True,
+        'object tags': None,
+        'multipart': None,
+        'checksum headers': None,
+        'lifecycle rules': None,
+    }
+    assert [p for p in (tmp_path / 'registry').rglob('*') if p.is_file()] == []  # (empty folders stay)
+
+
+def test_doctor_on_a_missing_bucket_is_one_clear_line(s3server):
+    result = run_cli('doctor', 's3://no-such-bucket-here/forml', *s3_options(s3server))
+    assert result.exit_code == 2
+    assert "Bucket 'no-such-bucket-here' does not exist" in result.output
+
+
+def test_the_registry_refuses_a_server_that_ignores_if_none_match_before_writing(
+    s3server, ignoring, tmp_path, package_factory
+):
+    store = storage.open_store(f's3://{ignoring}', s3server.storage_options())
+    store.create(f'{ignoring}/twice', b'one')
+    store.create(f'{ignoring}/twice', b'two')  # the server really ignores it: a second "exclusive" create wins
+    assert store.read(f'{ignoring}/twice') == b'two'
+    store.delete(f'{ignoring}/twice')
+
+    registry = Registry(f's3://{ignoring}/forml', storage_options=s3server.storage_options(), cache_dir=tmp_path)
+    with pytest.raises(forml.InvalidError, match='cannot guard commits.*ACCEPTED a second If-None-Match') as refused:
+        registry.push(package_factory('0.1'))
+    assert 'forml-s3 doctor' in str(refused.value) and 'single_writer = true' in str(refused.value)
+    assert keys(s3server, ignoring) == []  # no package, no marker, no probe object left
+
+    s3server.reset_counts()
+    with pytest.raises(forml.InvalidError, match='cannot guard commits'):  # remembered: no second probe
+        registry.write(PROJECT, '0.1', uuid.uuid4(), b'state')
+    assert s3server.count(path_prefix=f'/{ignoring}/forml/{PROBE_PATH}') == 0
+    assert s3server.count(method='PUT') == 0
+    assert keys(s3server, ignoring) == []
+
+
+def test_single_writer_goes_on_with_a_warning(s3server, ignoring, tmp_path, package_factory, caplog):
+    registry = Registry(
+        f's3://{ignoring}/forml', storage_options=s3server.storage_options(), cache_dir=tmp_path, single_writer=True
+    )
+    with caplog.at_level(logging.WARNING, logger='forml_s3.storage.s3'):
+        registry.push(package_factory('0.1'))
+        commit(registry, 1)
+    assert 'cannot guard commits' in caplog.text and 'single_writer is set' in caplog.text
+    assert list(registry.generations(PROJECT, '0.1')) == [1]
+
+
+def test_the_probe_runs_once_per_bucket_and_process(s3server, raw_bucket, tmp_path, package_factory):
+    s3server.reset_counts()
+    first = Registry(f's3://{raw_bucket}/forml', storage_options=s3server.storage_options(), cache_dir=tmp_path / 'a')
+    first.push(package_factory('0.1'))
+    probe = [r for r in s3server.requests if r.path.startswith(f'/{raw_bucket}/forml/{PROBE_PATH}')]
+    assert [(r.method, r.status) for r in probe] == [('PUT', 200), ('PUT', 412), ('DELETE', 204)]
+    assert s3server.requests[: len(probe)] == probe  # before anything else the push sends
+
+    s3server.reset_counts()
+    second = Registry(f's3://{raw_bucket}/forml', storage_options=s3server.storage_options(), cache_dir=tmp_path / 'b')
+    commit(second, 1)
+    second.push(package_factory('0.2'))
+    assert s3server.count(path_prefix=f'/{raw_bucket}/forml/{PROBE_PATH}') == 0
+    assert list(second.generations(PROJECT, '0.1')) == [1]
+
+
+def test_a_server_refusing_conditional_writes_is_named(s3server, raw_bucket, embedded_server, tmp_path):
+    fault = s3server.inject(501, 'NotImplemented', count=10, match=lambda call: 'if-none-match' in call.headers)
+    try:
+        store = storage.open_store(f's3://{raw_bucket}/forml', s3server.storage_options())
+        with pytest.raises(forml.InvalidError, match=r'refuses a PUT with If-None-Match: \* \(NotImplemented\)'):
+            store.verify_exclusive_create()
+    finally:
+        s3server.clear_faults()
+    assert fault.fired >= 1
