@@ -15,11 +15,14 @@ import pytest
 
 from forml_s3 import storage
 from forml_s3.registry import Registry
+from forml_s3.storage import s3
 
 from .conftest import drop_bucket
 from .helpers import PROJECT, commit, every_s3_backend, run_cli, s3_options
+from .test_security import documented_policy, user_with
 
 PROBE_PATH = '.forml-s3-probe/'
+PROBE_KEY = '.forml-s3-probe/exclusive'
 
 
 @pytest.fixture
@@ -130,14 +133,14 @@ def test_the_registry_refuses_a_server_that_ignores_if_none_match_before_writing
     with pytest.raises(forml.InvalidError, match='cannot guard commits.*ACCEPTED a second If-None-Match') as refused:
         registry.push(package_factory('0.1'))
     assert 'forml-s3 doctor' in str(refused.value) and 'single_writer = true' in str(refused.value)
-    assert keys(s3server, ignoring) == []  # no package, no marker, no probe object left
+    assert keys(s3server, ignoring) == [f'forml/{PROBE_KEY}']  # the probe object alone: no package, no marker
 
     s3server.reset_counts()
     with pytest.raises(forml.InvalidError, match='cannot guard commits'):  # remembered: no second probe
         registry.write(PROJECT, '0.1', uuid.uuid4(), b'state')
     assert s3server.count(path_prefix=f'/{ignoring}/forml/{PROBE_PATH}') == 0
     assert s3server.count(method='PUT') == 0
-    assert keys(s3server, ignoring) == []
+    assert keys(s3server, ignoring) == [f'forml/{PROBE_KEY}']
 
 
 def test_single_writer_goes_on_with_a_warning(s3server, ignoring, tmp_path, package_factory, caplog):
@@ -151,20 +154,55 @@ def test_single_writer_goes_on_with_a_warning(s3server, ignoring, tmp_path, pack
     assert list(registry.generations(PROJECT, '0.1')) == [1]
 
 
-def test_the_probe_runs_once_per_bucket_and_process(s3server, raw_bucket, tmp_path, package_factory):
+def test_the_probe_runs_once_per_bucket_and_process(s3server, raw_bucket, tmp_path, package_factory, monkeypatch):
     s3server.reset_counts()
     first = Registry(f's3://{raw_bucket}/forml', storage_options=s3server.storage_options(), cache_dir=tmp_path / 'a')
     first.push(package_factory('0.1'))
     probe = [r for r in s3server.requests if r.path.startswith(f'/{raw_bucket}/forml/{PROBE_PATH}')]
-    assert [(r.method, r.status) for r in probe] == [('PUT', 200), ('PUT', 412), ('DELETE', 204)]
+    assert [(r.method, r.path, r.status) for r in probe] == [
+        ('PUT', f'/{raw_bucket}/forml/{PROBE_KEY}', 200),
+        ('PUT', f'/{raw_bucket}/forml/{PROBE_KEY}', 412),
+    ]
     assert s3server.requests[: len(probe)] == probe  # before anything else the push sends
 
     s3server.reset_counts()
     second = Registry(f's3://{raw_bucket}/forml', storage_options=s3server.storage_options(), cache_dir=tmp_path / 'b')
     commit(second, 1)
     second.push(package_factory('0.2'))
-    assert s3server.count(path_prefix=f'/{raw_bucket}/forml/{PROBE_PATH}') == 0
+    assert s3server.count(path_prefix=f'/{raw_bucket}/forml/{PROBE_PATH}') == 0  # this process knows the answer
     assert list(second.generations(PROJECT, '0.1')) == [1]
+
+    monkeypatch.setattr(s3, '_VERIFIED', {})  # another process: the kept probe object is refused at once
+    s3server.reset_counts()
+    commit(Registry(f's3://{raw_bucket}/forml', storage_options=s3server.storage_options(), cache_dir=tmp_path), 2)
+    probe = [(r.method, r.status) for r in s3server.requests if PROBE_PATH in r.path]
+    assert probe == [('PUT', 412)]
+
+
+def test_writers_with_the_documented_policy_pass_the_check(
+    embedded_server, s3server, raw_bucket, tmp_path, package_factory
+):
+    """The minimal writer policy of docs/security.md (no s3:DeleteObject) on a bucket never checked before."""
+    policy = documented_policy(raw_bucket)
+    # moto authorizes DeleteObjectTagging as s3:DeleteObject (see test_security): allowed here, and the request
+    # log below shows that nothing is really deleted
+    policy['Statement'].append(
+        {'Effect': 'Allow', 'Action': 's3:DeleteObject', 'Resource': f'arn:aws:s3:::{raw_bucket}/forml/*'}
+    )
+    writer = user_with(s3server, policy)
+    previous = s3server.set_auth(0)
+    try:
+        s3server.reset_counts()
+        registry = Registry(
+            f's3://{raw_bucket}/forml', storage_options=s3server.storage_options(**writer), cache_dir=tmp_path
+        )
+        registry.push(package_factory('0.1'))
+        assert [(r.method, r.status) for r in s3server.requests if PROBE_PATH in r.path] == [('PUT', 200), ('PUT', 412)]
+        requests = s3server.requests
+        assert not [r for r in requests if (r.method == 'DELETE' and 'tagging' not in r.query) or r.status == 403]
+    finally:
+        s3server.set_auth(previous)
+    assert [str(r) for r in registry.releases(PROJECT)] == ['0.1']
 
 
 def test_a_server_refusing_conditional_writes_is_named(s3server, raw_bucket, embedded_server, tmp_path):

@@ -1,9 +1,10 @@
 """What a store's server really does with the requests the registry relies on: the checks of ``forml-s3 doctor``,
 and the exclusive-create check every registry on S3 runs once per endpoint and process before its first commit.
 
-Each check writes only under a probe prefix of its own (``<root>/.forml-s3-probe/<random>/``) and deletes what it
-wrote. Checks the registry relies on are ``required``; the others say what a feature of forml-s3 needs (lifecycle
-rules for ``forml-s3 lifecycle``). Lifecycle configuration is only read unless ``write_lifecycle`` is given: S3 keeps
+Each doctor check writes only under a probe prefix of its own (``<root>/.forml-s3-probe/<random>/``) and deletes
+what it wrote; the registry's check keeps one object, ``<root>/.forml-s3-probe/exclusive``. Checks the registry
+relies on are ``required``; the others say what a feature of forml-s3 needs (lifecycle rules for
+``forml-s3 lifecycle``). Lifecycle configuration is only read unless ``write_lifecycle`` is given: S3 keeps
 one configuration per bucket, so writing replaces it (the probe puts the original back, but a concurrent change by
 someone else would be lost).
 """
@@ -23,6 +24,9 @@ LOGGER = logging.getLogger(__name__)
 
 PROBE_DIR = '.forml-s3-probe'
 """Folder under the store root the probes write in (never a valid project name, so never listed as one)."""
+REGISTRY_PROBE = f'{PROBE_DIR}/exclusive'
+"""The one object the registry's own check keeps under the root (see :func:`exclusive_create`)."""
+PROBE_BODY = b'forml-s3 exclusive-create probe (see docs/doctor.md); safe to delete\n'
 
 _REFUSED_CONDITIONAL = ('NotImplemented', 'InvalidArgument', 'InvalidRequest', 'NotImplementedError')
 """Error codes of servers that refuse an ``If-None-Match`` PUT outright."""
@@ -58,38 +62,42 @@ def error_of(err: BaseException) -> dict[str, typing.Any]:
     return {}
 
 
-def exclusive_create(store: base.Store, prefix: str | None = None) -> Check:
-    """Create one object exclusively twice: the second create must be refused (3 requests: two PUTs, a DELETE).
+def exclusive_create(store: base.Store, prefix: str | None = None, *, keep: bool = False) -> Check:
+    """Create one object exclusively until a create is refused: the second create at the latest must be.
 
-    A server that refuses conditional writes outright fails the check too; other errors (access denied, missing
-    bucket, retries exhausted) propagate: they say nothing about the server's semantics.
+    The doctor's check (``keep=False``) uses a fresh key under ``prefix`` and deletes it: two PUTs and a DELETE.
+    The registry's own check (``keep=True``) uses one fixed key, :data:`REGISTRY_PROBE` under the root, and never
+    deletes it, so a writer needs no ``s3:DeleteObject``: where an earlier check left it, the first create is
+    already refused (one request; two the first time ever). A server that refuses conditional writes outright fails
+    the check too; other errors (access denied, missing bucket, retries exhausted) propagate: they say nothing about
+    the server's semantics.
     """
-    key = f'{prefix or probe_prefix(store)}/exclusive'
+    key = f'{store.root.rstrip("/")}/{REGISTRY_PROBE}' if keep else f'{prefix or probe_prefix(store)}/exclusive'
     try:
-        store.create(key, b'first')
-    except forml.FailedError as err:
-        error = error_of(err)
-        if error.get('Code') in _REFUSED_CONDITIONAL or error.get('HTTPStatusCode') == 501:
-            return Check(
-                'exclusive create',
-                False,
-                f'the server refuses a PUT with If-None-Match: * ({error.get("Code")}): it has no conditional writes',
-            )
-        raise
-    try:
-        try:
-            store.create(key, b'second')
-        except FileExistsError as err:
-            error = error_of(err)
-            if not error:  # not an S3 store: the backend's own exclusive create
-                return Check('exclusive create', True, 'the second create of one object was refused')
-            how = 'with' if error.get('Condition') else 'without'
-            return Check(
-                'exclusive create',
-                True,
-                f'the second If-None-Match: * PUT of one object was refused: {error.get("HTTPStatusCode")} '
-                f'{error.get("Code")} {how} <Condition>',
-            )
+        for _ in range(2):
+            try:
+                store.create(key, PROBE_BODY)
+            except FileExistsError as err:
+                error = error_of(err)
+                if not error:  # not an S3 store: the backend's own exclusive create
+                    return Check('exclusive create', True, 'a create of an existing object was refused')
+                how = 'with' if error.get('Condition') else 'without'
+                return Check(
+                    'exclusive create',
+                    True,
+                    f'an If-None-Match: * PUT of an existing object was refused: {error.get("HTTPStatusCode")} '
+                    f'{error.get("Code")} {how} <Condition>',
+                )
+            except forml.FailedError as err:
+                error = error_of(err)
+                if error.get('Code') in _REFUSED_CONDITIONAL or error.get('HTTPStatusCode') == 501:
+                    return Check(
+                        'exclusive create',
+                        False,
+                        f'the server refuses a PUT with If-None-Match: * ({error.get("Code")}): it has no conditional '
+                        'writes',
+                    )
+                raise
         return Check(
             'exclusive create',
             False,
@@ -97,7 +105,9 @@ def exclusive_create(store: base.Store, prefix: str | None = None) -> Check:
             'writers could both commit the same release or generation',
         )
     finally:
-        store.delete(key)
+        if not keep:
+            with contextlib.suppress(forml.AnyError):  # a doctor without s3:DeleteObject still gets its answer
+                store.delete(key)
 
 
 def listing(store: base.Store, prefix: str) -> Check:

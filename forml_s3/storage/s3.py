@@ -193,8 +193,9 @@ class S3Store(base.Store):
                 self.fs.pipe_file(path, data.read_bytes() if isinstance(data, pathlib.Path) else data, **extra)
 
     def verify_exclusive_create(self) -> None:
-        """Check once per endpoint, bucket and process that the server refuses a second ``If-None-Match: *`` PUT
-        (3 requests under ``<root>/.forml-s3-probe/``); ``forml.InvalidError`` if it does not.
+        """Check once per endpoint, bucket and process that the server refuses an ``If-None-Match: *`` PUT of an
+        existing object (of ``<root>/.forml-s3-probe/exclusive``, kept: one request, two the first time ever);
+        ``forml.InvalidError`` if it does not.
 
         Some S3-compatible servers ignore the condition: every commit would then "win". With ``single_writer`` the
         finding is logged instead (the user has accepted no protection against concurrent writers).
@@ -203,7 +204,7 @@ class S3Store(base.Store):
         memo = (endpoint, self.bucket)
         with _VERIFYING:
             if memo not in _VERIFIED:
-                check = probe.exclusive_create(self)
+                check = probe.exclusive_create(self, keep=True)
                 LOGGER.debug('Exclusive create at %s (%s): %s', endpoint, self.bucket, check.detail)
                 _VERIFIED[memo] = None if check.ok else check.detail
         failure = _VERIFIED[memo]
