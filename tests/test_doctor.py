@@ -67,6 +67,7 @@ def test_doctor_passes_every_check_and_leaves_nothing(s3backend, raw_bucket, req
         'object tags',
         'multipart',
         'checksum headers',
+        'compare-and-swap',
         'lifecycle rules',
     }
     # how the second create was refused differs between servers (both are "exists" to forml-s3)
@@ -86,7 +87,7 @@ def test_doctor_fails_a_server_that_ignores_if_none_match(s3server, ignoring):
     lines = result.stdout.splitlines()
     assert any(line.split()[:3] == ['FAIL', 'exclusive', 'create'] and 'ACCEPTED' in line for line in lines), lines
     assert lines[-1] == 'FAIL: the registry cannot run safely here'
-    assert sum(line.startswith('  ok') for line in lines) == 6  # everything else works there
+    assert sum(line.startswith('  ok') for line in lines) == 7  # everything else works there
 
 
 def test_doctor_reads_lifecycle_without_writing_it_by_default(s3server, raw_bucket):
@@ -109,6 +110,7 @@ def test_doctor_on_local_disk(tmp_path):
         'object tags': None,
         'multipart': None,
         'checksum headers': None,
+        'compare-and-swap': True,
         'lifecycle rules': None,
     }
     assert [p for p in (tmp_path / 'registry').rglob('*') if p.is_file()] == []  # (empty folders stay)

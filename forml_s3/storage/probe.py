@@ -155,6 +155,31 @@ def tagging(store: base.Store, prefix: str) -> Check:
     return Check('object tags', True, 'tags set on write, put, read back and deleted')
 
 
+def compare_and_swap(store: base.Store, prefix: str) -> Check:
+    """An update conditioned on the version read (S3 ``If-Match``) succeeds, and one on a stale version is refused
+    (what moving an alias relies on)."""
+    if not store.conditional_write:
+        return Check('compare-and-swap', None, f'{store.protocol} stores have no conditional update', required=False)
+    key = f'{prefix}/swapped'
+    store.replace(key, b'1', None)
+    _, stale = store.get(key)
+    store.replace(key, b'2', stale)
+    try:
+        store.replace(key, b'3', stale)
+    except base.Changed:
+        if store.read(key) != b'2':
+            return Check('compare-and-swap', False, 'a refused update still changed the object', required=False)
+        return Check(
+            'compare-and-swap', True, 'an update at the version read succeeds, at a stale one is refused', False
+        )
+    return Check(
+        'compare-and-swap',
+        False,
+        'an update conditioned on a stale version was ACCEPTED (If-Match ignored): aliases could lose a move',
+        required=False,
+    )
+
+
 def lifecycle(store: base.Store, write: bool = False) -> Check:
     """The bucket's lifecycle configuration reads (and, with ``write``, round-trips one rule and is restored)."""
     if not store.lifecycle:
@@ -243,6 +268,7 @@ CHECKS: tuple[tuple[str, bool, typing.Callable[[base.Store, str], Check]], ...] 
     ('object tags', True, tagging),
     ('multipart', True, multipart),
     ('checksum headers', True, checksums),
+    ('compare-and-swap', False, compare_and_swap),
 )
 """The checks after exclusive create: (name, whether the registry relies on it, the check)."""
 
