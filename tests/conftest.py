@@ -19,6 +19,7 @@ import pytest
 
 from forml_s3 import embedded, storage
 from forml_s3.registry import Registry
+from forml_s3.storage import probe
 
 from . import helpers, seaweed
 
@@ -116,10 +117,13 @@ def drop_bucket(server, name: str) -> None:
 
 
 def new_bucket(server, request) -> str:
-    """A fresh bucket on ``server``, deleted when the test ends, its exclusive create already verified."""
+    """A fresh, empty bucket on ``server``, deleted when the test ends, its exclusive create already verified by this
+    process (so request counts and injected faults see only the test's own calls)."""
     name = server.create_bucket(f'test-{uuid.uuid4().hex[:12]}')
     request.addfinalizer(lambda: drop_bucket(server, name))
-    storage.open_store(f's3://{name}', server.storage_options()).verify_exclusive_create()
+    store = storage.open_store(f's3://{name}', server.storage_options())
+    store.verify_exclusive_create()  # remembered for the bucket by this process
+    store.delete(f'{name}/{probe.REGISTRY_PROBE}')  # and the bucket left empty
     return name
 
 
@@ -197,7 +201,10 @@ def registry_url(backend: str, tmp_path: pathlib.Path, request) -> tuple[str, di
 
 def pytest_generate_tests(metafunc):
     """``backend``: memory, file and S3 everywhere; SeaweedFS too in the registry contract's modules."""
-    if 'backend' in metafunc.fixturenames:
+    chosen = [m.args[0] for m in metafunc.definition.iter_markers('parametrize')]  # a test naming its own backends
+    if 'backend' in metafunc.fixturenames and not any(
+        'backend' in (names.replace(' ', '').split(',') if isinstance(names, str) else names) for names in chosen
+    ):
         contract = metafunc.module.__name__.rsplit('.', 1)[-1] in SEAWEEDFS_MODULES
         metafunc.parametrize('backend', BACKENDS + (helpers.S3_BACKENDS[1:] if contract else ()), indirect=True)
 
