@@ -45,6 +45,8 @@ _NEXT_LIST = {'NextContinuationToken': 'ContinuationToken'}
 _VERIFIED: dict[tuple[str, str], str | None] = {}
 """Endpoints (and buckets) whose exclusive create this process has checked: ``None`` if it works, else why not."""
 _VERIFYING = threading.Lock()
+_WARNED: set[tuple[str, str]] = set()
+"""Failed checks already logged (``single_writer``): once per endpoint, bucket and process, not once per call."""
 
 
 def _after_fork() -> None:
@@ -217,7 +219,9 @@ class S3Store(base.Store):
         )
         if not self.single_writer:
             raise forml.InvalidError(message)
-        LOGGER.warning('%s (single_writer is set: going on)', message)
+        if memo not in _WARNED:
+            _WARNED.add(memo)
+            LOGGER.warning('%s (single_writer is set: going on)', message)
 
     def create(self, path: str, data: bytes) -> None:
         """Exclusive create by ``If-None-Match: *`` (any 412 means the object exists)."""
