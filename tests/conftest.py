@@ -21,7 +21,7 @@ from forml_s3 import embedded, storage
 from forml_s3.registry import Registry
 from forml_s3.storage import probe
 
-from . import helpers, seaweed
+from . import helpers, servers
 
 BACKENDS = ('memory', 'file', 's3')
 SEAWEEDFS_MODULES = ('test_registry', 'test_inventory', 'test_bad_input')
@@ -150,7 +150,7 @@ def s3server():
 @pytest.fixture(scope='session')
 def seaweedfs():
     """A SeaweedFS S3 gateway for the session (``weed server -s3`` on free ports), as an :class:`Endpoint`."""
-    with seaweed.SeaweedFS() as server:
+    with servers.SeaweedFS() as server:
         endpoint = Endpoint(server.endpoint)
         endpoint.key, endpoint.secret, endpoint.region = 'test', 'test', embedded.REGION
         yield endpoint
