@@ -4,7 +4,8 @@
 ``127.0.0.1`` with an ephemeral port, behind a small WSGI middleware that
 
 * records every request (method, path, query string, bytes received, bytes sent, status), and
-* injects faults on demand: S3 error responses (``503 SlowDown`` by default) or a dropped connection.
+* injects faults on demand: S3 error responses (``503 SlowDown`` by default) or a dropped connection, and
+* can play a server that ignores ``If-None-Match`` on writes to chosen buckets (:meth:`Server.ignore_if_none_match`).
 
 Usage::
 
@@ -216,6 +217,8 @@ class Middleware:
         self._records: list[RequestRecord] = []
         self._faults: list[Fault] = []
         self._sequence = 0
+        self.ignoring_if_none_match: set[str] = set()
+        """Buckets whose writes lose their ``If-None-Match`` header before moto sees it."""
 
     # --- accounting ---------------------------------------------------------------------------------------------
     def _record(self, call: Call, bytes_in: int, bytes_out: int, status: int, fault: str | None = None) -> None:
@@ -327,6 +330,8 @@ class Middleware:
             return start_response(code, headers, exc_info)
 
         bytes_in = _content_length(environ)
+        if call.method in ('PUT', 'POST') and call.path.split('/')[1] in self.ignoring_if_none_match:
+            environ = {k: v for k, v in environ.items() if k != 'HTTP_IF_NONE_MATCH'}
 
         def done(sent: int) -> None:
             self._record(call, bytes_in, sent, status[0])
@@ -513,6 +518,14 @@ class Server:
     def clear_faults(self) -> None:
         """Drop every pending injected fault."""
         self._mw.clear_faults()
+
+    def ignore_if_none_match(self, bucket: str, ignore: bool = True) -> None:
+        """Play a server without conditional writes for ``bucket``: its PUTs and POSTs lose ``If-None-Match`` before
+        moto sees them, so an exclusive create overwrites (what some S3-compatible servers have shipped)."""
+        if ignore:
+            self._mw.ignoring_if_none_match.add(bucket)
+        else:
+            self._mw.ignoring_if_none_match.discard(bucket)
 
     # --- moto state ---------------------------------------------------------------------------------------------
     def _control(self, path: str, data: bytes = b'') -> dict[str, typing.Any]:

@@ -25,6 +25,8 @@ class Inventory(asset.Inventory, alias='s3'):
     Args:
         url: Inventory root, e.g. ``s3://my-bucket/forml-apps`` (keep it apart from the registry URL).
         storage_options: fsspec/s3fs options, as for the registry (see :mod:`forml_s3.options`).
+        single_writer: Accept a URL protocol without a verified exclusive create, as for the registry (no
+                       protection against concurrent writers).
 
     The provider can be enabled using the following :ref:`platform configuration <platform-config>`:
 
@@ -40,8 +42,10 @@ class Inventory(asset.Inventory, alias='s3'):
         url = "s3://my-bucket/forml-apps"
     """
 
-    def __init__(self, url: str, storage_options: typing.Mapping[str, typing.Any] | None = None):
-        self._store: storage.Store = storage.open_store(url, storage_options)
+    def __init__(
+        self, url: str, storage_options: typing.Mapping[str, typing.Any] | None = None, single_writer: bool = False
+    ):
+        self._store: storage.Store = storage.open_store(url, storage_options, single_writer=bool(single_writer))
         self._layout: layout.InventoryLayout = layout.InventoryLayout(self._store.root)
 
     def __repr__(self):

@@ -64,6 +64,9 @@ class Registry(asset.Registry, alias='s3'):
                           ones excepted; see :mod:`forml_s3.retention`). Default: keep everything.
         lease_after: Seconds this process holds uncommitted uploads before it takes a lease that keeps
                      ``forml-s3 gc`` away from their releases (see :mod:`forml_s3.lease`).
+        single_writer: Accept a URL protocol without a verified exclusive create (and an S3 endpoint that ignores
+                       ``If-None-Match``): gives NO protection against concurrent writers, two of which can both
+                       commit the same release or generation, the later overwriting the earlier.
 
     The provider can be enabled using the following :ref:`platform configuration <platform-config>`:
 
@@ -94,8 +97,9 @@ class Registry(asset.Registry, alias='s3'):
         pack_states: bool = True,
         keep_generations: int | None = None,
         lease_after: float = lease.AFTER,
+        single_writer: bool = False,
     ):
-        self._store: storage.Store = storage.open_store(url, storage_options)
+        self._store: storage.Store = storage.open_store(url, storage_options, single_writer=bool(single_writer))
         self._layout: layout.Layout = layout.Layout(self._store.root)
         self._cache: cachemod.BlobCache = cachemod.BlobCache(cache_dir, cache_size)
         super().__init__(staging or self._cache.root / 'staging')
@@ -271,6 +275,7 @@ class Registry(asset.Registry, alias='s3'):
         project = names.project(package.manifest.name)
         release = names.release(package.manifest.version)
         stem = names.canonical(release)  # equal versions (2.0, 2.0.0) contend for one marker key
+        self._store.verify_exclusive_create()  # once per endpoint and process: before anything is written
         existing = self._keys(self._list(self._layout.releases(project), fresh=True), names.release)
         if release in existing:  # PEP 440 equality: 2.0 == 2.0.0
             raise Conflict(
@@ -408,6 +413,7 @@ class Registry(asset.Registry, alias='s3'):
     def write(self, project: asset.Project.Key, release: asset.Release.Key, sid: uuid.UUID, state: bytes) -> None:
         stem = self._stem(project, release)
         key = self._layout.state(project, stem, sid)
+        self._store.verify_exclusive_create()
         sha256 = hashlib.sha256(state).hexdigest()
         uri = self._store.uri(key)
         if transfers.remember(uri, sha256) is not None:  # one id, two contents: refused, see transfers.remember
@@ -443,6 +449,7 @@ class Registry(asset.Registry, alias='s3'):
         release = self._stem(project, release)
         if self._entry(self._layout.releases(project), release) is None:
             raise asset.Level.Invalid(f'No release {project}-{release} in {self.url} to commit generation into')
+        self._store.verify_exclusive_create()
         prefix = self._layout.generations(project, release)
         with self._lock:  # early exit on a known conflict; the exclusive marker below is the real guard
             known = self._listings.get(prefix, (0, {}))[1]

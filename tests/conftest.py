@@ -1,7 +1,14 @@
-"""Shared fixtures: an embedded S3 endpoint (moto's HTTP server on 127.0.0.1) and registries on every backend.
+"""Shared fixtures: an embedded S3 endpoint (moto's HTTP server on 127.0.0.1), a SeaweedFS server, and registries
+on every backend.
 
 ``FORML_S3_TEST_ENDPOINT`` points the S3 tests at another endpoint (LocalStack, MinIO, AWS) instead of the
-embedded moto server; request-counting tests need the embedded server and skip without it.
+embedded moto server; request-counting tests need the embedded server and skip without it, and the SeaweedFS
+variants skip too (that run is about the other endpoint).
+
+The registry contract (the modules in :data:`SEAWEEDFS_MODULES`) runs on SeaweedFS as well: ``backend`` gets a
+``seaweedfs`` value there. Every test's bucket is deleted when the test ends (a SeaweedFS bucket holds volumes).
+Each bucket's exclusive create is verified as it is made (:func:`new_bucket`), so request counts and injected
+faults see only what a test's own calls send; ``tests/test_doctor.py`` checks the verification itself.
 """
 
 import os
@@ -10,12 +17,15 @@ import uuid
 
 import pytest
 
-from forml_s3 import embedded, lease
+from forml_s3 import embedded, lease, storage
 from forml_s3.registry import Registry
+from forml_s3.storage import probe
 
-from . import helpers
+from . import helpers, servers
 
 BACKENDS = ('memory', 'file', 's3')
+SEAWEEDFS_MODULES = ('test_registry', 'test_inventory', 'test_bad_input')
+"""Modules whose ``backend``-parametrized tests also run on SeaweedFS (the registry contract)."""
 
 
 ENDPOINT_VARIABLE = 'FORML_S3_TEST_ENDPOINT'
@@ -79,17 +89,42 @@ class Endpoint:
         return name
 
     def cleanup(self) -> None:
-        """Delete the buckets this session created (best effort)."""
-        client = self.client()
-        for name in self.created:
-            try:
-                for page in client.get_paginator('list_objects_v2').paginate(Bucket=name):
-                    keys = [{'Key': o['Key']} for o in page.get('Contents', ())]
-                    if keys:
-                        client.delete_objects(Bucket=name, Delete={'Objects': keys})
-                client.delete_bucket(Bucket=name)
-            except Exception as err:  # noqa: BLE001 - leftovers are harmless, the report says which
-                print(f'Could not delete test bucket {name} at {self.endpoint}: {err}')
+        """Delete the buckets this session created and no test deleted (best effort)."""
+        for name in list(self.created):
+            drop_bucket(self, name)
+
+
+def drop_bucket(server, name: str) -> None:
+    """Delete a test bucket with everything in it: uploads, versions, objects (best effort)."""
+    client = server.client()
+    try:
+        for upload in client.list_multipart_uploads(Bucket=name).get('Uploads') or ():
+            client.abort_multipart_upload(Bucket=name, Key=upload['Key'], UploadId=upload['UploadId'])
+        for page in client.get_paginator('list_object_versions').paginate(Bucket=name):
+            versions = [*(page.get('Versions') or ()), *(page.get('DeleteMarkers') or ())]
+            if versions:
+                objects = [{'Key': v['Key'], 'VersionId': v['VersionId']} for v in versions]
+                client.delete_objects(Bucket=name, Delete={'Objects': objects})
+        for page in client.get_paginator('list_objects_v2').paginate(Bucket=name):
+            keys = [{'Key': o['Key']} for o in page.get('Contents', ())]
+            if keys:
+                client.delete_objects(Bucket=name, Delete={'Objects': keys})
+        client.delete_bucket(Bucket=name)
+    except Exception as err:  # noqa: BLE001 - leftovers are harmless, the report says which
+        print(f'Could not delete test bucket {name} at {server.endpoint}: {err}')
+    if name in getattr(server, 'created', ()):
+        server.created.remove(name)
+
+
+def new_bucket(server, request) -> str:
+    """A fresh, empty bucket on ``server``, deleted when the test ends, its exclusive create already verified by this
+    process (so request counts and injected faults see only the test's own calls)."""
+    name = server.create_bucket(f'test-{uuid.uuid4().hex[:12]}')
+    request.addfinalizer(lambda: drop_bucket(server, name))
+    store = storage.open_store(f's3://{name}', server.storage_options())
+    store.verify_exclusive_create()  # remembered for the bucket by this process
+    store.delete(f'{name}/{probe.REGISTRY_PROBE}')  # and the bucket left empty
+    return name
 
 
 @pytest.fixture(autouse=True)
@@ -119,6 +154,27 @@ def s3server():
         yield server
 
 
+@pytest.fixture(scope='session')
+def seaweedfs():
+    """A SeaweedFS S3 gateway for the session (``weed server -s3`` on free ports), as an :class:`Endpoint`."""
+    with servers.SeaweedFS() as server:
+        endpoint = Endpoint(server.endpoint)
+        endpoint.key, endpoint.secret, endpoint.region = 'test', 'test', embedded.REGION
+        yield endpoint
+        endpoint.cleanup()
+
+
+SERVERS = {'s3': 's3server', 'seaweedfs': 'seaweedfs'}
+"""The server fixture of each S3 backend."""
+
+
+@pytest.fixture
+def s3backend(request):
+    """An S3 server: the session's endpoint, or each of ``helpers.S3_BACKENDS`` in a test marked
+    ``helpers.every_s3_backend``."""
+    return request.getfixturevalue(SERVERS[getattr(request, 'param', 's3')])
+
+
 @pytest.fixture
 def embedded_server(s3server) -> embedded.Server:
     """The embedded moto server itself; skips the test when ``FORML_S3_TEST_ENDPOINT`` selects another one."""
@@ -128,9 +184,9 @@ def embedded_server(s3server) -> embedded.Server:
 
 
 @pytest.fixture
-def bucket(s3server) -> str:
-    """A fresh, empty bucket for one test."""
-    return s3server.create_bucket(f'test-{uuid.uuid4().hex[:12]}')
+def bucket(s3server, request) -> str:
+    """A fresh, empty bucket for one test (deleted after it)."""
+    return new_bucket(s3server, request)
 
 
 @pytest.fixture
@@ -140,17 +196,27 @@ def counted(embedded_server):
     return embedded_server
 
 
-def registry_url(backend: str, tmp_path: pathlib.Path, s3server=None) -> tuple[str, dict]:
-    """A fresh registry URL on the backend, with its storage options."""
+def registry_url(backend: str, tmp_path: pathlib.Path, request) -> tuple[str, dict]:
+    """A fresh registry URL on the backend, with its storage options (an S3 bucket is deleted after the test)."""
     if backend == 'memory':
         return f'memory://registry-{uuid.uuid4().hex[:12]}', {}
     if backend == 'file':
         return f'file://{tmp_path}/registry', {}
-    name = s3server.create_bucket(f'test-{uuid.uuid4().hex[:12]}')
-    return f's3://{name}/forml', s3server.storage_options()
+    server = request.getfixturevalue(SERVERS[backend])
+    return f's3://{new_bucket(server, request)}/forml', server.storage_options()
 
 
-@pytest.fixture(params=BACKENDS)
+def pytest_generate_tests(metafunc):
+    """``backend``: memory, file and S3 everywhere; SeaweedFS too in the registry contract's modules."""
+    chosen = [m.args[0] for m in metafunc.definition.iter_markers('parametrize')]  # a test naming its own backends
+    if 'backend' in metafunc.fixturenames and not any(
+        'backend' in (names.replace(' ', '').split(',') if isinstance(names, str) else names) for names in chosen
+    ):
+        contract = metafunc.module.__name__.rsplit('.', 1)[-1] in SEAWEEDFS_MODULES
+        metafunc.parametrize('backend', BACKENDS + (helpers.S3_BACKENDS[1:] if contract else ()), indirect=True)
+
+
+@pytest.fixture
 def backend(request) -> str:
     return request.param
 
@@ -158,8 +224,7 @@ def backend(request) -> str:
 @pytest.fixture
 def make_registry(backend, tmp_path, request):
     """A factory of registries on the parametrized backend, all at one URL (distinct instances, one cache)."""
-    s3server = request.getfixturevalue('s3server') if backend == 's3' else None
-    url, options = registry_url(backend, tmp_path, s3server)
+    url, options = registry_url(backend, tmp_path, request)
 
     def make(**kwargs) -> Registry:
         kwargs.setdefault('cache_dir', tmp_path / 'cache')

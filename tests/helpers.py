@@ -2,9 +2,11 @@
 
 import datetime
 import json
+import os
 import pathlib
 import uuid
 
+import pytest
 from click.testing import CliRunner
 from forml import project as prj
 from forml.io import asset
@@ -12,6 +14,12 @@ from forml.io import asset
 from forml_s3.cli import main
 
 PROJECT = 'demo-proj'
+
+S3_BACKENDS = ('s3',) if os.environ.get('FORML_S3_TEST_ENDPOINT') else ('s3', 'seaweedfs')
+"""The S3 servers the registry contract runs on: the session's endpoint (moto, or LocalStack in its own run, where
+SeaweedFS is not started) and SeaweedFS."""
+every_s3_backend = pytest.mark.parametrize('s3backend', S3_BACKENDS, indirect=True)
+"""Runs a test on each of :data:`S3_BACKENDS` (its ``s3backend`` fixture is that server)."""
 
 
 class PackageFactory:

@@ -1,4 +1,5 @@
-"""Real processes racing and dying against moto's HTTP server: nothing lost, nothing half-visible.
+"""Real processes racing and dying against moto's HTTP server (the races on SeaweedFS too): nothing lost, nothing
+half-visible.
 
 Workers are separate Python processes (``tests/workers.py``) with their own caches, as on separate machines;
 the test process owns the S3 server and inspects the bucket afterwards.
@@ -18,7 +19,8 @@ from forml.io import asset
 from forml_s3 import layout
 from forml_s3.registry import Registry
 
-from .helpers import PROJECT
+from .conftest import new_bucket
+from .helpers import PROJECT, every_s3_backend
 
 ROOT = pathlib.Path(__file__).parent.parent
 RACERS = 8
@@ -64,8 +66,8 @@ class Crowd:
 
 
 @pytest.fixture
-def s3url(s3server, bucket):
-    return f's3://{bucket}/forml', s3server.storage_options()
+def s3url(s3backend, request):
+    return f's3://{new_bucket(s3backend, request)}/forml', s3backend.storage_options()
 
 
 @pytest.fixture
@@ -78,7 +80,8 @@ def reader(s3url, tmp_path):
     )
 
 
-def test_racing_closes_of_one_generation_have_exactly_one_winner(s3server, s3url, reader, tmp_path, package_factory):
+@every_s3_backend
+def test_racing_closes_of_one_generation_have_exactly_one_winner(s3backend, s3url, reader, tmp_path, package_factory):
     reader.push(package_factory('0.1'))
     crowd = Crowd(tmp_path, *s3url)
     for i in range(RACERS):
@@ -99,7 +102,7 @@ def test_racing_closes_of_one_generation_have_exactly_one_winner(s3server, s3url
         assert reader.read(PROJECT, '0.1', 1, sid) == f'{winner["name"]}:{i}'.encode() * 1000
 
     # the losers' states are intact but uncommitted: tagged for lifecycle expiry, named by no marker
-    client = s3server.client()
+    client = s3backend.client()
     bucket = s3url[0].split('/')[2]
     stored = {
         o['Key'] for o in client.list_objects_v2(Bucket=bucket, Prefix=f'forml/{PROJECT}/0.1/states/')['Contents']
@@ -118,6 +121,7 @@ def test_racing_closes_of_one_generation_have_exactly_one_winner(s3server, s3url
     assert uncommitted == stored - named
 
 
+@every_s3_backend
 def test_racing_pushes_of_one_version_have_exactly_one_winner(s3url, reader, tmp_path, package_factory):
     crowd = Crowd(tmp_path, *s3url)
     packages = [package_factory('1.0', payload=f'racer{i}') for i in range(RACERS)]

@@ -22,8 +22,7 @@ application.setup(application.Generic({name!r}))
 
 @pytest.fixture
 def inventory(backend, tmp_path, request):
-    s3server = request.getfixturevalue('s3server') if backend == 's3' else None
-    url, options = registry_url(backend, tmp_path, s3server)
+    url, options = registry_url(backend, tmp_path, request)
     return Inventory(url + '-apps', storage_options=options)
 
 

@@ -67,8 +67,8 @@ SUBSET = (
 SELECT = 'not memory and not file and not forml_model_apply'
 MIN_PASSED = 100  # 113 passed, 9 skipped (embedded-only) when this was written
 MUST_PASS = (
-    'test_racing_closes_of_one_generation_have_exactly_one_winner',
-    'test_racing_pushes_of_one_version_have_exactly_one_winner',
+    'test_racing_closes_of_one_generation_have_exactly_one_winner[s3]',
+    'test_racing_pushes_of_one_version_have_exactly_one_winner[s3]',
     'test_closing_a_committed_generation_is_a_conflict_and_keeps_the_winner[s3]',
     'test_s3_objects_stay_tagged_uncommitted_until_their_marker',
     'test_a_large_state_truncated_in_the_bucket_is_corrupted_not_a_network_error[41943039]',

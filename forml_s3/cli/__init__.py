@@ -10,6 +10,7 @@ starts fast (no boto3, fsspec or ForML import). Each command module owns one are
     staging    - forml_s3.cli.staging     (what is installed in a staging path, pruning)
     alias      - forml_s3.cli.alias       (named pointers to generations, kept in the bucket)
     ui         - forml_s3.cli.ui          (the registry browser, a local web application)
+    doctor     - forml_s3.cli.doctor      (what a store's server really does)
     serve-s3   - forml_s3.cli.demo        (just the embedded S3 endpoint, until Ctrl-C)
 """
 
@@ -32,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     'staging': ('forml_s3.cli.staging', 'staging'),
     'alias': ('forml_s3.cli.alias', 'alias'),
     'ui': ('forml_s3.cli.ui', 'ui'),
+    'doctor': ('forml_s3.cli.doctor', 'doctor'),
 }
 
 HELP = {
@@ -47,6 +49,7 @@ HELP = {
     'staging': 'List and prune releases installed in a staging path.',
     'alias': 'Set, show and move named pointers to generations (champion, challenger, ...).',
     'ui': 'Browse the registry in a web browser (served on 127.0.0.1).',
+    'doctor': "Check what a store's server really does (exclusive create, tags, multipart, ...).",
 }
 
 

@@ -43,7 +43,8 @@ def open_store(
 ) -> Store:
     """The store at ``url`` (``forml.InvalidError`` for a URL no backend serves).
 
-    ``single_writer`` admits any other fsspec protocol, with no protection against concurrent writers.
+    ``single_writer`` admits any other fsspec protocol (and an S3 server that ignores ``If-None-Match``), with no
+    protection against concurrent writers.
     """
     url = str(url)
     parsed = urllib.parse.urlsplit(url)
@@ -57,14 +58,6 @@ def open_store(
             f'Registry url {url!r} has no scheme: write s3://bucket/prefix, gs://..., az://..., file:///absolute/path '
             'or memory://name'
         )
-    if scheme == 'file':
-        import os  # noqa: PLC0415
-
-        root = os.path.abspath(os.path.expanduser(parsed.netloc + parsed.path))
-    else:
-        root = (parsed.netloc + parsed.path).rstrip('/')
-        if not parsed.netloc:
-            raise forml.InvalidError(f'Invalid registry url {url!r}: expected {scheme}://bucket[/prefix]')
     target = SCHEMES.get(scheme)
     if target is None:
         if not single_writer:
@@ -75,7 +68,17 @@ def open_store(
             )
         from .unguarded import UnguardedStore  # noqa: PLC0415
 
-        return UnguardedStore(scheme, root, storage_options)
+        store = UnguardedStore(url, storage_options)
+        store.single_writer = True
+        return store
+    if scheme == 'file':
+        import os  # noqa: PLC0415
+
+        root = os.path.abspath(os.path.expanduser(parsed.netloc + parsed.path))
+    else:
+        root = (parsed.netloc + parsed.path).rstrip('/')
+        if not parsed.netloc:
+            raise forml.InvalidError(f'Invalid registry url {url!r}: expected {scheme}://bucket[/prefix]')
     module, _, name = target.partition(':')
     try:
         backend = importlib.import_module(f'.{module}', __name__)
@@ -84,4 +87,6 @@ def open_store(
         raise forml.MissingError(
             f'Registry url {url!r} needs the {extra} extra: pip install "forml-s3[{extra}]" ({err})'
         ) from None
-    return getattr(backend, name)(root, storage_options)
+    store = getattr(backend, name)(root, storage_options)
+    store.single_writer = single_writer
+    return store

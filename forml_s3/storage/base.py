@@ -84,6 +84,8 @@ class Store:
         self._options: dict[str, typing.Any] = dict(storage_options or {})
         self._fs: fsspec.AbstractFileSystem | None = None
         self._pid: int = os.getpid()
+        self.single_writer: bool = False
+        """The user accepts no protection against concurrent writers (set by :func:`open_store`)."""
 
     # identity and pickling --------------------------------------------------------------------------
     @property
@@ -222,6 +224,11 @@ class Store:
                 'other compare-and-swap updates need s3://, gs://, az://, file:// or memory://'
             )
         raise NotImplementedError
+
+    def verify_exclusive_create(self) -> None:
+        """Make sure ``create`` really is exclusive on this store's server before the first commit relies on it
+        (``forml.InvalidError`` if not). A no-op where the backend's own code guarantees it; a backend whose
+        guarantee depends on the server checks it once per endpoint and process."""
 
     def delete(self, path: str) -> None:
         """Delete an object (missing is fine)."""

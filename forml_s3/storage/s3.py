@@ -14,6 +14,7 @@ import io
 import logging
 import os
 import pathlib
+import threading
 import typing
 import urllib.parse
 import zlib
@@ -21,7 +22,7 @@ import zlib
 import forml
 
 from .. import options as optmod
-from . import base
+from . import base, probe
 
 if typing.TYPE_CHECKING:
     import fsspec
@@ -40,6 +41,20 @@ _CRC_CHUNK = 2**20
 
 _NEXT_LIST = {'NextContinuationToken': 'ContinuationToken'}
 """How ListObjectsV2 asks for its next page."""
+
+_VERIFIED: dict[tuple[str, str], str | None] = {}
+"""Endpoints (and buckets) whose exclusive create this process has checked: ``None`` if it works, else why not."""
+_VERIFYING = threading.Lock()
+_WARNED: set[tuple[str, str]] = set()
+"""Failed checks already logged (``single_writer``): once per endpoint, bucket and process, not once per call."""
+
+
+def _after_fork() -> None:
+    global _VERIFYING  # noqa: PLW0603 - a lock another thread held at fork time would never be released in the child
+    _VERIFYING = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 class S3Store(base.Store):
@@ -179,6 +194,35 @@ class S3Store(base.Store):
                 self._multipart_upload(path, data, size, extra)
             else:
                 self.fs.pipe_file(path, data.read_bytes() if isinstance(data, pathlib.Path) else data, **extra)
+
+    def verify_exclusive_create(self) -> None:
+        """Check once per endpoint, bucket and process that the server refuses an ``If-None-Match: *`` PUT of an
+        existing object (of ``<root>/.forml-s3-probe/exclusive``, kept: one request, two the first time ever);
+        ``forml.InvalidError`` if it does not.
+
+        Some S3-compatible servers ignore the condition: every commit would then "win". With ``single_writer`` the
+        finding is logged instead (the user has accepted no protection against concurrent writers).
+        """
+        endpoint = self.fs.s3.meta.endpoint_url  # resolves the client (no request)
+        memo = (endpoint, self.bucket)
+        with _VERIFYING:
+            if memo not in _VERIFIED:
+                check = probe.exclusive_create(self, keep=True)
+                LOGGER.debug('Exclusive create at %s (%s): %s', endpoint, self.bucket, check.detail)
+                _VERIFIED[memo] = None if check.ok else check.detail
+        failure = _VERIFIED[memo]
+        if failure is None:
+            return
+        message = (
+            f'The S3 endpoint {endpoint} cannot guard commits to {self.url}: {failure}. Use a server with conditional '
+            'writes (`forml-s3 doctor URL` shows what it supports) or set single_writer = true to accept no '
+            'protection against concurrent writers'
+        )
+        if not self.single_writer:
+            raise forml.InvalidError(message)
+        if memo not in _WARNED:
+            _WARNED.add(memo)
+            LOGGER.warning('%s (single_writer is set: going on)', message)
 
     def create(self, path: str, data: bytes) -> None:
         """Exclusive create by ``If-None-Match: *`` (any 412 means the object exists)."""
@@ -532,13 +576,7 @@ class _PartBody(io.RawIOBase):
 
 def _code(err: BaseException) -> str | None:
     """The S3 error code behind an exception that s3fs translated (it keeps the boto error as the cause)."""
-    seen = err
-    while seen is not None:
-        response = getattr(seen, 'response', None)
-        if isinstance(response, dict):
-            return response.get('Error', {}).get('Code')
-        seen = seen.__cause__ or seen.__context__
-    return None
+    return probe.error_of(err).get('Code')
 
 
 def _is_transport_error(err: BaseException) -> bool:

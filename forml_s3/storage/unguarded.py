@@ -1,9 +1,16 @@
 """Any other fsspec protocol, allowed only by ``single_writer = true``: no exclusive create exists there, so a
 commit checks and writes under a lock of this process only. Two writers (processes or machines) racing for the same
-release or generation can both "commit" it, the later silently overwriting the earlier: the setting says so."""
+release or generation can both "commit" it, the later silently overwriting the earlier: the setting says so.
+
+The URL is read the way fsspec reads it for that protocol (``ftp://host:port/path`` gives the client its host and
+a root of ``/path``), and the storage options are added to what the URL says.
+"""
 
 import errno
 import threading
+import typing
+
+import forml
 
 from . import base
 
@@ -15,9 +22,28 @@ class UnguardedStore(base.Store):
 
     exclusive_create = False
 
-    def __init__(self, protocol: str, root: str, storage_options=None):
-        super().__init__(root, storage_options)
-        self.protocol = protocol
+    def __init__(self, url: str, storage_options: typing.Mapping[str, typing.Any] | None = None):
+        import fsspec  # noqa: PLC0415 - only this (rare) store needs fsspec's registry at construction
+
+        self.protocol = url.partition('://')[0].lower()
+        try:
+            cls = fsspec.get_filesystem_class(self.protocol)
+        except ValueError:
+            raise forml.InvalidError(f'Registry url {url!r}: fsspec knows no {self.protocol}:// protocol') from None
+        except ImportError as err:
+            raise forml.MissingError(f'Registry url {url!r} needs a package fsspec asks for: {err}') from None
+        super().__init__(
+            cls._strip_protocol(url).rstrip('/') or '/', {**cls._get_kwargs_from_urls(url), **(storage_options or {})}
+        )
+        self._url = url.rstrip('/')
+        self._cls = cls
+
+    @property
+    def url(self) -> str:
+        return self._url
+
+    def _connect(self):
+        return self._cls(**self._options)
 
     def create(self, path: str, data: bytes) -> None:
         with self._boundary('create', path), _LOCK:
