@@ -17,6 +17,7 @@ starts fast (no boto3, fsspec or ForML import). Each command module owns one are
 import importlib
 import importlib.util
 import logging
+import sys
 
 import click
 
@@ -89,3 +90,31 @@ def main(loglevel: str) -> None:
     standard AWS environment: AWS_PROFILE, AWS_ENDPOINT_URL, ...).
     """
     logging.basicConfig(level=loglevel.upper(), format='%(levelname)s: %(name)s: %(message)s')
+    _no_forml_log_file()
+
+
+def _no_forml_log_file() -> None:
+    """Keep ForML's logging config from dropping ``forml-s3.log`` into the current directory.
+
+    Importing ForML configures a rotating file handler at ``./<program name>.log`` (its ``[LOGGING] path``
+    default); an operator command has nothing to log there. The handler is removed from every logger it was
+    attached to, and the file it created is deleted if it is still empty (an existing log is left alone).
+    """
+    import pathlib  # noqa: PLC0415
+
+    name = pathlib.Path(sys.argv[0]).name.rsplit('.', 1)[0] or 'forml-s3'
+    path = pathlib.Path(f'{name}.log').resolve()
+    existed = path.exists()
+    import forml.setup  # noqa: F401, PLC0415 - configures ForML's logging on import
+
+    loggers = [
+        logging.getLogger(),
+        *(v for v in logging.root.manager.loggerDict.values() if isinstance(v, logging.Logger)),
+    ]
+    for logger in loggers:
+        for handler in list(logger.handlers):
+            if isinstance(handler, logging.FileHandler) and pathlib.Path(handler.baseFilename) == path:
+                logger.removeHandler(handler)
+                handler.close()
+    if not existed and path.exists() and path.stat().st_size == 0:
+        path.unlink()

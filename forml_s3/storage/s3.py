@@ -39,6 +39,9 @@ PART_CONCURRENCY = 8
 _CRC_CHUNK = 2**20
 """How much of a file a part's CRC32 reads at a time (the part itself is never held whole)."""
 
+_CHATTER = ('botocore.credentials', 'aiobotocore.credentials', 'botocore.configprovider')
+"""Loggers that say at INFO where the client found its credentials and endpoint (quieted unless set explicitly)."""
+
 _NEXT_LIST = {'NextContinuationToken': 'ContinuationToken'}
 """How ListObjectsV2 asks for its next page."""
 
@@ -77,6 +80,9 @@ class S3Store(base.Store):
         if retries is not None:
             kwargs['skip_instance_cache'] = True  # the attribute is set on this instance only
         LOGGER.debug('Connecting to %s with storage options %s', self.url, optmod.redacted(kwargs))
+        for chatter in _CHATTER:  # under ForML's INFO root every command would say where credentials were found
+            if logging.getLogger(chatter).level == logging.NOTSET:
+                logging.getLogger(chatter).setLevel(logging.WARNING)
         fs = fsspec.filesystem('s3', **kwargs)
         if retries is not None:
             fs.retries = retries
