@@ -60,7 +60,7 @@ def flip(path: pathlib.Path, offset: int = 0) -> None:
 @pytest.fixture(params=['file', 's3'])
 def where(request, tmp_path):
     s3server = request.getfixturevalue('s3server') if request.param == 's3' else None
-    url, options = conftest.registry_url(request.param, tmp_path, s3server)
+    url, options = conftest.registry_url(request.param, tmp_path, request)
     return url, options, s3server
 
 

@@ -26,7 +26,7 @@ ROOT = pathlib.Path(__file__).parent.parent
 def world(request, tmp_path, package_factory):
     """A registry holding generations 1 and 2 of demo-proj 0.1, and the CLI arguments reaching it."""
     s3server = request.getfixturevalue('s3server') if request.param == 's3' else None
-    url, options = conftest.registry_url(request.param, tmp_path, s3server)
+    url, options = conftest.registry_url(request.param, tmp_path, request)
     registry = Registry(url, storage_options=options, cache_dir=tmp_path / 'cache', listing_ttl=0)
     registry.push(package_factory('0.1'))
     commit(registry, 1)

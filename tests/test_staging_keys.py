@@ -70,12 +70,12 @@ def age(path: pathlib.Path, days: float) -> None:
     os.utime(path, (when, when))
 
 
-def test_two_registries_with_one_release_name_get_their_own_trees(s3server, tmp_path, package_factory):
+def test_two_registries_with_one_release_name_get_their_own_trees(request, tmp_path, package_factory):
     """churn 1.0 in bucket A and in a file:// registry B, mounted on one machine with the default staging path:
     two trees; mounting B leaves A's tree, already handed to a process, exactly as it was."""
     (url_a, options_a), (url_b, options_b) = (
-        conftest.registry_url('s3', tmp_path, s3server),
-        conftest.registry_url('file', tmp_path, None),
+        conftest.registry_url('s3', tmp_path, request),
+        conftest.registry_url('file', tmp_path, request),
     )
     Registry(url_a, storage_options=options_a, cache_dir=tmp_path / 'pusher-a').push(
         package_factory('1.0', payload='A')

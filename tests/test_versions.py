@@ -23,8 +23,7 @@ SPELLINGS = ('2.0', '2.0.0')
 
 @pytest.fixture(params=['file', 's3'])
 def where(request, tmp_path):
-    s3server = request.getfixturevalue('s3server') if request.param == 's3' else None
-    return conftest.registry_url(request.param, tmp_path, s3server)
+    return conftest.registry_url(request.param, tmp_path, request)
 
 
 def test_canonical_keys():

@@ -411,7 +411,7 @@ def _existing(st, lay, project: str | None, release: str | None) -> list[tuple[s
     if not found:
         raise Fatal(f'No project {project} in {st.url} (or it has no release): `forml-s3 ls {st.url}` lists them')
     if release is not None:
-        found = [(p, r) for p, r in found if r == str(names.release(release))]
+        found = [(p, r) for p, r in found if names.release(r) == names.release(release)]  # any PEP 440 spelling
         if not found:
             raise Fatal(f'No release {project}-{release} in {st.url}: `forml-s3 ls {st.url}` lists them')
     return found
