@@ -326,7 +326,7 @@ class Run:
             'url': self.url,
             'options': self.direct,
             'cli_options': cli_options(self.direct),
-            'gc_args': ['--older-than', '0'],
+            'gc_args': ['--older-than', '0', '--allow-short-grace'],  # every writer is gone by now
             'logs': str(self.logs),
         }
         env = {

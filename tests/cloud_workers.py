@@ -26,7 +26,7 @@ def main() -> None:
     parser.add_argument('--ready-close', required=True)
     parser.add_argument('--go-close', required=True)
     args = parser.parse_args()
-    common = {k: getattr(args, k) for k in ('url', 'options', 'cache', 'staging', 'name')}
+    common = {k: getattr(args, k) for k in ('url', 'options', 'cache', 'staging', 'name')} | {'settings': '{}'}
     push = workers.push_race(argparse.Namespace(**common, package=args.package, ready=args.ready_push, go=args.go_push))
     close = workers.close_race(
         argparse.Namespace(**common, release='0.1', generation=1, ready=args.ready_close, go=args.go_close)
