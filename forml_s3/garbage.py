@@ -207,6 +207,16 @@ def collect(
         return garbage
     done = Garbage(leased=set(garbage.leased))
     tell = progress or (lambda *_: None)
+
+    def delete(item: typing.Any, into: list, event: str) -> None:
+        """Delete exactly the version judged; one that changed meanwhile (or a lease renewed) is kept."""
+        if st.delete_if_unchanged(item.path, item.version):
+            into.append(item)
+            tell(event, item)
+        else:
+            done.changed.append(item.path)
+            tell('changed', item.path)
+
     live, checked = [], time.monotonic()
     for obj in garbage.objects:
         if time.monotonic() - checked > LEASE_RECHECK:  # a long run: writers may have announced themselves since
@@ -215,30 +225,15 @@ def collect(
             done.leased.add(f'{obj.project}/{obj.release}')
             continue
         LOGGER.info('Deleting orphan %s (%d bytes)', st.uri(obj.path), obj.size)
-        if st.delete_if_unchanged(obj.path, obj.version):
-            done.objects.append(obj)
-            tell('deleted', obj)
-        else:
-            done.changed.append(obj.path)
-            tell('changed', obj.path)
+        delete(obj, done.objects, 'deleted')
     for obj in garbage.retired:
         LOGGER.info('Deleting %s of a retired generation (%d bytes)', st.uri(obj.path), obj.size)
-        if st.delete_if_unchanged(obj.path, obj.version):
-            done.retired.append(obj)
-            tell('expired', obj)
-        else:
-            done.changed.append(obj.path)
-            tell('changed', obj.path)
+        delete(obj, done.retired, 'expired')
     for upload in garbage.uploads:
         LOGGER.info('Aborting multipart upload %s of %s', upload.upload_id, st.uri(upload.path))
         st.abort_upload(upload.path, upload.upload_id)
         done.uploads.append(upload)
         tell('aborted', upload)
     for expired in garbage.leases:
-        if st.delete_if_unchanged(expired.path, expired.version):
-            done.leases.append(expired)
-            tell('dropped', expired)
-        else:  # renewed meanwhile: its writer is alive after all
-            done.changed.append(expired.path)
-            tell('changed', expired.path)
+        delete(expired, done.leases, 'dropped')
     return done
