@@ -55,13 +55,11 @@ class AzureStore(base.Store):
             raise forml.InvalidError(f'storage_options index_tags must be true or false, not {tags!r}')
         self.object_tags = tags
 
-    @property
-    def bucket(self) -> str:
-        raise forml.InvalidError(
-            f'{self.url} has no bucket lifecycle rules forml-s3 can manage: Azure keeps lifecycle management policies '
-            'per storage account, in Azure Resource Manager; set one that filters on the forml-s3 blob index tags '
-            '(docs/backends.md shows it) with `az storage account management-policy create`'
-        )
+    lifecycle_advice = (
+        'Azure keeps lifecycle management policies per storage account, in Azure Resource Manager; set one that '
+        'filters on the forml-s3 blob index tags (docs/backends.md shows it) with '
+        '`az storage account management-policy create`'
+    )
 
     def _connect(self) -> typing.Any:
         from adlfs import AzureBlobFileSystem  # noqa: PLC0415 - the optional extra, imported when an az:// URL is used

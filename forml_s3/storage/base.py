@@ -78,6 +78,11 @@ class Store:
 
     denied_hint: typing.ClassVar[str] = 'check the credentials and the permissions of the store'
     """What an access-denied message tells the user to check."""
+    lifecycle_advice: typing.ClassVar[str] = (
+        'they are an S3 feature: retiring only hides generations there; `forml-s3 gc` deletes abandoned uploads and, '
+        'with --retired-older-than, retired generations'
+    )
+    """What to do instead, where the store has no bucket lifecycle rules forml-s3 can manage."""
 
     def __init__(self, root: str, storage_options: typing.Mapping[str, typing.Any] | None = None):
         self.root: str = root
@@ -255,8 +260,8 @@ class Store:
         """The bucket (container) of the store; ``forml.InvalidError`` where it has no lifecycle rules."""
         if not self.lifecycle:
             raise forml.InvalidError(
-                f'{self.url} has no bucket lifecycle rules forml-s3 can manage ({self.protocol} store; they are an '
-                'S3 feature): retiring only hides generations there and `forml-s3 gc` deletes abandoned uploads'
+                f'{self.url} has no bucket lifecycle rules forml-s3 can manage ({self.protocol} store): '
+                f'{self.lifecycle_advice}'
             )
         return self.root.partition('/')[0]
 

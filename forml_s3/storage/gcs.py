@@ -46,13 +46,10 @@ class GCSStore(base.Store):
         'application-default login`) and the bucket IAM (roles/storage.objectAdmin)'
     )
 
-    @property
-    def bucket(self) -> str:
-        raise forml.InvalidError(
-            f'{self.url} has no bucket lifecycle rules forml-s3 can manage: GCS rules cannot filter on object tags or '
-            'metadata, so none can tell a retired generation from a live one. Retiring hides generations; '
-            '`forml-s3 gc` deletes abandoned uploads (docs/backends.md)'
-        )
+    lifecycle_advice = (
+        'GCS rules cannot filter on object tags or metadata, so none can tell a retired generation from a live one; '
+        '`forml-s3 gc --retired-older-than DAYS` deletes retired generations, and abandoned uploads (docs/backends.md)'
+    )
 
     def _connect(self) -> typing.Any:
         from gcsfs.core import GCSFileSystem  # noqa: PLC0415 - the optional extra, imported when a gs:// URL is used
