@@ -1,6 +1,6 @@
 """Side-by-side performance benchmarks of forml-s3 against its alternatives.
 
-One moto S3 endpoint on 127.0.0.1 (:class:`forml_s3.embedded.Server`, with its request log) serves identical
+One moto S3 endpoint on 127.0.0.1 (:class:`forml_s3.demo.endpoint.Server`, with its request log) serves identical
 workloads driven through forml-s3, raw boto3 and raw s3fs (the floor), ForML's posix registry on local disk
 and ForML's MLflow registry provider (when ``mlflow`` is importable). Every measured run is a fresh process.
 

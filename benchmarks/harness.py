@@ -203,7 +203,8 @@ class Harness:
         return MLFLOW_BUCKET if provider == 'mlflow' else f'bench-{provider}'
 
     def context(self, provider: str) -> providers.Context:
-        from forml_s3 import options, transfers
+        from forml_s3.runtime import transfers
+        from forml_s3.storage import options
         from forml_s3.storage import s3 as store
 
         return providers.Context(
@@ -358,7 +359,7 @@ def _prepare_packages(workdir: pathlib.Path, sizes: providers.Sizes, groups: lis
 
 def run(options: Options) -> dict[str, typing.Any]:
     """Run the benchmark; returns everything measured (rows, targets, machine) as a JSON-able dict."""
-    from forml_s3 import embedded
+    from forml_s3.demo import endpoint as embedded
 
     names = [p for p in providers.PROVIDERS if p in options.providers]
     skipped: dict[str, str] = {}

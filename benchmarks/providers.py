@@ -20,8 +20,8 @@ client and connection (``warm``), and the ForML providers make the listing calls
 uses a level (``prime``): the clock measures the operation, not client construction.
 
 The floors (raw boto3, raw s3fs) do the same data reads and writes with no registry protocol: the same objects,
-the same part size and concurrency as forml-s3 (taken from :mod:`forml_s3.storage.s3` and :mod:`forml_s3.transfers`
-by the harness), plus a small JSON object standing for each commit marker.
+the same part size and concurrency as forml-s3 (taken from :mod:`forml_s3.storage.s3` and
+:mod:`forml_s3.runtime.transfers` by the harness), plus a small JSON object standing for each commit marker.
 """
 
 from __future__ import annotations
@@ -384,7 +384,7 @@ class FormlS3(_Forml):
 
     @property
     def options(self) -> dict[str, typing.Any]:
-        from forml_s3 import embedded
+        from forml_s3.demo import endpoint as embedded
 
         return {
             'key': embedded.ACCESS_KEY,
@@ -412,7 +412,7 @@ class FormlS3(_Forml):
         storage.open_store(self.url, self.options).exists(f'{self.ctx.bucket}/warm-up')
 
     def setup_list(self) -> None:
-        from forml_s3 import transfers
+        from forml_s3.runtime import transfers
 
         registry = self._release('list')
         project, release = keys('list')

@@ -292,8 +292,8 @@ def _describe(result: dict[str, typing.Any]) -> list[str]:
             ', '.join(f'{v:.2f}' for v in m['load_start']), ', '.join(f'{v:.2f}' for v in m['load_end'])
         ),
         f'Packages: {packages}.',
-        "S3 endpoint: moto's server (forml_s3.embedded.Server) on 127.0.0.1 in the harness process; moto reads the "
-        'whole object for every ranged GET, so large reads measure moto as much as the client.',
+        "S3 endpoint: moto's server (forml_s3.demo.endpoint.Server) on 127.0.0.1 in the harness process; moto reads "
+        'the whole object for every ranged GET, so large reads measure moto as much as the client.',
     ]
     if 'mlflow' in result['providers']:
         lines.append(

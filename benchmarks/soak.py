@@ -1,6 +1,6 @@
 """``python -m benchmarks.soak``: a fault-injection soak of the provider, with invariants checked.
 
-The parent process starts an S3 server (moto's, as ``python -m forml_s3.embedded``, or SeaweedFS's ``weed``), puts
+The parent process starts an S3 server (moto's, as ``python -m forml_s3.demo.endpoint``, or SeaweedFS's ``weed``), puts
 the chaos proxy (:mod:`benchmarks.chaos`) in front of it, and runs N writer and M reader processes
 (:mod:`benchmarks.soak_roles`) through the proxy until the duration or the request budget is spent. Meanwhile it
 SIGKILLs random writers at random moments (writers also kill themselves at chosen points) and starts a new writer
@@ -68,10 +68,10 @@ class Settings:
 # backends ---------------------------------------------------------------------------------------------------
 @contextlib.contextmanager
 def moto(work: pathlib.Path) -> typing.Iterator[str]:
-    """Moto's server in its own process (``python -m forml_s3.embedded``) with the bucket; yields the endpoint."""
+    """Moto's server in its own process (``python -m forml_s3.demo.endpoint``) with the bucket; yields the endpoint."""
     log = (work / 'moto.log').open('w')
     proc = subprocess.Popen(
-        [sys.executable, '-m', 'forml_s3.embedded', '-b', BUCKET], stdout=subprocess.PIPE, stderr=log, text=True
+        [sys.executable, '-m', 'forml_s3.demo.endpoint', '-b', BUCKET], stdout=subprocess.PIPE, stderr=log, text=True
     )
     try:
         for line in proc.stdout:
@@ -152,7 +152,7 @@ def _wait_for_bucket(endpoint: str, proc: subprocess.Popen, log: pathlib.Path) -
 
 
 def _client_args(endpoint: str) -> dict[str, str]:
-    from forml_s3 import embedded  # noqa: PLC0415
+    from forml_s3.demo import endpoint as embedded  # noqa: PLC0415
 
     return {
         'endpoint_url': endpoint,
@@ -166,7 +166,7 @@ BACKENDS = {'moto': moto, 'seaweedfs': seaweedfs}
 
 
 def storage_options(endpoint: str) -> dict[str, typing.Any]:
-    from forml_s3 import embedded  # noqa: PLC0415
+    from forml_s3.demo import endpoint as embedded  # noqa: PLC0415
 
     return {
         'key': embedded.ACCESS_KEY,

@@ -148,7 +148,7 @@ class Writer:
         self.armed = self.rng.choice(points) if self.rng.random() < self.config['kill_rate'] else None
 
     def run(self) -> None:
-        from forml_s3 import names  # noqa: PLC0415
+        from forml_s3.model import names  # noqa: PLC0415
 
         while not stopped(self.config):
             releases = sorted(names.release(r) for r in self.reg.releases(PROJECT))
@@ -287,7 +287,7 @@ class Reader:
     def failed(self, kind: str, err: BaseException) -> None:
         import forml  # noqa: PLC0415
 
-        from forml_s3 import cache  # noqa: PLC0415
+        from forml_s3.runtime import cache  # noqa: PLC0415
 
         text = f'{type(err).__name__}: {err}'
         if isinstance(err, cache.Corrupted | forml.MissingError | FileNotFoundError):

@@ -1,13 +1,14 @@
 """forml-s3: ForML registry and inventory providers over object storage (S3 first, any fsspec URL).
 
-Package map:
-    names     - validation of the names a user types before they become keys
-    layout    - the one place that knows the key layout of a registry
-    codec     - JSON encoding of markers and ForML generation tags
-    storage   - where bytes move: one store interface with capability flags, one class per backend
-    cache     - local content-addressed cache of immutable objects
-    registry  - ``forml.io.asset.Registry`` implementation (thin over layout + store)
-    cli       - the ``forml-s3`` operator command line
+Package map (each layer imports only from the layers listed before it):
+    model     - names a user types, the key layout (makes and parses keys), marker JSON (codec)
+    storage   - where bytes move: one store interface with capability flags, one class per backend, options
+    runtime   - what runs behind ForML's calls: uploads, packs, leases, cache, staging, aliases, retention
+    registry, inventory, selector
+              - the ForML providers users name in config.toml and application descriptors (thin over runtime)
+    ops       - operator tools: snapshot/verify, gc, lifecycle rules, copy (no click)
+    cli, ui, demo
+              - the ``forml-s3`` command line, the registry browser, the demo project and its S3 endpoint
 """
 
 __version__ = '0.1.0'

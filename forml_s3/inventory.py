@@ -14,7 +14,8 @@ import forml
 from forml import application as appmod
 from forml.io import asset
 
-from . import layout, names, storage
+from . import storage
+from .model import layout, names
 
 LOGGER = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ class Inventory(asset.Inventory, alias='s3'):
 
     Args:
         url: Inventory root, e.g. ``s3://my-bucket/forml-apps`` (keep it apart from the registry URL).
-        storage_options: fsspec/s3fs options, as for the registry (see :mod:`forml_s3.options`).
+        storage_options: fsspec/s3fs options, as for the registry (see :mod:`forml_s3.storage.options`).
         single_writer: Accept a URL protocol without a verified exclusive create, as for the registry (no
                        protection against concurrent writers).
 

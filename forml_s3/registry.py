@@ -1,6 +1,6 @@
 """ForML model registry provider over object storage: ``forml.io.asset.Registry`` on any fsspec URL.
 
-Thin over :mod:`forml_s3.layout` (where keys are made) and :mod:`forml_s3.storage` (where bytes move). What it
+Thin over :mod:`forml_s3.model.layout` (where keys are made) and :mod:`forml_s3.storage` (where bytes move). What it
 adds is the commit protocol: a release or generation becomes visible only when its marker is created,
 exclusively, after everything the marker names is stored - so listings show whole releases and generations
 or nothing, and of two writers racing for the same one exactly one wins.
@@ -25,9 +25,11 @@ from forml import project as prj
 from forml import setup
 from forml.io import asset
 
-from . import aliases as aliasmod
-from . import cache as cachemod
-from . import codec, layout, lease, names, packing, staging, storage, transfers
+from . import storage
+from .model import codec, layout, names
+from .runtime import aliases as aliasmod
+from .runtime import cache as cachemod
+from .runtime import lease, packing, staging, transfers
 
 LOGGER = logging.getLogger(__name__)
 
@@ -51,7 +53,7 @@ class Registry(asset.Registry, alias='s3'):
         staging: File system location reachable from all runner nodes, where releases are installed
                  (defaults to ``<cache_dir>/staging``: fine on one machine, set a shared path for clusters).
         storage_options: fsspec/s3fs options (``endpoint_url``, ``key``/``secret``, ``profile``, ``region``,
-                         ``retries``, ``sse``, ...); see :mod:`forml_s3.options`. Credentials default to the
+                         ``retries``, ``sse``, ...); see :mod:`forml_s3.storage.options`. Credentials default to the
                          standard AWS chain and are never logged.
         cache_dir: Local cache of immutable objects (default ``~/.cache/forml-s3``).
         cache_size: Cache size cap in bytes (default 10 GiB).
@@ -59,11 +61,11 @@ class Registry(asset.Registry, alias='s3'):
         commit_timeout: Seconds ``close`` waits for states written by another process to appear.
         tag_uncommitted: Tag objects ``forml-s3=uncommitted`` until committed, for lifecycle expiry (S3 only).
         pack_states: Store the small states a commit in the writing process finds still held (written less
-                     than a second before) side by side in one object (see :mod:`forml_s3.packing`).
+                     than a second before) side by side in one object (see :mod:`forml_s3.runtime.packing`).
         keep_generations: After each commit, retire all but the newest N generations of the release (pinned
-                          ones excepted; see :mod:`forml_s3.retention`). Default: keep everything.
+                          ones excepted; see :mod:`forml_s3.runtime.retention`). Default: keep everything.
         lease_after: Seconds this process holds uncommitted uploads before it takes a lease that keeps
-                     ``forml-s3 gc`` away from their releases (see :mod:`forml_s3.lease`).
+                     ``forml-s3 gc`` away from their releases (see :mod:`forml_s3.runtime.lease`).
         single_writer: Accept a URL protocol without a verified exclusive create (and an S3 endpoint that ignores
                        ``If-None-Match``): gives NO protection against concurrent writers, two of which can both
                        commit the same release or generation, the later overwriting the earlier.
@@ -152,7 +154,7 @@ class Registry(asset.Registry, alias='s3'):
 
     @property
     def aliases(self) -> 'aliasmod.Aliases':
-        """The registry's model aliases (:mod:`forml_s3.aliases`): ``registry.aliases.set(project, name, ...)``."""
+        """The registry's model aliases (:mod:`forml_s3.runtime.aliases`): ``registry.aliases.set(project, ...)``."""
         return aliasmod.Aliases(self._store, self._layout)
 
     # listings -------------------------------------------------------------------------------------------
@@ -172,7 +174,7 @@ class Registry(asset.Registry, alias='s3'):
 
     def _stem(self, project: asset.Project.Key, release: asset.Release.Key | str) -> str:
         """The name a release is stored under: its marker's name as listed - the canonical key of its version
-        (:func:`forml_s3.names.canonical`), or the spelling an earlier forml-s3 stored it under - so that any
+        (:func:`forml_s3.model.names.canonical`), or the spelling an earlier forml-s3 stored it under - so that any
         PEP 440-equal spelling (``2``, ``2.0``, ``2.0.0``) reaches the same release. A release not pushed yet is
         stored under its canonical key. Found once per process (and pickled with the registry)."""
         project, key = str(names.project(project)), names.release(release)
@@ -521,7 +523,7 @@ class Registry(asset.Registry, alias='s3'):
     def _retire(self, project: str, release: str) -> None:
         """Apply ``keep_generations`` after a commit; a failure here never undoes the commit."""
         try:
-            from . import retention  # noqa: PLC0415 - only registries with a retention setting need it
+            from .runtime import retention  # noqa: PLC0415 - only registries with a retention setting need it
 
             retired = retention.retire(
                 self._store, self._layout, project, release, self._keep_generations, read=self._marker
@@ -792,7 +794,7 @@ def _copy(source: pathlib.Path, target: pathlib.Path) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class _Pack:
-    """Held states of one commit, side by side in one object (see :mod:`forml_s3.packing`)."""
+    """Held states of one commit, side by side in one object (see :mod:`forml_s3.runtime.packing`)."""
 
     key: str
     held: list[tuple[str, packing.Held]]

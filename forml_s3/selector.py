@@ -184,7 +184,7 @@ class Alias(application.Selector):
     def __init__(self, project: str, name: str, refresh: float = 10.0):
         if refresh < 0:
             raise ValueError(f'Refresh interval must not be negative: {refresh}')
-        from . import names  # noqa: PLC0415 - the selector module stays light for descriptors
+        from .model import names  # noqa: PLC0415 - the selector module stays light for descriptors
 
         self._project: str = str(names.project(project))
         self._name: str = names.alias(name)

@@ -17,8 +17,10 @@ import uuid
 
 import pytest
 
-from forml_s3 import embedded, lease, storage
+from forml_s3 import storage
+from forml_s3.demo import endpoint as embedded
 from forml_s3.registry import Registry
+from forml_s3.runtime import lease
 from forml_s3.storage import probe
 
 from . import helpers, servers

@@ -5,7 +5,7 @@
 * :class:`Azurite` - Azurite's blob service (npm ``azurite``, pinned, installed into ``.ci/node`` by ``.ci/run``
   or on first use), kept in memory, with the published development account.
 
-Each offers what the tests use of ``forml_s3.embedded.Server``: ``start()`` (waits until it answers),
+Each offers what the tests use of ``forml_s3.demo.endpoint.Server``: ``start()`` (waits until it answers),
 ``stop()``, ``storage_options()``, ``create_bucket(name)``, ``keys(bucket)`` and ``url(bucket, prefix)``, and
 ``requests()``: the requests the server logged since ``reset_counts()`` (both log one access line per request),
 for tests that count requests instead of timing them.

@@ -1,4 +1,4 @@
-"""Model aliases (``forml_s3.aliases``, ``forml-s3 alias``): compare-and-swap moves, history, live targets only,
+"""Model aliases (``forml_s3.runtime.aliases``, ``forml-s3 alias``): compare-and-swap moves, history, live targets only,
 retention keeps aliased generations - on memory, local disk and S3 (moto's HTTP server), with real racing
 processes and the real CLI."""
 
@@ -10,8 +10,9 @@ import sys
 import forml
 import pytest
 
-from forml_s3 import aliases, retention, storage
+from forml_s3 import storage
 from forml_s3.registry import Registry
+from forml_s3.runtime import aliases, retention
 
 from .helpers import PROJECT, commit, run_cli, s3_options
 from .test_concurrency import RACERS, ROOT, Crowd

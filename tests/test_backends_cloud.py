@@ -21,10 +21,12 @@ import numpy
 import pytest
 from forml.io import asset
 
-from forml_s3 import demo, layout, storage, transfers
+from forml_s3 import demo, storage
 from forml_s3.cli.demo import parse_predictions
 from forml_s3.inventory import Inventory
+from forml_s3.model import layout
 from forml_s3.registry import Registry
+from forml_s3.runtime import transfers
 
 from .helpers import PROJECT, commit, run_cli, tag
 

@@ -7,8 +7,8 @@ import forml
 import pytest
 from forml.io import asset
 
-from forml_s3 import cache
 from forml_s3.registry import Registry
+from forml_s3.runtime import cache
 
 from .helpers import PROJECT, commit
 

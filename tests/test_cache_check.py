@@ -16,9 +16,10 @@ import zipfile
 
 import pytest
 
-from forml_s3 import cache as cachemod
-from forml_s3 import embedded, packing
+from forml_s3.demo import endpoint as embedded
 from forml_s3.registry import Registry
+from forml_s3.runtime import cache as cachemod
+from forml_s3.runtime import packing
 
 from . import conftest
 from .helpers import commit

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from forml_s3 import cache as cachemod
+from forml_s3.runtime import cache as cachemod
 
 KiB = 2**10
 

@@ -16,7 +16,7 @@ import time
 import pytest
 from forml.io import asset
 
-from forml_s3 import layout
+from forml_s3.model import layout
 from forml_s3.registry import Registry
 
 from .conftest import new_bucket

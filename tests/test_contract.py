@@ -2,8 +2,8 @@
 ``backend``-parametrized modules: a level of 300 generations listed in one LIST page, counted by the client (these
 servers keep no request log)."""
 
-from forml_s3 import transfers
 from forml_s3.registry import Registry
+from forml_s3.runtime import transfers
 
 from .conftest import new_bucket
 from .helpers import PROJECT, commit, every_s3_backend

@@ -23,8 +23,11 @@ import numpy
 import pytest
 from sklearn import linear_model, pipeline, preprocessing
 
-from forml_s3 import demo, embedded, layout, staging
+from forml_s3 import demo
 from forml_s3.cli.demo import parse_predictions
+from forml_s3.demo import endpoint as embedded
+from forml_s3.model import layout
+from forml_s3.runtime import staging
 
 PROJECT = demo.PROJECT
 

@@ -20,8 +20,9 @@ import numpy
 import pytest
 from sklearn import linear_model, pipeline, preprocessing
 
-from forml_s3 import demo, layout
+from forml_s3 import demo
 from forml_s3.cli.demo import Gateway, free_port, parse_predictions
+from forml_s3.model import layout
 
 PROJECT = demo.PROJECT
 

@@ -16,7 +16,7 @@ ROOT = pathlib.Path(__file__).parent.parent
 
 def test_suite_runs_against_an_external_endpoint(tmp_path):
     server = subprocess.Popen(
-        [sys.executable, '-m', 'forml_s3.embedded', '--verbose'],
+        [sys.executable, '-m', 'forml_s3.demo.endpoint', '--verbose'],
         stdout=subprocess.PIPE,
         stderr=(tmp_path / 'server.log').open('w'),
         text=True,

@@ -8,8 +8,9 @@ import json
 import forml
 import pytest
 
-from forml_s3 import inspect, retention
+from forml_s3.ops import snapshot as inspect
 from forml_s3.registry import Conflict
+from forml_s3.runtime import retention
 
 from .helpers import PROJECT, commit, run_cli
 

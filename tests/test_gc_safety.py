@@ -15,8 +15,11 @@ import uuid
 import forml
 import pytest
 
-from forml_s3 import codec, garbage, inspect, layout, lease, transfers
+from forml_s3.model import codec, layout
+from forml_s3.ops import gc as garbage
+from forml_s3.ops import snapshot as inspect
 from forml_s3.registry import Incomplete, Registry
+from forml_s3.runtime import lease, transfers
 
 from . import helpers
 from .helpers import PROJECT, s3_options
@@ -278,7 +281,7 @@ def test_a_commit_never_names_an_object_deleted_before_its_marker(s3url, tmp_pat
             registry._store.delete(key)
 
     monkeypatch.setattr(registry, '_commit_tags', vanish)
-    monkeypatch.setattr('forml_s3.packing.LINGER', 60.0)
+    monkeypatch.setattr('forml_s3.runtime.packing.LINGER', 60.0)
     with pytest.raises(Incomplete, match=f'{what} .*missing.*nothing was committed'):
         if what == 'package':
             registry.push(package_factory('0.1'))

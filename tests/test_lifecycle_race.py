@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from forml_s3 import lifecycle
+from forml_s3.ops import lifecycle
 
 from .helpers import run_cli, s3_options
 from .proxy import Proxy

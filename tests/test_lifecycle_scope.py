@@ -6,8 +6,11 @@ import json
 
 import pytest
 
-from forml_s3 import inspect, layout, lifecycle, retention
+from forml_s3.model import layout
+from forml_s3.ops import lifecycle
+from forml_s3.ops import snapshot as inspect
 from forml_s3.registry import Registry
+from forml_s3.runtime import retention
 
 from .helpers import PROJECT, commit, run_cli, s3_options
 

@@ -18,7 +18,10 @@ import toml
 from forml.io import asset
 from forml.provider.registry.filesystem import posix
 
-from forml_s3 import garbage, inspect, layout, migrate
+from forml_s3.model import layout
+from forml_s3.ops import copy as migrate
+from forml_s3.ops import gc as garbage
+from forml_s3.ops import snapshot as inspect
 from forml_s3.registry import Registry
 
 from . import helpers

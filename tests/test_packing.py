@@ -13,8 +13,9 @@ import forml
 import pytest
 from forml.io import asset
 
-from forml_s3 import inspect, packing, transfers
+from forml_s3.ops import snapshot as inspect
 from forml_s3.registry import Conflict, Registry
+from forml_s3.runtime import packing, transfers
 
 from .helpers import PROJECT, commit, run_cli, s3_options, tag
 
@@ -122,7 +123,7 @@ def test_a_process_exiting_without_commit_still_stores_its_held_states(s3server,
     sid = uuid.uuid4()
     script = textwrap.dedent(f"""
         import json, sys, uuid
-        from forml_s3 import packing
+        from forml_s3.runtime import packing
         from forml_s3.registry import Registry
         packing.LINGER = 3600.0  # only the exit hook can send it
         registry = Registry({url!r}, storage_options=json.loads(sys.argv[1]), cache_dir={str(tmp_path / 'c')!r})

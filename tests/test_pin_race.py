@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from forml_s3 import layout
+from forml_s3.model import layout
 from forml_s3.registry import Registry
 
 from . import conftest

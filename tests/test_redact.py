@@ -6,8 +6,8 @@ import uuid
 
 import pytest
 
-from forml_s3 import redact
 from forml_s3.registry import Registry
+from forml_s3.storage import redact
 
 from .helpers import PROJECT
 

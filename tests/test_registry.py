@@ -10,8 +10,9 @@ import pytest
 from forml import project as prj
 from forml.io import asset
 
-from forml_s3 import layout, transfers
+from forml_s3.model import layout
 from forml_s3.registry import Conflict, Registry
+from forml_s3.runtime import transfers
 
 from .helpers import PROJECT, commit, tag
 

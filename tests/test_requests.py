@@ -8,9 +8,9 @@ import pytest
 from forml import application
 from forml.io import asset
 
-from forml_s3 import packing, transfers
 from forml_s3.inventory import Inventory
 from forml_s3.registry import Registry
+from forml_s3.runtime import packing, transfers
 
 from .helpers import PROJECT, commit, tag
 

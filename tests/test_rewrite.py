@@ -8,8 +8,8 @@ import uuid
 import forml
 import pytest
 
-from forml_s3 import packing
 from forml_s3.registry import Registry
+from forml_s3.runtime import packing
 
 from .helpers import PROJECT, tag
 

@@ -65,7 +65,7 @@ def serving(make_registry, package_factory):
 
 def test_survives_the_retirement_of_its_pick(make_registry, package_factory):
     """ForML's own Instance equality re-lists the generation and raises once it is retired; picks compare by name."""
-    from forml_s3 import retention
+    from forml_s3.runtime import retention
 
     registry, directory, selector, first = serving(make_registry, package_factory)
     commit(registry, 2, payloads=())
@@ -94,7 +94,7 @@ def test_drops_a_pick_the_registry_no_longer_has(make_registry, package_factory)
 def test_an_alias_pick_retired_after_the_alias_moved_still_hashes(make_registry, package_factory):
     """Alias (and Split/Fallback over it) return the same name-hashed instances: the old pick, served until the
     next read of the alias, survives its generation's retirement."""
-    from forml_s3 import retention
+    from forml_s3.runtime import retention
     from forml_s3.selector import Alias, Named
 
     registry, directory, _, _ = serving(make_registry, package_factory)

@@ -13,7 +13,7 @@ import pytest
 from forml import project as prj
 
 from benchmarks import chaos
-from forml_s3 import layout
+from forml_s3.model import layout
 from forml_s3.registry import Registry
 
 from .helpers import PROJECT, commit, tag

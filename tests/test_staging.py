@@ -21,9 +21,9 @@ import zipfile
 import pytest
 from click.testing import CliRunner
 
-from forml_s3 import cache, staging
 from forml_s3.cli import main
 from forml_s3.registry import Registry
+from forml_s3.runtime import cache, staging
 
 from .helpers import PROJECT
 

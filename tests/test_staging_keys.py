@@ -18,9 +18,9 @@ import types
 import pytest
 from click.testing import CliRunner
 
-from forml_s3 import staging
 from forml_s3.cli import main
 from forml_s3.registry import Registry
+from forml_s3.runtime import staging
 
 from . import conftest
 from .helpers import PROJECT

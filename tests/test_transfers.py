@@ -7,8 +7,8 @@ import uuid
 import forml
 import pytest
 
-from forml_s3 import transfers
 from forml_s3.registry import Registry
+from forml_s3.runtime import transfers
 from forml_s3.storage import s3 as s3store
 
 from .helpers import PROJECT, tag

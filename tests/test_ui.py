@@ -13,8 +13,11 @@ import pytest
 from forml.io import asset
 from starlette.testclient import TestClient
 
-from forml_s3 import codec, layout, lifecycle, retention, storage, transfers
+from forml_s3 import storage
+from forml_s3.model import codec, layout
+from forml_s3.ops import lifecycle
 from forml_s3.registry import Registry
+from forml_s3.runtime import retention, transfers
 from forml_s3.ui import app, config, highlight, model
 
 from .helpers import PackageFactory, run_cli, s3_options

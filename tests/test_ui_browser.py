@@ -16,7 +16,8 @@ import typing
 
 import pytest
 
-from forml_s3 import codec, lifecycle
+from forml_s3.model import codec
+from forml_s3.ops import lifecycle
 
 from .helpers import s3_options
 from .test_ui import SCORES, Seeded

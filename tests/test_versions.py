@@ -11,7 +11,7 @@ import types
 import pytest
 from forml.io import asset
 
-from forml_s3 import layout, names
+from forml_s3.model import layout, names
 from forml_s3.registry import Conflict, Registry
 
 from . import conftest

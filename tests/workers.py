@@ -16,8 +16,8 @@ import uuid
 from forml import project as prj
 from forml.io import asset
 
-from forml_s3 import lease, packing, transfers
 from forml_s3.registry import Conflict, Incomplete, Registry
+from forml_s3.runtime import lease, packing, transfers
 
 from .helpers import PROJECT, tag
 
@@ -145,7 +145,7 @@ def mount(args) -> dict:
 
 def alias_race(args) -> dict:
     """Read the alias, then race the others to move it (to generation ``--generation``) from what was read."""
-    from forml_s3 import aliases
+    from forml_s3.runtime import aliases
 
     reg = registry(args)
     old = reg.aliases.read(PROJECT, 'champion')

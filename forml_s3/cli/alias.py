@@ -1,6 +1,6 @@
 """``forml-s3 alias``: named pointers to model generations (``champion``, ``challenger``, ...), kept in the bucket.
 
-Thin click commands over :mod:`forml_s3.aliases`. The registry is ``--url`` (with ``-o`` storage options) or, by
+Thin click commands over :mod:`forml_s3.runtime.aliases`. The registry is ``--url`` (with ``-o`` storage options) or, by
 default, the ForML config's registry (``--registry NAME`` for another section than the default one).
 
 Exit codes: 0 done; 1 the alias was not where ``--expect`` said, or another change won (nothing written);
@@ -22,9 +22,11 @@ class Lost(click.ClickException):
 
 
 def _aliases(url: str | None, registry: str | None, options: tuple[str, ...]):
-    """The :class:`forml_s3.aliases.Aliases` of the chosen registry."""
-    from forml_s3 import aliases, inspect, layout  # noqa: PLC0415
+    """The :class:`forml_s3.runtime.aliases.Aliases` of the chosen registry."""
     from forml_s3.cli import config  # noqa: PLC0415
+    from forml_s3.model import layout
+    from forml_s3.ops import snapshot as inspect
+    from forml_s3.runtime import aliases  # noqa: PLC0415
 
     _loglevel()
     settings: dict[str, typing.Any] = {'url': url, 'storage_options': {}}
@@ -55,7 +57,7 @@ def _run(action: typing.Callable[[], typing.Any]) -> typing.Any:
     """Run an alias operation: a lost swap exits 1, any other ForML error 2, each with its one-line message."""
     import forml  # noqa: PLC0415
 
-    from forml_s3 import aliases  # noqa: PLC0415
+    from forml_s3.runtime import aliases  # noqa: PLC0415
 
     try:
         return action()
@@ -67,7 +69,7 @@ def _run(action: typing.Callable[[], typing.Any]) -> typing.Any:
 
 def _target(value: str | None):
     """``--expect`` as a target: ``RELEASE#GENERATION`` or ``none``."""
-    from forml_s3 import aliases  # noqa: PLC0415
+    from forml_s3.runtime import aliases  # noqa: PLC0415
 
     if value is None:
         return aliases.ANY
@@ -156,7 +158,7 @@ def rm(project, name, expect, as_json, url, registry, options) -> None:
 @registry_options
 def history(project, name, as_json, url, registry, options) -> None:
     """Every change of alias NAME of PROJECT, oldest first: from, to, when, by whom."""
-    from forml_s3 import aliases as aliasmod  # noqa: PLC0415
+    from forml_s3.runtime import aliases as aliasmod  # noqa: PLC0415
 
     aliases = _aliases(url, registry, options)
 

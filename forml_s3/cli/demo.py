@@ -46,7 +46,7 @@ def demo(keep: pathlib.Path | None, no_serve: bool, verbose: bool) -> None:
     release, model train (twice: new data arrives in between), model list, model apply, application
     put/list/serve with one prediction over HTTP; finally prints the bucket's key tree.
     """
-    from forml_s3 import embedded
+    from forml_s3.demo import endpoint as embedded
 
     with contextlib.ExitStack() as stack:
         if keep:
@@ -294,7 +294,7 @@ def serve_s3(port: int, bucket: tuple[str, ...], state: pathlib.Path | None, ver
     (AWS_ENDPOINT_URL and dummy credentials). Data lives in memory and is gone when it stops, unless --state
     names a folder kept by the demo: then its bucket is served again and saved back when the server stops.
     """
-    from forml_s3 import embedded
+    from forml_s3.demo import endpoint as embedded
 
     if state is None:
         argv = ['--port', str(port)] + [arg for name in bucket for arg in ('--bucket', name)]

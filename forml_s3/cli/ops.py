@@ -1,5 +1,5 @@
-"""``forml-s3 ls``, ``verify``, ``copy`` and ``gc``: thin click commands over :mod:`forml_s3.inspect` and
-:mod:`forml_s3.migrate`.
+"""``forml-s3 ls``, ``verify``, ``copy`` and ``gc``: thin click commands over :mod:`forml_s3.ops.snapshot` and
+:mod:`forml_s3.ops.copy`.
 
 Exit codes: 0 all done; 1 problems found (``verify``) or some releases/generations not copied (``copy``);
 2 bad usage, or the command could not complete (missing bucket, access denied, endpoint down), with the partial
@@ -83,7 +83,7 @@ def _loglevel() -> None:
 
 def open_store(url: str, options: tuple[str, ...]):
     """The store of a registry URL with the command's ``--option`` values (bad ones: exit code 2)."""
-    from forml_s3 import inspect  # noqa: PLC0415
+    from forml_s3.ops import snapshot as inspect  # noqa: PLC0415
 
     _loglevel()
 
@@ -116,7 +116,7 @@ def ls(url: str, options: tuple[str, ...], as_json: bool) -> None:
       forml-s3 ls s3://my-bucket/forml
       forml-s3 ls --json s3://my-bucket/forml | jq '.projects[].releases[].release'
     """
-    from forml_s3 import inspect  # noqa: PLC0415
+    from forml_s3.ops import snapshot as inspect  # noqa: PLC0415
 
     st = open_store(url, options)
     with fatal_errors():
@@ -156,7 +156,7 @@ def verify(
     """
     import pathlib  # noqa: PLC0415
 
-    from forml_s3 import inspect  # noqa: PLC0415
+    from forml_s3.ops import snapshot as inspect  # noqa: PLC0415
 
     st = open_store(url, options)
     with fatal_errors():
@@ -224,7 +224,7 @@ def copy(
 
     Exit code 0: everything is at the destination; 1: something was not copied; 2: a side could not be read.
     """
-    from forml_s3 import migrate  # noqa: PLC0415
+    from forml_s3.ops import copy as migrate  # noqa: PLC0415
 
     src_opts, dst_opts = parse_options(options), parse_options(dst_options)
     _loglevel()
@@ -244,7 +244,7 @@ def copy(
             skip = sum(s.action is migrate.Action.SKIP and not s.label.startswith('pin') for s in steps)
             click.echo(f'{todo} to copy, {skip} already there' + (f', {pins} to pin' if pins else ''))
             return
-        from forml_s3 import inspect  # noqa: PLC0415
+        from forml_s3.ops import snapshot as inspect  # noqa: PLC0415
 
         moved = {'bytes': 0}
 
@@ -328,7 +328,8 @@ def gc(
 
     Exit code 0: done; 2: could not complete (what was deleted before the failure is listed).
     """
-    from forml_s3 import garbage, inspect  # noqa: PLC0415
+    from forml_s3.ops import gc as garbage  # noqa: PLC0415
+    from forml_s3.ops import snapshot as inspect
 
     if days < garbage.GRACE.days and not allow_short_grace:
         raise click.BadParameter(

@@ -21,8 +21,8 @@ import zlib
 
 import forml
 
-from .. import options as optmod
 from . import base, probe
+from . import options as optmod
 
 if typing.TYPE_CHECKING:
     import fsspec

@@ -3,7 +3,7 @@
 Views are plain functions that ask :class:`forml_s3.ui.model.Browser` for data and render a Jinja2 template
 (autoescaped: every name, tag field and descriptor line reaches the page escaped). Writes (pin, unpin, retire)
 exist only with ``allow_writes``; each is a POST carrying a CSRF token (an HMAC of a per-browser cookie under a
-per-process secret) and calls the same :mod:`forml_s3.retention` functions as the CLI. A write whose premise no
+per-process secret) and calls the same :mod:`forml_s3.runtime.retention` functions as the CLI. A write whose premise no
 longer holds (the generation was retired meanwhile, the release gained generations since the page was shown)
 is reported as a conflict (HTTP 409) and not applied.
 """
@@ -23,9 +23,11 @@ from starlette import applications, concurrency, requests, responses, routing
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from .. import aliases as aliasmod
-from .. import inspect, lifecycle, retention
 from ..cli.retention import _describe_filter as describe_filter
+from ..ops import lifecycle
+from ..ops import snapshot as inspect
+from ..runtime import aliases as aliasmod
+from ..runtime import retention
 from . import chart, highlight, model
 
 LOGGER = logging.getLogger(__name__)

@@ -19,8 +19,11 @@ import typing
 import forml
 from forml.io import asset
 
-from .. import aliases as aliasmod
-from .. import codec, inspect, layout, names, retention, storage
+from .. import storage
+from ..model import codec, layout, names
+from ..ops import snapshot as inspect
+from ..runtime import aliases as aliasmod
+from ..runtime import retention
 
 LOGGER = logging.getLogger(__name__)
 
@@ -343,7 +346,7 @@ class Browser:
     def verify(self, project: str, release: str, generation: int) -> list[tuple[str, str, str | None]]:
         """Check each object holding the generation's states (exists, size, sha256): (key, what, problem).
 
-        Uses :func:`forml_s3.inspect.verify` on a snapshot of just this generation (one HEAD and one GET per
+        Uses :func:`forml_s3.ops.snapshot.verify` on a snapshot of just this generation (one HEAD and one GET per
         object), so the browser reports exactly what ``forml-s3 verify`` would.
         """
         row, retired, _ = self.generation(project, release, generation)
@@ -375,7 +378,7 @@ class Browser:
     # aliases ------------------------------------------------------------------------------------------------
     @property
     def alias_book(self) -> aliasmod.Aliases:
-        """The registry's aliases (:mod:`forml_s3.aliases`: what ``forml-s3 alias`` reads and moves)."""
+        """The registry's aliases (:mod:`forml_s3.runtime.aliases`: what ``forml-s3 alias`` reads and moves)."""
         return aliasmod.Aliases(self.store, self.layout)
 
     def aliases(self, project: str) -> list[aliasmod.Alias]:

@@ -9,13 +9,13 @@ Paths are relative to the registry root (the configured URL)::
     <project>/<release>/retired/<n>.json            marker of a retired generation (hidden from listings)
     <project>/<release>/pinned/<n>.json             pin: the generation is never retired
     <project>/<release>/states/<sid>.bin            states, written once, uncommitted until a marker names them
-    <project>/<release>/states/<pack-id>.pack       small states of one commit side by side (see forml_s3.packing)
+    <project>/<release>/states/<pack-id>.pack       small states of one commit side by side (forml_s3.runtime.packing)
     <project>/aliases/<name>.json                   alias: a named pointer to one generation, with its history
-    .leases/<writer>.json                           a live process's uncommitted releases (see forml_s3.lease)
+    .leases/<writer>.json                           a live process's uncommitted releases (see forml_s3.runtime.lease)
 
-``<release>`` is the version's canonical key (:func:`forml_s3.names.canonical`: ``2``, ``2.0`` and ``2.0.0`` are all
-``2.0``), so that equal versions contend for one exclusive create; a registry written before canonical keys holds
-releases under the spelling pushed, and :meth:`Layout.stored_as` finds them.
+``<release>`` is the version's canonical key (:func:`forml_s3.model.names.canonical`: ``2``, ``2.0`` and ``2.0.0``
+are all ``2.0``), so that equal versions contend for one exclusive create; a registry written before canonical keys
+holds releases under the spelling pushed, and :meth:`Layout.stored_as` finds them.
 
 Markers of one level sit side by side under a prefix that holds nothing else, so one delimiter LIST
 returns the whole level (up to 1,000 entries a page) and shows only what is committed. The package key

@@ -4,7 +4,7 @@ Both sides are driven through ForML's ``asset.Registry`` API - ForML's own posix
 directory, :class:`forml_s3.registry.Registry` for any forml-s3 URL - so the copy stores exactly what ForML
 itself would: releases are pushed, states written and generations closed under their original numbers with
 their original tags. Where the API would move bytes just to compare, a forml-s3 side answers from its markers
-(read through :mod:`forml_s3.storage` at keys from :mod:`forml_s3.layout`): a second copy reads markers and
+(read through :mod:`forml_s3.storage` at keys from :mod:`forml_s3.model.layout`): a second copy reads markers and
 local files only and transfers no package or state.
 
 The copy is resumable: a release or generation already at the destination with the same content (package
@@ -30,8 +30,9 @@ import uuid
 import forml
 from forml.io import asset
 
-from . import cache as cachemod
-from . import codec, layout, names, storage
+from .. import storage
+from ..model import codec, layout, names
+from ..runtime import cache as cachemod
 
 if typing.TYPE_CHECKING:
     from forml import project as prj
@@ -139,7 +140,7 @@ class S3Side(Side):
     format = FORML_S3
 
     def __init__(self, url: str, storage_options: typing.Mapping[str, typing.Any] | None, workdir: pathlib.Path):
-        from .registry import Registry  # noqa: PLC0415
+        from ..registry import Registry  # noqa: PLC0415
 
         self.store = storage.open_store(url, storage_options)
         super().__init__(self.store.url)
@@ -169,7 +170,7 @@ class S3Side(Side):
     pinnable = True
 
     def pins(self, project: asset.Project.Key, release: asset.Release.Key) -> dict[int, str]:
-        from . import retention  # noqa: PLC0415
+        from ..runtime import retention  # noqa: PLC0415
 
         numbers = retention.pins(self.store, self.layout, str(project), str(release))
         return {n: str(self._marker(self.layout.pin_marker(project, release, n)).get('note') or '') for n in numbers}
@@ -180,7 +181,7 @@ class S3Side(Side):
         return {int(name) for name in tombstones if name.isdigit()}
 
     def pin(self, project: asset.Project.Key, release: asset.Release.Key, generation: int, note: str) -> None:
-        from . import retention  # noqa: PLC0415
+        from ..runtime import retention  # noqa: PLC0415
 
         retention.pin(self.store, self.layout, str(project), str(release), generation, note)
 

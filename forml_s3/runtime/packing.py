@@ -12,7 +12,7 @@ beyond that ``write`` sends the oldest on their own itself, so a writer faster t
 transfer pool's byte budget as it would without holding. What is held when the interpreter exits is sent, and
 waited for, before the transfer pool shuts down.
 
-The table is per process (keyed by the state's full URL), like :mod:`forml_s3.transfers`, whose pending table
+The table is per process (keyed by the state's full URL), like :mod:`forml_s3.runtime.transfers`, whose pending table
 records a held state too: its future completes once the state is stored, in a pack or on its own.
 """
 

@@ -1,6 +1,6 @@
 """Model aliases: a named pointer per project (``champion``, ``production``, ...) to one release and generation.
 
-An alias is one small JSON object, ``<project>/aliases/<name>.json`` (see :mod:`forml_s3.layout`), holding what
+An alias is one small JSON object, ``<project>/aliases/<name>.json`` (see :mod:`forml_s3.model.layout`), holding what
 it points to now and every change it went through (from, to, when, by whom: user and host, never a secret).
 Every change is a compare-and-swap on that object (:meth:`forml_s3.storage.Store.replace`: ``If-Match`` on S3,
 the generation precondition on GCS, ``If-Match`` on Azure, a lock on local disk): of two operators moving one
@@ -20,7 +20,8 @@ import typing
 import forml
 from forml.io import asset
 
-from . import codec, layout, names, storage
+from .. import storage
+from ..model import codec, layout, names
 
 LOGGER = logging.getLogger(__name__)
 

@@ -3,14 +3,14 @@
 Garbage is what an interrupted push or training leaves: packages, states and packs no marker names, and the
 incomplete multipart uploads of a writer killed mid-upload (S3). An object is deleted only if all of these hold:
 
-* the :mod:`forml_s3.layout` makes exactly its key (``package-<16 hex>.4ml``, ``states/<uuid>.bin`` or
+* the :mod:`forml_s3.model.layout` makes exactly its key (``package-<16 hex>.4ml``, ``states/<uuid>.bin`` or
   ``.pack``; a user's ``package-backup.4ml`` is not ours) in a project the registry knows (a project or release
   marker exists) and, for states and packs, in a release whose marker exists;
 * it is older than the grace period (7 days by default: longer than any training between its first upload and
   its commit);
 * two listings, the second right before deleting, find no marker naming it, and nothing is deleted in a
   release with a corrupted marker;
-* no live lease (:mod:`forml_s3.lease`) names its release: a process still holding uncommitted uploads there;
+* no live lease (:mod:`forml_s3.runtime.lease`) names its release: a process still holding uncommitted uploads there;
   the leases are listed after the second listing (and again while deleting), so a writer that announced
   itself before its upload appeared is always seen;
 * where the store has conditional deletes (S3: ``If-Match`` on the ETag the listing reported), an object
@@ -33,7 +33,10 @@ import typing
 
 from forml.io import asset
 
-from . import inspect, layout, lease, storage
+from .. import storage
+from ..model import layout
+from ..runtime import lease
+from . import snapshot as inspect
 
 LOGGER = logging.getLogger(__name__)
 

@@ -43,7 +43,9 @@ import uuid
 
 import forml
 
-from . import codec, layout, storage, transfers
+from .. import storage
+from ..model import codec, layout
+from ..runtime import transfers
 
 LOGGER = logging.getLogger(__name__)
 

@@ -1,12 +1,12 @@
 """Retiring old generations and pinning the ones to keep (``forml-s3 retire`` / ``pin``, ``keep_generations``).
 
 Retiring hides a generation from listings at once and leaves the deleting to an S3 lifecycle rule (see
-:mod:`forml_s3.lifecycle`), which filters by the object tag ``forml-s3=retired``. For each retired generation,
+:mod:`forml_s3.ops.lifecycle`), which filters by the object tag ``forml-s3=retired``. For each retired generation,
 in this order:
 
 1. its marker is copied to ``retired/<n>.json`` (tagged), so ``forml-s3 ls`` and ``verify`` still know it;
 2. its marker in ``generations/`` is replaced by an empty tombstone: listings skip it from now on, and the key
-   stays taken, so a writer still trying to commit that number gets a conflict (see :mod:`forml_s3.layout`);
+   stays taken, so a writer still trying to commit that number gets a conflict (see :mod:`forml_s3.model.layout`);
 3. once every generation of the run has its tombstone, the pins and the aliases are listed again: a generation
    pinned or aliased meanwhile gets its marker back and loses the copy of step 1 (it stays live);
 4. its states are tagged ``forml-s3=retired`` (except any state a kept generation names too).
@@ -15,7 +15,7 @@ Pin and retire cannot interleave into a pinned and retired generation. A pin sto
 checks that the generation is live; a retire stores the tombstone and then checks the pins (step 3). Each writes
 before it reads what the other writes, and the store is strongly consistent, so whichever comes second sees the
 first: the pin fails ("retired meanwhile", its pin deleted) or the retire backs off (step 3), or both. The same
-holds for an alias set (:mod:`forml_s3.aliases` stores the alias, then checks that its generation is live).
+holds for an alias set (:mod:`forml_s3.runtime.aliases` stores the alias, then checks that its generation is live).
 
 A run that dies between 2 and 3 can leave a generation pinned meanwhile hidden (its states untagged, so never
 expired; putting its ``retired/<n>.json`` back as ``generations/<n>.json`` restores it). A run that dies between
@@ -24,7 +24,7 @@ live generation's data); running ``retire`` again does not revisit them, ``forml
 what the rule will expire. Off S3 (``file://``, ``memory://``) there are no tags: retiring only hides.
 
 The newest ``keep`` generations of a release, every pinned one (``pinned/<n>.json``) and every one an alias points
-to (:mod:`forml_s3.aliases`) are never retired.
+to (:mod:`forml_s3.runtime.aliases`) are never retired.
 """
 
 import dataclasses
@@ -34,7 +34,9 @@ import typing
 import forml
 from forml.io import asset
 
-from . import aliases, codec, layout, names, storage, transfers
+from .. import storage
+from ..model import codec, layout, names
+from . import aliases, transfers
 
 LOGGER = logging.getLogger(__name__)
 
@@ -54,7 +56,7 @@ class Plan:
     pinned: list[int]
     retired: list[int]
     aliased: list[int] = dataclasses.field(default_factory=list)
-    """Generations kept because an alias points to them (see :mod:`forml_s3.aliases`)."""
+    """Generations kept because an alias points to them (see :mod:`forml_s3.runtime.aliases`)."""
 
 
 def _numbers(st: storage.Store, prefix: str) -> dict[int, storage.Entry]:

@@ -22,7 +22,7 @@ conveniences are understood (all optional):
 Listings are never served from s3fs's listings cache (``use_listings_cache=False``): the registry keeps its
 own short-lived listing cache, invalidated on its own writes. ``AWS_ENDPOINT_URL`` and the rest of the AWS
 environment are honoured by botocore as usual, since nothing here forces an endpoint. Mapping options also
-installs :mod:`forml_s3.redact`'s filter on the S3 libraries' loggers, so their DEBUG output never shows the
+installs :mod:`forml_s3.storage.redact`'s filter on the S3 libraries' loggers, so their DEBUG output never shows the
 credentials.
 """
 
@@ -97,7 +97,7 @@ SECRET_KEYS = ('key', 'secret', 'token', 'aws_access_key_id', 'aws_secret_access
 
 
 def _secret_values(storage_options: typing.Mapping[str, typing.Any]) -> list[typing.Any]:
-    """The credential values set anywhere in ``storage_options`` (for :mod:`forml_s3.redact` to mask)."""
+    """The credential values set anywhere in ``storage_options`` (for :mod:`forml_s3.storage.redact` to mask)."""
     found = []
     for key, value in storage_options.items():
         if isinstance(value, typing.Mapping):

@@ -2,11 +2,11 @@
 
 Everything starts from one :func:`snapshot`: a recursive listing of the registry root (one LIST request per
 1,000 objects) plus one GET per release, generation and retired marker. Each listed object is classified by
-asking :mod:`forml_s3.layout` which key it is (see :func:`classify`), so this module makes no key of its own.
+asking :mod:`forml_s3.model.layout` which key it is (see :func:`classify`), so this module makes no key of its own.
 
 * :func:`verify` checks every committed object a marker names - exists, same size, same sha256 - and reports
   uncommitted objects no marker names (orphans), and, given a staging path, stale or half-installed trees there.
-* :mod:`forml_s3.garbage` deletes old orphans (``gc``) from the same snapshots.
+* :mod:`forml_s3.ops.gc` deletes old orphans (``gc``) from the same snapshots.
 """
 
 import concurrent.futures
@@ -24,8 +24,10 @@ import typing
 
 from forml.io import asset
 
-from . import cache as cachemod
-from . import codec, layout, names, staging, storage
+from .. import storage
+from ..model import codec, layout, names
+from ..runtime import cache as cachemod
+from ..runtime import staging
 
 LOGGER = logging.getLogger(__name__)
 

@@ -25,7 +25,8 @@ import time
 import typing
 import uuid
 
-from . import codec, layout, storage
+from .. import storage
+from ..model import codec, layout
 
 LOGGER = logging.getLogger(__name__)
 

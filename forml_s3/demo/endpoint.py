@@ -26,7 +26,7 @@ backends of the process, IAM included.
 Moto accepts any credentials by default. :meth:`Server.set_auth` turns IAM enforcement on (moto's
 ``INITIAL_NO_AUTH_ACTION_COUNT``, a process-wide setting too), after a given number of free requests.
 
-``python -m forml_s3.embedded`` starts a server and prints its endpoint until Ctrl-C.
+``python -m forml_s3.demo.endpoint`` starts a server and prints its endpoint until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -592,7 +592,7 @@ class Server:
 
 def main(argv: collections.abc.Sequence[str] | None = None) -> None:
     """Start an embedded S3 server, print its endpoint and serve until Ctrl-C."""
-    parser = argparse.ArgumentParser(prog='python -m forml_s3.embedded', description=main.__doc__)
+    parser = argparse.ArgumentParser(prog='python -m forml_s3.demo.endpoint', description=main.__doc__)
     parser.add_argument('-p', '--port', type=int, default=0, help='port on 127.0.0.1 (default: a free one)')
     parser.add_argument('-b', '--bucket', action='append', default=[], help='bucket to create (repeatable)')
     parser.add_argument('-v', '--verbose', action='store_true', help='log every request')
