@@ -1,5 +1,6 @@
 """A small HTTP proxy in front of the S3 endpoint that makes interleavings deterministic: it can hold one request
-until released, or keep answering matching requests with the first answer it got (a stale view) until thawed."""
+until released, or keep answering matching requests with the first answer it got (a stale view) until thawed; it
+can also answer in a server's own dialect (``rewrite``) and keeps the requests it saw (``seen``)."""
 
 import http.client
 import http.server
@@ -9,6 +10,8 @@ import urllib.parse
 
 Match = typing.Callable[[str, str], bool]
 """A predicate over (HTTP method, request path with its query)."""
+Rewrite = typing.Callable[[str, str, bytes], bytes]
+"""The body a client gets for (HTTP method, request path with its query, the upstream's body)."""
 
 
 class Proxy(http.server.ThreadingHTTPServer):
@@ -18,12 +21,18 @@ class Proxy(http.server.ThreadingHTTPServer):
         upstream: The S3 endpoint, e.g. ``http://127.0.0.1:5000``.
         hold: The first request matching it waits (``held`` is set) until ``release`` is set.
         freeze: Requests matching it get the answer the first of them got, until ``thaw`` is set.
+        rewrite: Changes each upstream answer's body before it is sent on.
     """
 
     daemon_threads = True
 
-    def __init__(self, upstream: str, hold: Match | None = None, freeze: Match | None = None):
+    def __init__(
+        self, upstream: str, hold: Match | None = None, freeze: Match | None = None, rewrite: Rewrite | None = None
+    ):
         self.upstream = urllib.parse.urlsplit(upstream)
+        self.rewrite = rewrite
+        self.seen: list[tuple[str, str]] = []
+        """(method, path with query) of every request received, in order."""
         self.hold, self.held, self.release = hold, threading.Event(), threading.Event()
         self.freeze, self.thaw, self.frozen = freeze, threading.Event(), None
         self.replayed = 0
@@ -53,6 +62,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _forward(self) -> None:
         proxy: Proxy = self.server  # type: ignore[assignment]
         body = self.rfile.read(int(self.headers.get('Content-Length') or 0))
+        proxy.seen.append((self.command, self.path))
         if proxy.hold and not proxy.held.is_set() and proxy.hold(self.command, self.path):
             proxy.held.set()
             proxy.release.wait(120)
@@ -65,7 +75,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         headers = {k: v for k, v in self.headers.items() if k.lower() != 'expect'}
         upstream.request(self.command, self.path, body, headers)
         response = upstream.getresponse()
-        answer = (response.status, response.reason, response.getheaders(), response.read())
+        data = response.read()
+        if proxy.rewrite:
+            data = proxy.rewrite(self.command, self.path, data)
+        answer = (response.status, response.reason, response.getheaders(), data)
         upstream.close()
         if freezing:
             proxy.frozen = answer

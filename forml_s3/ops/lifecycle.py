@@ -315,11 +315,43 @@ def dumps(rules: list[dict[str, typing.Any]]) -> str:
     return json.dumps({'Rules': rules}, indent=2, sort_keys=True, default=str)
 
 
+def normal(rules: list[dict[str, typing.Any]]) -> list[dict[str, typing.Any]]:
+    """Rules in one shape, so that what a server returns compares equal to what was put.
+
+    S3-compatible servers answer the same configuration differently: Ceph RGW returns the rules sorted by ID and
+    writes a filter of a prefix and one tag without its ``And`` (or a plain ``Tag`` filter inside one). The order of
+    rules means nothing to S3 (each acts on its own), nor does the spelling of a filter: rules are sorted (by ID) and
+    every filter is written in its shortest S3 form - ``Prefix`` alone, ``Tag`` alone, else ``And`` (tags sorted).
+    """
+
+    def shaped(rule: dict[str, typing.Any]) -> dict[str, typing.Any]:
+        selector = RuleFilter.of(rule)
+        parts: dict[str, typing.Any] = {}
+        if selector.prefix:
+            parts['Prefix'] = selector.prefix
+        if selector.tags:
+            parts['Tags'] = [{'Key': k, 'Value': v} for k, v in sorted(selector.tags.items())]
+        for name, bound in (('ObjectSizeGreaterThan', selector.above), ('ObjectSizeLessThan', selector.below)):
+            if bound is not None:
+                parts[name] = int(bound)
+        if len(parts) > 1 or len(parts.get('Tags', ())) > 1:
+            found: dict[str, typing.Any] = {'And': parts}
+        elif 'Tags' in parts:
+            found = {'Tag': parts['Tags'][0]}
+        else:
+            found = parts or {'Prefix': ''}
+        return {**{k: v for k, v in rule.items() if k not in ('Filter', 'Prefix')}, 'Filter': found}
+
+    return sorted(
+        map(shaped, rules), key=lambda r: (str(r.get('ID') or ''), json.dumps(r, sort_keys=True, default=str))
+    )
+
+
 def diff(current: list[dict[str, typing.Any]], new: list[dict[str, typing.Any]], bucket: str) -> str:
-    """A unified diff of two configurations (empty when they are the same)."""
+    """A unified diff of two configurations in their :func:`normal` shape (empty when they are the same)."""
     lines = difflib.unified_diff(
-        dumps(current).splitlines(keepends=True),
-        dumps(new).splitlines(keepends=True),
+        dumps(normal(current)).splitlines(keepends=True),
+        dumps(normal(new)).splitlines(keepends=True),
         fromfile=f's3://{bucket} (current)',
         tofile=f's3://{bucket} (after apply)',
     )
@@ -327,7 +359,9 @@ def diff(current: list[dict[str, typing.Any]], new: list[dict[str, typing.Any]],
 
 
 def same(current: list[dict[str, typing.Any]], new: list[dict[str, typing.Any]]) -> bool:
-    return dumps(current) == dumps(new)
+    """Whether two configurations act the same: equal in their :func:`normal` shape (order and filter spelling
+    aside)."""
+    return dumps(normal(current)) == dumps(normal(new))
 
 
 # preview ----------------------------------------------------------------------------------------------------
