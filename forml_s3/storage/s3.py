@@ -73,17 +73,18 @@ class S3Store(base.Store):
     conditional_write = True
 
     def _connect(self) -> 'fsspec.AbstractFileSystem':
-        import fsspec  # noqa: PLC0415 - lazy: keeps `forml-s3 --help` and provider loading fast
+        from . import reach  # noqa: PLC0415 - lazy: keeps `forml-s3 --help` and provider loading fast
 
         kwargs = optmod.s3_kwargs(self._options)
         retries = optmod.s3fs_retries(self._options)
         if retries is not None:
             kwargs['skip_instance_cache'] = True  # the attribute is set on this instance only
+        kwargs['config_kwargs'].setdefault('connect_timeout', reach.CONNECT_TIMEOUT)  # fail fast: see reach
         LOGGER.debug('Connecting to %s with storage options %s', self.url, optmod.redacted(kwargs))
         for chatter in _CHATTER:  # under ForML's INFO root every command would say where credentials were found
             if logging.getLogger(chatter).level == logging.NOTSET:
                 logging.getLogger(chatter).setLevel(logging.WARNING)
-        fs = fsspec.filesystem('s3', **kwargs)
+        fs = reach.S3FileSystem(**kwargs)
         if retries is not None:
             fs.retries = retries
         return fs
@@ -101,23 +102,74 @@ class S3Store(base.Store):
         return _code(err) or str(err)
 
     def _translate(self, err: Exception, action: str, path: str) -> BaseException | None:
+        """One message per cause, naming what to fix: a missing bucket, an endpoint that cannot be reached, missing
+        credentials, an unknown profile, access denied (also a 403 without a body, as HEAD gets), a request the server
+        refused (4xx: never retried), and only then a failure that outlived the retries (5xx, dropped connections)."""
+        from botocore import exceptions  # noqa: PLC0415
+
+        from . import reach  # noqa: PLC0415
+
+        code, where = _code(err), f'{action} {self.uri(path)}'
         if isinstance(err, FileNotFoundError):
-            if _code(err) == 'NoSuchBucket':
+            if code == 'NoSuchBucket':
                 return forml.MissingError(
-                    f'Bucket {path.partition("/")[0]!r} does not exist (while trying to {action} {self.uri(path)}): '
-                    'create it or fix the url in the config section'
+                    f'Bucket {path.partition("/")[0]!r} does not exist (while trying to {where}): create it or fix '
+                    'the url in the config section'
                 )
             return None
+        if reach.unreachable(err):
+            return forml.FailedError(reach.message(err, where, getattr(self.fs, 'connect_retries', 0)))
+        if isinstance(err, exceptions.NoCredentialsError | exceptions.PartialCredentialsError):
+            return forml.InvalidError(
+                f'No AWS credentials to {where} ({err}): set AWS_PROFILE, or AWS_ACCESS_KEY_ID and '
+                'AWS_SECRET_ACCESS_KEY, or the storage options key and secret (anon = true for a public bucket)'
+            )
+        if isinstance(err, exceptions.ProfileNotFound):
+            return forml.InvalidError(self._unknown_profile(err, where))
         if not isinstance(err, OSError) and not _is_transport_error(err):
             return None
-        if _code(err) in ('PreconditionFailed', 'ConditionalRequestConflict') or 'Precondition' in str(err):
+        if code in ('PreconditionFailed', 'ConditionalRequestConflict') or 'Precondition' in str(err):
             # any 412 on a conditional write means "exists" / "changed": some S3-compatible servers omit <Condition>;
             # AWS answers 409 ConditionalRequestConflict to the loser of two concurrent conditional writes
             return base.Changed(errno.EEXIST, f'{self.uri(path)} exists or changed meanwhile')
+        answer = probe.error_of(err)
+        status = int(answer.get('HTTPStatusCode') or 0)
+        if status == 403:  # a HEAD's 403 has no body: s3fs cannot tell it is AccessDenied
+            return forml.InvalidError(f'Access denied while trying to {where}: {self.denied_hint} ({code})')
+        if 400 <= status < 500 and status not in (408, 429):  # botocore never retries these: the request is wrong
+            detail = f'{code}: {answer["Message"]}' if answer.get('Message') not in (None, '', code) else code
+            return forml.InvalidError(
+                f'The S3 endpoint refused to {where} (HTTP {status}, {detail}); not retried: the request, not the '
+                f'network, is at fault: {_REFUSAL_HINT}'
+            )
+        retried = _retries(err)  # None: no answer at all (a dropped connection), which botocore retries
+        if retried == 0:
+            head = f'Could not {where} ({code or err}; not retried)'
+        else:
+            head = (
+                f'Could not {where}, retries exhausted ({code or err}{f" after {retried} retries" if retried else ""})'
+            )
         return forml.FailedError(
-            f'Could not {action} {self.uri(path)}, retries exhausted ({_code(err) or err}): the registry is '
-            'unchanged by this step; check the endpoint and try again (storage_options max_attempts and '
-            'retry_mode set the retries)'
+            f'{head}: the registry is unchanged by this step; check the endpoint and try again (storage_options '
+            'max_attempts and retry_mode set the retries)'
+        )
+
+    def _unknown_profile(self, err: Exception, where: str) -> str:
+        """What to fix for a profile the AWS config files do not have (set as a storage option or by AWS_PROFILE)."""
+        name = getattr(err, 'kwargs', {}).get('profile', '?')
+        source = 'the storage option profile' if self._options.get('profile') else 'AWS_PROFILE'
+        files = ' or '.join(
+            dict.fromkeys(  # once each, in order
+                os.environ.get(variable) or default
+                for variable, default in (
+                    ('AWS_CONFIG_FILE', '~/.aws/config'),
+                    ('AWS_SHARED_CREDENTIALS_FILE', '~/.aws/credentials'),
+                )
+            )
+        )
+        return (
+            f'The AWS profile {name!r} (from {source}) is not in {files} (while trying to {where}): fix {source}, or '
+            'add the profile (`aws configure --profile NAME`)'
         )
 
     # listing ------------------------------------------------------------------------------------------
@@ -583,6 +635,25 @@ class _PartBody(io.RawIOBase):
 def _code(err: BaseException) -> str | None:
     """The S3 error code behind an exception that s3fs translated (it keeps the boto error as the cause)."""
     return probe.error_of(err).get('Code')
+
+
+_REFUSAL_HINT = (
+    'check the storage options the request carries (sse, sse_kms_key_id, s3_additional_kwargs); a server that rejects '
+    'the default checksums of boto3 >= 1.36 (MinIO, R2, ...) needs request_checksum_calculation = "when_required" '
+    'and response_checksum_validation = "when_required"'
+)
+"""What to check when the server refuses a request (4xx)."""
+
+
+def _retries(err: BaseException) -> int | None:
+    """How many times botocore retried the request that failed (``None`` where the error does not say)."""
+    seen: BaseException | None = err
+    while seen is not None:
+        response = getattr(seen, 'response', None)
+        if isinstance(response, dict):
+            return response.get('ResponseMetadata', {}).get('RetryAttempts')
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _is_transport_error(err: BaseException) -> bool:
