@@ -295,7 +295,10 @@ class Registry(asset.Registry, alias='s3'):
             self._track(project, stem, key)
             LOGGER.info('Uploading %s-%s package (%d bytes) to %s', project, release, size, self._store.uri(key))
             self._store.write(key, source, tags=self._uncommitted(), metadata={'sha256': sha256})
-            self._cache.fetch(sha256, size, lambda t: _copy(source, t), name=str(source), suffix=layout.PACKAGE_SUFFIX)
+            with contextlib.suppress(cachemod.Unwritable):  # a copy for later pulls: the push goes on without it
+                self._cache.fetch(
+                    sha256, size, lambda t: _copy(source, t), name=str(source), suffix=layout.PACKAGE_SUFFIX
+                )
         try:
             self._commit_stored(
                 self._layout.release_dir(project, stem),
@@ -402,11 +405,21 @@ class Registry(asset.Registry, alias='s3'):
         sha256 = str((self._release_marker(project, release).get('package') or {}).get('sha256'))
         if not _SHA256.fullmatch(sha256):  # it names the staged tree: never let a marker pick another path
             raise asset.Level.Invalid(f'Corrupted release marker of {project}-{release} in {self.url}: bad sha256')
-        target = staging.ensure(
-            staging.target(self._staging, str(project), release, sha256),
-            sha256,
-            lambda: self._package_blob(project, release),
-        )
+        try:
+            target = staging.ensure(
+                staging.target(self._staging, str(project), release, sha256),
+                sha256,
+                lambda: self._package_blob(project, release),
+            )
+        except OSError as err:
+            if not storage.local_failure(err):
+                raise
+            raise forml.FailedError(
+                f'Cannot install {project}-{release} into the staging path {self._staging}: {err.strerror}'
+                f'{f" ({err.filename})" if err.filename else ""}; free space there or make it writable, or set '
+                'staging (in the registry section of config.toml; default <cache_dir>/staging) to a writable directory '
+                'that every runner shares'
+            ) from None
         manifest = prj.Manifest.read(target)
         setup.search(target)
         return prj.Artifact(target, manifest.package, **manifest.modules)

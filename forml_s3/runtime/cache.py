@@ -21,8 +21,15 @@ its cap evicts down to :data:`EVICT_TO_FRACTION` of it. The cache can so exceed 
 step per process writing to it, between that process's scans. Eviction only unlinks files: a reader that already
 opened a blob keeps reading it (POSIX semantics), and a reader that finds it gone simply fetches it again. The
 last use of a blob is its seal's mtime (the blob itself is never touched after it is sealed).
+
+The cache is an optimisation: where it cannot be written (a full disk, a read-only or foreign directory, a file size
+limit), the process warns once and goes on without it: what it fetches from then on is kept in a temporary directory
+of its own (removed at exit) and fetched again by the next process. Only where that cannot be written either does a
+fetch fail (:class:`Unwritable`, naming ``cache_dir``); storing a copy of what is already known (``put_file``, or a
+package being pushed) never fails.
 """
 
+import atexit
 import contextlib
 import fcntl
 import hashlib
@@ -30,11 +37,14 @@ import json
 import logging
 import os
 import pathlib
+import shutil
 import tempfile
 import threading
 import typing
 
 import forml
+
+from .storage.base import local_failure
 
 LOGGER = logging.getLogger(__name__)
 
@@ -91,6 +101,14 @@ class Corrupted(forml.InvalidError):
     """Downloaded content does not match the size/sha256 recorded in its marker."""
 
 
+class Unwritable(forml.FailedError):
+    """Neither the cache nor a temporary directory can hold a fetched object (the local disks are full)."""
+
+
+_WARNED: set[str] = set()
+"""Cache roots this process has warned about (once each)."""
+
+
 class BlobCache:
     """Blobs by sha256 under ``root`` with a size cap (see the module docs for when it is enforced).
 
@@ -110,10 +128,13 @@ class BlobCache:
         """Bytes this process may still add before it scans again (0: scan at the next insert)."""
         self.scans: int = 0
         """Scans (a stat of every blob) this process has made through this instance."""
+        self._aside: pathlib.Path | None = None
+        """Where this process keeps what it fetches once the cache cannot be written (``None``: the cache works)."""
+        self._why: str = ''
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        for volatile in ('_pid', '_lock', '_headroom', 'scans'):
+        for volatile in ('_pid', '_lock', '_headroom', 'scans', '_aside', '_why'):
             state.pop(volatile, None)
         return state
 
@@ -141,11 +162,20 @@ class BlobCache:
         sha256, verified by the caller."""
         stat = stat if stat is not None else path.stat()
         seal = self.seal_path(path)
-        seal.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp = tempfile.mkstemp(suffix='.incomplete', dir=seal.parent)
-        with os.fdopen(fd, 'w') as file:
-            json.dump({'sha256': sha256, **_identity(stat)}, file)
-        os.replace(temp, seal)
+        try:
+            seal.parent.mkdir(parents=True, exist_ok=True)
+            fd, temp = tempfile.mkstemp(suffix='.incomplete', dir=seal.parent)
+            try:
+                with os.fdopen(fd, 'w') as file:
+                    json.dump({'sha256': sha256, **_identity(stat)}, file)
+                os.replace(temp, seal)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(temp)
+        except OSError as err:  # an unsealed file is hashed in full at its next use: correct, only slower
+            if not local_failure(err):
+                raise
+            self._unusable(err)
 
     def _sealed(self, path: pathlib.Path, stat: os.stat_result) -> str | None:
         """The sha256 the seal records for the file as ``stat`` shows it; None if unsealed or changed since."""
@@ -166,8 +196,11 @@ class BlobCache:
         return record.get('sha256') if isinstance(record, dict) else None
 
     def _used(self, path: pathlib.Path) -> None:
-        with contextlib.suppress(FileNotFoundError):
+        try:
             os.utime(self.seal_path(path))
+        except OSError as err:  # gone meanwhile, or a cache that cannot be written (still read)
+            if not (isinstance(err, FileNotFoundError) or local_failure(err)):
+                raise
 
     def _discard(self, path: pathlib.Path, sha256: str, got: str) -> None:
         """Delete a cached file whose content no longer matches what it was stored as (warned: a disk or a person
@@ -177,8 +210,11 @@ class BlobCache:
             path, sha256, got,
         )  # fmt: skip
         for stale in (path, self.seal_path(path)):
-            with contextlib.suppress(FileNotFoundError):
+            try:
                 stale.unlink()
+            except OSError as err:  # gone, or a cache that cannot be written: never served either way (not sealed)
+                if not (isinstance(err, FileNotFoundError) or local_failure(err)):
+                    raise
 
     def _rehash(self, path: pathlib.Path, sha256: str) -> bool:
         """Hash a cached file in full: seal it if it holds ``sha256``, else discard it. Whether it holds it."""
@@ -205,7 +241,7 @@ class BlobCache:
         try:
             stat = path.stat()
         except FileNotFoundError:
-            return None
+            return self._kept_aside(sha256, suffix)
         if (rehash or self._sealed(path, stat) != sha256) and not self._rehash(path, sha256):
             return None
         self._used(path)
@@ -213,11 +249,22 @@ class BlobCache:
 
     def cached(self, sha256: str, suffix: str = '') -> bool:
         """Whether a blob is there (one stat; not checked: :meth:`get` and :meth:`read` check before serving)."""
-        return self.path(sha256, suffix).exists()
+        return self.path(sha256, suffix).exists() or self._kept_aside(sha256, suffix) is not None
 
     def read(self, sha256: str) -> bytes | None:
         """The blob's bytes if cached and still holding ``sha256``, else None (a changed blob is deleted)."""
-        return self._read(self.path(sha256), sha256)
+        data = self._read(self.path(sha256), sha256)
+        if data is None and (aside := self._kept_aside(sha256)) is not None:
+            with contextlib.suppress(FileNotFoundError):
+                return aside.read_bytes()
+        return data
+
+    def _kept_aside(self, sha256: str, suffix: str = '') -> pathlib.Path | None:
+        """The file this process fetched since the cache could not be written (private to it, verified on fetch)."""
+        if self._aside is None:
+            return None
+        path = self._aside / f'{sha256}{suffix}'
+        return path if path.exists() else None
 
     def read_file(self, path: pathlib.Path) -> bytes | None:
         """The bytes of a file stored with :meth:`put_file`, if unchanged since; else None (deleted if changed)."""
@@ -250,13 +297,42 @@ class BlobCache:
         return data
 
     def put_file(self, path: pathlib.Path, data: bytes) -> None:
-        """Store bytes at a path under the cache root (atomically), sealed with their sha256."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp = tempfile.mkstemp(suffix='.incomplete', dir=path.parent)
-        with os.fdopen(fd, 'wb') as file:
-            file.write(data)
-        os.replace(temp, path)
-        self.seal(path, hashlib.sha256(data).hexdigest())
+        """Store bytes at a path under the cache root (atomically), sealed with their sha256; nothing (after a warning)
+        where the cache cannot be written."""
+        if self._aside is not None:
+            return
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, temp = tempfile.mkstemp(suffix='.incomplete', dir=path.parent)
+            try:
+                with os.fdopen(fd, 'wb') as file:
+                    file.write(data)
+                os.replace(temp, path)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(temp)
+            self.seal(path, hashlib.sha256(data).hexdigest())
+        except OSError as err:
+            if not local_failure(err):
+                raise
+            self._unusable(err)
+
+    def _unusable(self, err: OSError) -> pathlib.Path:
+        """Go on without the cache (it cannot be written): warn once, and keep fetched objects in a temporary
+        directory of this process from now on (its path, removed at exit)."""
+        with self._volatile():
+            if self._aside is None:
+                self._why = err.strerror or str(err)  # (a copy's error names its source file: not helpful)
+                aside = pathlib.Path(tempfile.mkdtemp(prefix='forml-s3-uncached-'))
+                atexit.register(shutil.rmtree, aside, ignore_errors=True)
+                self._aside = aside
+                if str(self.root) not in _WARNED:
+                    _WARNED.add(str(self.root))
+                    LOGGER.warning(
+                        'The cache_dir %s cannot be written (%s): going on without it, objects are fetched again by '
+                        'each process; free space there or set cache_dir to a writable directory', self.root, self._why,
+                    )  # fmt: skip
+            return self._aside
 
     def fetch(
         self,
@@ -281,27 +357,66 @@ class BlobCache:
         """
         if (cached := self.get(sha256, suffix)) is not None:
             return cached
+        if self._aside is None:
+            try:
+                return self._fetch(sha256, size, download, name=name, suffix=suffix)
+            except OSError as err:
+                if not local_failure(err):
+                    raise
+                self._unusable(err)
+        return self._fetch_aside(sha256, size, download, name=name, suffix=suffix)
+
+    def _fetch_aside(
+        self, sha256: str, size: int, download: typing.Callable[[pathlib.Path], None], *, name: str, suffix: str
+    ) -> pathlib.Path:
+        """:meth:`fetch` into this process's temporary directory (the cache cannot be written)."""
+        assert self._aside is not None
+        target = self._aside / f'{sha256}{suffix}'
+        if target.exists():
+            return target
+        try:
+            self._download(target, sha256, size, download, name)
+        except OSError as err:
+            if not local_failure(err):
+                raise
+            raise Unwritable(
+                f'Cannot store {name} locally: the cache_dir {self.root} cannot be written ({self._why}), nor the '
+                f'temporary directory {self._aside.parent} ({err.strerror}); free space or set cache_dir to a '
+                'writable directory with room for it'
+            ) from None
+        return target
+
+    def _download(
+        self, target: pathlib.Path, sha256: str, size: int, download: typing.Callable[[pathlib.Path], None], name: str
+    ) -> None:
+        """Download into a temporary file beside ``target``, verify size and sha256, rename into place."""
+        fd, temp = tempfile.mkstemp(suffix='.incomplete', dir=target.parent)
+        os.close(fd)
+        temp_path = pathlib.Path(temp)
+        try:
+            download(temp_path)
+            got_size, got_sha = sha256_of(temp_path)
+            if (got_size, got_sha) != (size, sha256):
+                raise Corrupted(
+                    f'Object {name} is corrupted: expected {size} bytes with sha256 {sha256}, '
+                    f'got {got_size} bytes with sha256 {got_sha}; restore it or retrain (`forml-s3 verify`)'
+                )
+            os.replace(temp_path, target)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                temp_path.unlink()
+
+    def _fetch(
+        self, sha256: str, size: int, download: typing.Callable[[pathlib.Path], None], *, name: str, suffix: str
+    ) -> pathlib.Path:
+        """:meth:`fetch` into the cache (``OSError`` where the cache cannot be written)."""
         target = self.path(sha256, suffix)
         with file_lock(self.root / 'locks' / f'{sha256}.lock'):
             if (cached := self.get(sha256, suffix)) is not None:
                 return cached  # another process downloaded it while we waited
             target.parent.mkdir(parents=True, exist_ok=True)
-            fd, temp = tempfile.mkstemp(suffix='.incomplete', dir=target.parent)
-            os.close(fd)
-            temp_path = pathlib.Path(temp)
-            try:
-                download(temp_path)
-                got_size, got_sha = sha256_of(temp_path)
-                if (got_size, got_sha) != (size, sha256):
-                    raise Corrupted(
-                        f'Object {name} is corrupted: expected {size} bytes with sha256 {sha256}, '
-                        f'got {got_size} bytes with sha256 {got_sha}; restore it or retrain (`forml-s3 verify`)'
-                    )
-                os.replace(temp_path, target)
-                self.seal(target, sha256)
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    temp_path.unlink()
+            self._download(target, sha256, size, download, name)
+            self.seal(target, sha256)
         self._added(size, keep=target)
         return target
 
@@ -311,6 +426,8 @@ class BlobCache:
             return cached
         target = self.path(sha256, suffix)
         self.put_file(target, data)
+        if self._aside is not None:  # the cache cannot be written
+            return self._fetch_aside(sha256, len(data), lambda t: t.write_bytes(data), name=str(target), suffix=suffix)
         self._added(len(data), keep=target)
         return target
 

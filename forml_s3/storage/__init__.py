@@ -20,9 +20,9 @@ import urllib.parse
 
 import forml
 
-from .base import Changed, Entry, Store
+from .base import Changed, Entry, Store, local_failure
 
-__all__ = ['Changed', 'Entry', 'Store', 'open_store', 'SCHEMES']
+__all__ = ['Changed', 'Entry', 'Store', 'local_failure', 'open_store', 'SCHEMES']
 
 SCHEMES: dict[str, str] = {
     's3': 's3:S3Store',

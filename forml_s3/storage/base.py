@@ -12,13 +12,15 @@ Operations:
 * ``delete``; ``set_tags`` / ``get_tags``; bucket lifecycle rules where :attr:`Store.lifecycle`.
 
 Errors the user must act on are translated once, in :meth:`Store._boundary`: denied access becomes
-``forml.InvalidError`` naming the URL; each backend adds its own translations in :meth:`Store._translate`.
+``forml.InvalidError`` naming the URL; each backend adds its own translations in :meth:`Store._translate`. A local
+disk refusing a download (:func:`local_failure`) passes unchanged: the cache or staging above knows what to name.
 ``FileNotFoundError`` for a missing key and ``FileExistsError`` for a lost exclusive create pass through.
 """
 
 import contextlib
 import dataclasses
 import datetime
+import errno
 import hashlib
 import logging
 import os
@@ -75,6 +77,8 @@ class Store:
     """``delete_if_unchanged`` deletes only the version judged (else it deletes whatever is there)."""
     conditional_write: typing.ClassVar[bool] = False
     """``replace`` swaps an object only if it is still the version read (compare-and-swap, for aliases)."""
+    on_local_disk: typing.ClassVar[bool] = False
+    """The store itself is a local file system: a local disk's errors are the store's (see :func:`local_failure`)."""
 
     denied_hint: typing.ClassVar[str] = 'check the credentials and the permissions of the store'
     """What an access-denied message tells the user to check."""
@@ -131,11 +135,13 @@ class Store:
             yield
         except (FileExistsError, IsADirectoryError, NotADirectoryError):
             raise
-        except PermissionError as err:
-            raise forml.InvalidError(
-                f'Access denied while trying to {action} {self.uri(path)}: {self.denied_hint} ({self._reason(err)})'
-            ) from None
         except Exception as err:
+            if local_failure(err) and not self.on_local_disk:
+                raise  # the local disk's (a download's target), for the caller to name: not the store's doing
+            if isinstance(err, PermissionError):
+                raise forml.InvalidError(
+                    f'Access denied while trying to {action} {self.uri(path)}: {self.denied_hint} ({self._reason(err)})'
+                ) from None
             translated = self._translate(err, action, path)
             if translated is None:
                 raise
@@ -286,6 +292,17 @@ class Store:
         """Every object version and delete marker under ``prefix`` (S3 ``ListObjectVersions`` shape)."""
         _ = self.bucket
         return []
+
+
+LOCAL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES})
+"""What a local disk answers when it cannot take a write: full, over quota, over the file size limit, read-only, not
+writable by this user. Storage clients never raise these for the store's own errors (s3fs maps S3's error codes to
+other numbers, and a denied request to a ``PermissionError`` without one)."""
+
+
+def local_failure(err: BaseException) -> bool:
+    """Whether an error is the local disk refusing a write (see :data:`LOCAL_ERRNOS`)."""
+    return isinstance(err, OSError) and err.errno in LOCAL_ERRNOS
 
 
 def content_version(data: bytes) -> str:

@@ -26,6 +26,7 @@ class LocalStore(base.Store):
     protocol = 'file'
     exclusive_create = True
     conditional_write = True
+    on_local_disk = True
 
     def listdir(self, prefix: str) -> list[base.Entry]:
         with self._boundary('list', prefix):
