@@ -79,4 +79,4 @@ def test_full_cache_dir_neither_fails_a_release_nor_a_training_silently(s3server
     assert 'set staging' in line[0] and 'Traceback' not in said, said
     assert trained.returncode == 0, said  # ForML's CLI exits 0 on its errors (docs/troubleshooting.md)
     assert list(registry.generations(demo.PROJECT, demo.RELEASE)) == []  # nothing half-trained
-    assert not os.listdir(cache), "the full disk was a private tmpfs: nothing reached the real cache_dir"
+    assert not os.listdir(cache), 'the full disk was a private tmpfs: nothing reached the real cache_dir'
