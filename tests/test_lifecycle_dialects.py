@@ -7,7 +7,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from forml_s3 import lifecycle
+from forml_s3.ops import lifecycle
 
 from .helpers import run_cli, s3_options
 from .proxy import Proxy

@@ -44,7 +44,7 @@ import typing
 
 import forml
 
-from .storage.base import local_failure
+from ..storage.base import local_failure
 
 LOGGER = logging.getLogger(__name__)
 
