@@ -22,10 +22,11 @@ import errno
 import logging
 import pathlib
 import typing
+import urllib.parse
 
 import forml
 
-from . import base
+from . import base, reach
 
 PAGE = 1000
 """Names per listing request."""
@@ -69,7 +70,12 @@ class AzureStore(base.Store):
         http_log = logging.getLogger('azure.core.pipeline.policies.http_logging_policy')
         if http_log.level == logging.NOTSET:
             http_log.setLevel(logging.WARNING)
-        return AzureBlobFileSystem(**{**self._options, 'use_listings_cache': False})
+        options = {**self._options, 'use_listings_cache': False}
+        retries = options.pop('connect_retries', reach.CONNECT_RETRIES)
+        fs = AzureBlobFileSystem(**options)
+        _fail_fast(fs.service_client, retries)
+        fs.connect_retries = retries
+        return fs
 
     def _run(self, call: typing.Callable[..., typing.Awaitable[typing.Any]], *args: typing.Any) -> typing.Any:
         """Run one coroutine of the SDK on adlfs's event loop (where its client's connections live)."""
@@ -263,6 +269,14 @@ class AzureStore(base.Store):
             return forml.InvalidError(
                 f'Access denied while trying to {action} {self.uri(path)}: {self.denied_hint} ({_code(err) or err})'
             )
+        if isinstance(err, exceptions.ServiceRequestError) and getattr(self.fs, 'connect_retries', None) is not None:
+            endpoint = urllib.parse.urlsplit(self.fs.service_client.url)
+            return forml.FailedError(
+                reach.message(
+                    f'{endpoint.scheme}://{endpoint.netloc}', f'{action} {self.uri(path)}', self.fs.connect_retries,
+                    'Azure', 'the connection_string (or account_name)', 'connect_retries',
+                )
+            )  # fmt: skip
         transient = isinstance(err, exceptions.ServiceRequestError | exceptions.ServiceResponseError)
         if transient or isinstance(err, asyncio.TimeoutError) or getattr(err, 'status_code', 0) in (429, 500, 503):
             return forml.FailedError(
@@ -270,6 +284,33 @@ class AzureStore(base.Store):
                 'unchanged by this step; check the endpoint and try again'
             )
         return None
+
+
+def _fail_fast(client: typing.Any, retries: int) -> None:
+    """Retry a failed connection only ``retries`` times, soon and announced (see :mod:`.reach`): the SDK's storage
+    retry policy waits 15 s, 18 s, 24 s between attempts, over a minute of silence before an unreachable endpoint is
+    reported. Other failures keep the SDK's backoff. (The policy is reached through the client's pipeline, a private
+    attribute: where an SDK version lays it out otherwise, its own retries stay.)"""
+    from azure.core.exceptions import ServiceRequestError  # noqa: PLC0415
+
+    endpoint = urllib.parse.urlsplit(client.url)
+    where = f'{endpoint.scheme}://{endpoint.netloc}'
+    for policy in getattr(getattr(client, '_pipeline', None), '_impl_policies', ()):
+        if not (hasattr(policy, 'connect_retries') and hasattr(policy, 'get_backoff_time')):
+            continue
+        policy.connect_retries = retries
+        slow = policy.get_backoff_time
+
+        def backoff(settings: dict[str, typing.Any], slow: typing.Callable = slow) -> float:
+            history = settings.get('history') or ()
+            failed = history[-1].error if history else None
+            if not isinstance(failed, ServiceRequestError):
+                return slow(settings)
+            attempt = retries - settings['connect']
+            reach.retrying(where, type(failed).__name__, attempt, retries)
+            return min(2.0 ** (attempt - 1), 4.0)
+
+        policy.get_backoff_time = backoff
 
 
 def _code(err: BaseException) -> str | None:

@@ -25,7 +25,7 @@ import urllib.parse
 
 import forml
 
-from . import base
+from . import base, reach
 
 PAGE = 1000
 """Names per listing request (the JSON API's maximum)."""
@@ -52,11 +52,9 @@ class GCSStore(base.Store):
     )
 
     def _connect(self) -> typing.Any:
-        from gcsfs.core import GCSFileSystem  # noqa: PLC0415 - the optional extra, imported when a gs:// URL is used
-
         # never fsspec's listings cache: listings are read fresh by :meth:`listdir`, and gcsfs would otherwise
         # answer ``info``/``exists`` from a stale listing
-        return GCSFileSystem(**{**self._options, 'use_listings_cache': False})
+        return _file_system()(**{**self._options, 'use_listings_cache': False})
 
     # the JSON API, with gcsfs's session, credentials and retries ----------------------------------------
     def _api(self, method: str, template: str, *args: str, **params: typing.Any) -> typing.Any:
@@ -165,6 +163,11 @@ class GCSStore(base.Store):
     def _translate(self, err: Exception, action: str, path: str) -> BaseException | None:
         from gcsfs import retry  # noqa: PLC0415
 
+        if isinstance(err, reach.Unreachable):
+            retries = self.fs.connect_retries
+            where, setting = f'{action} {self.uri(path)}', 'endpoint_url (or STORAGE_EMULATOR_HOST)'
+            tuning = 'connect_retries and requests_timeout'
+            return forml.FailedError(reach.message(err.endpoint, where, retries, 'GCS', setting, tuning))
         code = getattr(err, 'code', None)
         if (isinstance(err, OSError) and str(err).startswith('Forbidden')) or code == 401:
             return forml.InvalidError(
@@ -177,6 +180,51 @@ class GCSStore(base.Store):
                 'step; check the endpoint and try again'
             )
         return None
+
+
+_CLASS: list[type] = []
+
+
+def _file_system() -> type:
+    """gcsfs's file system, failing fast on an endpoint it cannot connect to (see :mod:`.reach`): gcsfs retries every
+    failure six times, 31 s and more of silence. A failed connection is retried ``connect_retries`` times (a storage
+    option; default :data:`.reach.CONNECT_RETRIES`), each announced; then :class:`.reach.Unreachable` is raised, which
+    gcsfs never retries. Other failures keep gcsfs's own retries."""
+    if _CLASS:
+        return _CLASS[0]
+    import aiohttp  # noqa: PLC0415 - the optional extra's dependencies, imported when a gs:// URL is used
+    from gcsfs import retry  # noqa: PLC0415
+    from gcsfs.core import GCSFileSystem  # noqa: PLC0415
+
+    once = GCSFileSystem._request.__wrapped__  # one request, without gcsfs's retry loop
+
+    class Unreachable(reach.Unreachable, retry.NonRetryableError):
+        pass
+
+    class FastGCSFileSystem(GCSFileSystem):
+        def __init__(self, *args: typing.Any, connect_retries: int = reach.CONNECT_RETRIES, **kwargs: typing.Any):
+            super().__init__(*args, **kwargs)
+            self.connect_retries = connect_retries
+
+        async def _request(self, *args: typing.Any, **kwargs: typing.Any) -> typing.Any:
+            failed = 0
+
+            async def attempt(*args: typing.Any, **kwargs: typing.Any) -> typing.Any:
+                nonlocal failed
+                try:
+                    return await once(self, *args, **kwargs)
+                except aiohttp.ClientConnectorError as err:
+                    failed += 1
+                    endpoint = self._location
+                    if failed > self.connect_retries:
+                        raise Unreachable(endpoint) from err
+                    reach.retrying(endpoint, type(err).__name__, failed, self.connect_retries)
+                    raise
+
+            return await retry.retry_request(retries=self.retries)(attempt)(*args, **kwargs)
+
+    _CLASS.append(FastGCSFileSystem)
+    return FastGCSFileSystem
 
 
 def _is_transport_error(err: BaseException) -> bool:

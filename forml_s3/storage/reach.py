@@ -39,14 +39,34 @@ def endpoint_of(err: BaseException) -> str:
     return f'{url.scheme}://{url.netloc}' if url.netloc else 'the S3 endpoint'
 
 
-def message(err: BaseException, where: str, retries: int) -> str:
+class Unreachable(Exception):
+    """No connection to the endpoint could be made, its retries spent (raised where the client has no such error)."""
+
+    def __init__(self, endpoint: str):
+        super().__init__(f'Cannot connect to {endpoint}')
+        self.endpoint = endpoint
+
+
+def message(
+    endpoint: str,
+    where: str,
+    retries: int,
+    store: str = 'S3',
+    setting: str = 'endpoint_url (or AWS_ENDPOINT_URL)',
+    tuning: str = 'connect_retries and connect_timeout',
+) -> str:
     """The one line saying that the endpoint could not be reached, and what to check."""
-    tried = f', {retries} retries' if retries else ''
+    tried = f', {retries} {"retry" if retries == 1 else "retries"}' if retries else ''
     return (
-        f'Cannot connect to the S3 endpoint {endpoint_of(err)} (while trying to {where}{tried}): check endpoint_url '
-        '(or AWS_ENDPOINT_URL) and that the server is up and reachable from here; the registry is unchanged by this '
-        'step (the storage options connect_retries and connect_timeout set how long to try)'
+        f'Cannot connect to the {store} endpoint {endpoint} (while trying to {where}{tried}): check {setting} and '
+        f'that the server is up and reachable from here; the registry is unchanged by this step (how long to try: '
+        f'storage options {tuning})'
     )
+
+
+def retrying(endpoint: str, reason: str, attempt: int, retries: int) -> None:
+    """Say that a connection failed and is retried."""
+    LOGGER.warning('Cannot connect to %s (%s): retrying (%d of %d)', endpoint, reason, attempt, retries)
 
 
 def install(events: typing.Any, retries: int) -> None:
@@ -57,10 +77,7 @@ def install(events: typing.Any, retries: int) -> None:
             return None  # botocore's retry handler decides
         if attempts > retries:
             return False
-        LOGGER.warning(
-            'Cannot connect to %s (%s): retrying (%d of %d)', endpoint_of(caught_exception),
-            type(caught_exception).__name__, attempts, retries,
-        )  # fmt: skip
+        retrying(endpoint_of(caught_exception), type(caught_exception).__name__, attempts, retries)
         return None
 
     events.register_first('needs-retry.s3', needs_retry, unique_id='forml-s3-connect-retries')

@@ -118,7 +118,7 @@ class S3Store(base.Store):
                 )
             return None
         if reach.unreachable(err):
-            return forml.FailedError(reach.message(err, where, getattr(self.fs, 'connect_retries', 0)))
+            return forml.FailedError(reach.message(reach.endpoint_of(err), where, self.fs.connect_retries))
         if isinstance(err, exceptions.NoCredentialsError | exceptions.PartialCredentialsError):
             return forml.InvalidError(
                 f'No AWS credentials to {where} ({err}): set AWS_PROFILE, or AWS_ACCESS_KEY_ID and '
