@@ -323,7 +323,8 @@ class BlobCache:
         with self._volatile():
             if self._aside is None:
                 self._why = err.strerror or str(err)  # (a copy's error names its source file: not helpful)
-                aside = pathlib.Path(tempfile.mkdtemp(prefix='forml-s3-uncached-'))
+                # made at its first use (by :meth:`_fetch_aside`, which names both disks if it cannot be)
+                aside = pathlib.Path(tempfile.gettempdir()) / f'forml-s3-uncached-{os.getpid()}-{id(self):x}'
                 atexit.register(shutil.rmtree, aside, ignore_errors=True)
                 self._aside = aside
                 if str(self.root) not in _WARNED:
@@ -375,6 +376,7 @@ class BlobCache:
         if target.exists():
             return target
         try:
+            target.parent.mkdir(mode=0o700, exist_ok=True)
             self._download(target, sha256, size, download, name)
         except OSError as err:
             if not local_failure(err):
