@@ -87,7 +87,7 @@ def test_forml_and_forml_s3_say_which_setting_is_wrong(s3server, bucket, release
     no_url = home_with(s3server, released, tmp_path, drop=('url',))
     option = home_with(s3server, released, tmp_path, storage_options={'regoin': 'eu-west-1'})
     for home, message in (
-        (typo, "Unknown forml-s3 registry setting 'stagin' in [REGISTRY.s3] of {}: did you mean 'staging'? (accepted: "),
+        (typo, "Unknown forml-s3 registry setting 'stagin' in [REGISTRY.s3] of {}: did you mean 'staging'? (accepted:"),
         (no_url, 'Missing forml-s3 registry setting url in [REGISTRY.s3] of {}: add it (e.g. url = "s3://'),
         (option, "Unknown storage option 'regoin' in [REGISTRY.s3] of {}: did you mean 'region'? (accepted: anon, "),
     ):
@@ -101,11 +101,11 @@ def test_forml_and_forml_s3_say_which_setting_is_wrong(s3server, bucket, release
         [*forml_s3, 'ls'], env=demo.forml_env(option), capture_output=True, text=True, check=False, timeout=120
     )  # the same section, read by the operator CLI (no URL: the ForML config's registry)
     assert done.returncode == 2, done.stderr
-    assert done.stderr.startswith(f"Error: Unknown storage option 'regoin' in [REGISTRY.s3] of {option / 'config.toml'}")
+    where = option / 'config.toml'
+    assert done.stderr.startswith(f"Error: Unknown storage option 'regoin' in [REGISTRY.s3] of {where}: did you mean")
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
-    done = subprocess.run(
-        [*forml_s3, 'ls', released, '-o', 'max_attempts=three'], capture_output=True, text=True, check=False, timeout=120
-    )
+    args = [*forml_s3, 'ls', released, '-o', 'max_attempts=three']
+    done = subprocess.run(args, capture_output=True, text=True, check=False, timeout=120)
     assert done.returncode == 2 and done.stderr == (
         "Error: Invalid storage option max_attempts = 'three': expected a whole number\n"
     ), done.stderr
