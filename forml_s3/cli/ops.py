@@ -96,8 +96,8 @@ def open_store(url: str | None, options: tuple[str, ...], registry: str | None =
         url, storage_options = section['url'], {**(section.get('storage_options') or {}), **storage_options}
     try:
         return inspect.store_for(url, storage_options)
-    except settings.Invalid as err:
-        raise Fatal(str(err.at(f'{where} (or --option)') if where else err)) from err
+    except settings.Invalid as err:  # say where the option is: the config's section (or an --option value)
+        raise Fatal(str(err.at(f'{where}{" or --option" if options else ""}') if where else err)) from err
     except click.BadParameter:
         raise
     except Exception as err:
