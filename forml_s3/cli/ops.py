@@ -1,9 +1,12 @@
 """``forml-s3 ls``, ``verify``, ``copy`` and ``gc``: thin click commands over :mod:`forml_s3.ops.snapshot` and
 :mod:`forml_s3.ops.copy`.
 
+The registry commands here and in :mod:`.retention` and :mod:`.alias` take their registry one way
+(:func:`registry_command`): a URL, else the ForML config's registry (:mod:`.config`).
+
 Exit codes: 0 all done; 1 problems found (``verify``) or some releases/generations not copied (``copy``);
-2 bad usage, or the command could not complete (missing bucket, access denied, endpoint down), with the partial
-work done listed.
+2 bad usage (a bad setting in the ForML config included), no registry at the URL (``ls``, ``verify``), or the
+command could not complete (missing bucket, access denied, endpoint down), with the partial work done listed.
 """
 
 import contextlib
@@ -190,8 +193,10 @@ def progress_bar(length: int, label: str, **kwargs: typing.Any):
 def ls(url: str | None, registry: str | None, options: tuple[str, ...], as_json: bool, allow_empty: bool) -> None:
     """Tree of the projects, releases and generations at URL, with sizes and timestamps.
 
-    URL is a forml-s3 registry root: s3://bucket/prefix, file:///path, or any fsspec URL. Costs one LIST
-    request per 1,000 objects and one GET per marker.
+    URL is a forml-s3 registry root: s3://bucket/prefix, file:///path, or any fsspec URL; without it, the
+    registry of the ForML config ($FORML_HOME/config.toml; --registry NAME for another section). Costs one LIST
+    request per 1,000 objects and one GET per marker. Exits 2 if nothing at URL is a registry's (a mistyped
+    URL), unless --allow-empty.
 
     \b
     Examples:
@@ -242,7 +247,11 @@ def verify(
     on its own line: missing, size-mismatch, checksum-mismatch, orphan, corrupted-marker,
     unlisted-project, staging-orphan, staging-stale.
 
-    Exit code 0: healthy; 1: problems found; 2: the registry could not be read.
+    Without URL, the registry of the ForML config ($FORML_HOME/config.toml; --registry NAME for another
+    section).
+
+    Exit code 0: healthy; 1: problems found; 2: the registry could not be read, or nothing at URL is a
+    registry's (a mistyped URL must not pass for a healthy registry; --allow-empty accepts it).
     """
     import pathlib  # noqa: PLC0415
 
@@ -404,7 +413,8 @@ def gc(
     """Delete abandoned uncommitted objects at URL: packages, states, packs no marker names, older than DAYS,
     and incomplete multipart uploads (S3) started more than DAYS ago.
 
-    For buckets without lifecycle rules (and for file:// or other stores without object tags). Only keys the
+    For buckets without lifecycle rules (and for file:// or other stores without object tags). Without URL,
+    the registry of the ForML config ($FORML_HOME/config.toml; --registry NAME for another section). Only keys the
     forml-s3 layout makes, in projects and releases the registry knows, are judged. An object is deleted only if
     two listings, one just before deleting, both find no marker naming it, no live writer's lease names its
     release, and (S3) it is still the version judged (If-Match on its ETag). Expired leases of dead writers

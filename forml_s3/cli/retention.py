@@ -1,6 +1,8 @@
 """``forml-s3 lifecycle`` (plan, apply, show, preview, remove), ``retire`` and ``pin``: thin click commands over
 :mod:`forml_s3.ops.lifecycle` and :mod:`forml_s3.runtime.retention`.
 
+Each takes the registry as a URL or, without one, the ForML config's (see :func:`.ops.registry_command`).
+
 Exit codes: 0 success; 2 bad usage or input (invalid days, unknown storage class, a name that is not a valid
 project, release or generation), or the bucket could not be read or written (missing, access denied).
 """
@@ -98,7 +100,9 @@ def lifecycle() -> None:
 
     S3 keeps one lifecycle configuration per bucket. forml-s3 owns the rules whose ID starts with
     "forml-s3:<registry prefix>/:" and replaces only those; every other rule of the bucket is kept as it is.
-    Rules expire uncommitted uploads (tag forml-s3=uncommitted), incomplete multipart uploads and retired
+    Each subcommand works on the registry at URL or, without one, on the ForML config's ($FORML_HOME/config.toml;
+    --registry NAME for another section). Rules expire uncommitted uploads (tag forml-s3=uncommitted), incomplete
+    multipart uploads and retired
     generations (tag forml-s3=retired), and optionally move old objects to a cheaper class or expire
     noncurrent versions. S3 runs them about once a day.
 
@@ -377,7 +381,8 @@ def retire(
 
     A retired generation disappears from listings (`forml model list`) at once; its states are tagged
     forml-s3=retired so the lifecycle rule (`forml-s3 lifecycle apply`) deletes them later. Pinned
-    generations (`forml-s3 pin`) and the newest --keep are never retired. Off S3 retiring only hides.
+    generations (`forml-s3 pin`) and the newest --keep are never retired. Off S3 retiring only hides. Without
+    URL, the registry of the ForML config ($FORML_HOME/config.toml; --registry NAME for another section).
 
     \b
     Examples:
@@ -450,6 +455,9 @@ def pin(
     remove: bool,
 ) -> None:
     """Pin GENERATION of PROJECT-RELEASE at URL so it is never retired (without GENERATION: list the pins).
+
+    Without URL (a first argument with a / or :), the registry of the ForML config ($FORML_HOME/config.toml;
+    --registry NAME for another section): `forml-s3 pin churn 1.2 7`.
 
     \b
     Examples:
