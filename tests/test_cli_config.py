@@ -14,8 +14,9 @@ import sys
 
 import pytest
 
-from forml_s3 import demo, retention
+from forml_s3 import demo
 from forml_s3.registry import Registry
+from forml_s3.runtime import retention
 
 from .helpers import PROJECT, commit, s3_options
 
