@@ -29,7 +29,7 @@ def run(*args: str, home: pathlib.Path | None = None) -> subprocess.CompletedPro
     env = {k: v for k, v in os.environ.items() if not k.startswith('AWS_')}
     if home is not None:
         env['FORML_HOME'] = str(home)
-    return subprocess.run([FORML_S3, *args], env=env, capture_output=True, text=True, check=False, timeout=120)
+    return subprocess.run([FORML_S3, *args], env=env, capture_output=True, text=True, check=False, timeout=300)
 
 
 def keys(s3server, bucket) -> list[tuple[str, str]]:

@@ -91,21 +91,21 @@ def test_forml_and_forml_s3_say_which_setting_is_wrong(s3server, bucket, release
         (no_url, 'Missing forml-s3 registry setting url in [REGISTRY.s3] of {}: add it (e.g. url = "s3://'),
         (option, "Unknown storage option 'regoin' in [REGISTRY.s3] of {}: did you mean 'region'? (accepted: anon, "),
     ):
-        done = demo.run_forml(home, 'model', 'list', timeout=120)
+        done = demo.run_forml(home, 'model', 'list', timeout=300)
         assert done.returncode == 0, done.stderr  # ForML's CLI prints its errors and exits 0
         assert done.stderr.strip().startswith(message.format(home / 'config.toml')), done.stderr
         assert len(done.stderr.strip().splitlines()) == 1 and done.stdout == '', done.stderr
 
     forml_s3 = [str(pathlib.Path(sys.executable).with_name('forml-s3'))]
     done = subprocess.run(
-        [*forml_s3, 'ls'], env=demo.forml_env(option), capture_output=True, text=True, check=False, timeout=120
+        [*forml_s3, 'ls'], env=demo.forml_env(option), capture_output=True, text=True, check=False, timeout=300
     )  # the same section, read by the operator CLI (no URL: the ForML config's registry)
     assert done.returncode == 2, done.stderr
     where = option / 'config.toml'
     assert done.stderr.startswith(f"Error: Unknown storage option 'regoin' in [REGISTRY.s3] of {where}: did you mean")
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     args = [*forml_s3, 'ls', released, '-o', 'max_attempts=three']
-    done = subprocess.run(args, capture_output=True, text=True, check=False, timeout=120)
+    done = subprocess.run(args, capture_output=True, text=True, check=False, timeout=300)
     assert done.returncode == 2 and done.stderr == (
         "Error: Invalid storage option max_attempts = 'three': expected a whole number\n"
     ), done.stderr
