@@ -14,13 +14,13 @@ import forml
 from forml import application as appmod
 from forml.io import asset
 
-from . import storage
+from . import settings, storage
 from .model import layout, names
 
 LOGGER = logging.getLogger(__name__)
 
 
-class Inventory(asset.Inventory, alias='s3'):
+class Inventory(asset.Inventory, alias='s3', metaclass=settings.Checked):
     """Application inventory in a bucket (or at any fsspec URL).
 
     Args:

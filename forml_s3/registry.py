@@ -25,7 +25,7 @@ from forml import project as prj
 from forml import setup
 from forml.io import asset
 
-from . import storage
+from . import settings, storage
 from .model import codec, layout, names
 from .runtime import aliases as aliasmod
 from .runtime import cache as cachemod
@@ -45,7 +45,7 @@ class Incomplete(asset.Level.Invalid):
     """A commit refused: objects its marker would name are not stored (deleted meanwhile, or lost)."""
 
 
-class Registry(asset.Registry, alias='s3'):
+class Registry(asset.Registry, alias='s3', metaclass=settings.Checked):
     """Model registry in a bucket (or at any fsspec URL: ``s3://``, ``file://``, ``memory://``, ...).
 
     Args:

@@ -87,7 +87,9 @@ def main(loglevel: str) -> None:
     """forml-s3: ForML model registries and application inventories in a bucket.
 
     Every command that takes a URL also takes storage options as --option KEY=VALUE (or reads the
-    standard AWS environment: AWS_PROFILE, AWS_ENDPOINT_URL, ...).
+    standard AWS environment: AWS_PROFILE, AWS_ENDPOINT_URL, ...). Without a URL, the registry commands
+    (ls, verify, gc, retire, pin, lifecycle, alias; staging's path) use the registry of the ForML config
+    ($FORML_HOME/config.toml), its storage options included; --registry NAME picks another section.
     """
     logging.basicConfig(level=loglevel.upper(), format='%(levelname)s: %(name)s: %(message)s')
     _no_forml_log_file()

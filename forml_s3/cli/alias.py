@@ -1,7 +1,8 @@
 """``forml-s3 alias``: named pointers to model generations (``champion``, ``challenger``, ...), kept in the bucket.
 
-Thin click commands over :mod:`forml_s3.runtime.aliases`. The registry is ``--url`` (with ``-o`` storage options) or, by
-default, the ForML config's registry (``--registry NAME`` for another section than the default one).
+Thin click commands over :mod:`forml_s3.runtime.aliases`. The registry is a URL (the first argument, or ``--url``;
+with ``-o`` storage options) or, by default, the ForML config's registry (``--registry NAME`` for another section
+than the default one), as for every registry command (:func:`forml_s3.cli.ops.registry_command`).
 
 Exit codes: 0 done; 1 the alias was not where ``--expect`` said, or another change won (nothing written);
 2 bad usage, a missing alias or generation, or the registry could not be read.
@@ -12,7 +13,7 @@ import typing
 
 import click
 
-from .ops import PROBLEMS, Fatal, _loglevel, option_flag, parse_options
+from .ops import PROBLEMS, Fatal, open_store, registry_command
 
 
 class Lost(click.ClickException):
@@ -23,34 +24,11 @@ class Lost(click.ClickException):
 
 def _aliases(url: str | None, registry: str | None, options: tuple[str, ...]):
     """The :class:`forml_s3.runtime.aliases.Aliases` of the chosen registry."""
-    from forml_s3.cli import config  # noqa: PLC0415
-    from forml_s3.model import layout
-    from forml_s3.ops import snapshot as inspect
+    from forml_s3.model import layout  # noqa: PLC0415
     from forml_s3.runtime import aliases  # noqa: PLC0415
 
-    _loglevel()
-    settings: dict[str, typing.Any] = {'url': url, 'storage_options': {}}
-    if url is None:
-        settings = config.registry_settings(registry)
-    storage_options = {**(settings.get('storage_options') or {}), **parse_options(options)}
-    try:
-        st = inspect.store_for(settings['url'], storage_options)
-    except Exception as err:
-        raise Fatal(str(err)) from err
+    st = open_store(url, options, registry)
     return aliases.Aliases(st, layout.Layout(st.root))
-
-
-def registry_options(command: typing.Callable) -> typing.Callable:
-    command = option_flag('-o', '--option')(command)
-    command = click.option(
-        '--registry',
-        'registry',
-        metavar='NAME',
-        help='Section [REGISTRY.NAME] of the ForML config (default: its default).',
-    )(command)
-    return click.option(
-        '-u', '--url', help="Registry URL, e.g. s3://bucket/forml (default: the ForML config's registry)."
-    )(command)
 
 
 def _run(action: typing.Callable[[], typing.Any]) -> typing.Any:
@@ -100,35 +78,32 @@ def alias() -> None:
     """
 
 
-@alias.command(name='set')
+@registry_command(alias, name='set')
 @click.argument('project')
 @click.argument('name')
 @click.argument('release')
 @click.argument('generation', type=click.IntRange(min=1))
 @click.option('--expect', metavar='RELEASE#GENERATION|none', help='Fail (exit 1) unless the alias points there now.')
 @click.option('--json', 'as_json', is_flag=True, help='Print the alias as JSON.')
-@registry_options
 def set_(project, name, release, generation, expect, as_json, url, registry, options) -> None:
     """Point alias NAME of PROJECT to GENERATION of RELEASE (which must be live)."""
     aliases = _aliases(url, registry, options)
     _show(_run(lambda: aliases.set(project, name, release, generation, expect=_target(expect))), as_json)
 
 
-@alias.command()
+@registry_command(alias)
 @click.argument('project')
 @click.argument('name')
 @click.option('--json', 'as_json', is_flag=True, help='Print the alias as JSON.')
-@registry_options
 def get(project, name, as_json, url, registry, options) -> None:
     """What alias NAME of PROJECT points to."""
     aliases = _aliases(url, registry, options)
     _show(_run(lambda: aliases.get(project, name)), as_json)
 
 
-@alias.command(name='ls')
+@registry_command(alias, name='ls')
 @click.argument('project')
 @click.option('--json', 'as_json', is_flag=True, help='Print the aliases as JSON lines.')
-@registry_options
 def ls(project, as_json, url, registry, options) -> None:
     """The aliases of PROJECT and what each points to."""
     aliases = _aliases(url, registry, options)
@@ -139,23 +114,21 @@ def ls(project, as_json, url, registry, options) -> None:
         click.echo(f'No aliases of {project}', err=True)
 
 
-@alias.command()
+@registry_command(alias)
 @click.argument('project')
 @click.argument('name')
 @click.option('--expect', metavar='RELEASE#GENERATION', help='Fail (exit 1) unless the alias points there now.')
 @click.option('--json', 'as_json', is_flag=True, help='Print the removed alias as JSON.')
-@registry_options
 def rm(project, name, expect, as_json, url, registry, options) -> None:
     """Remove alias NAME of PROJECT (its history is kept; `set` brings it back)."""
     aliases = _aliases(url, registry, options)
     _show(_run(lambda: aliases.remove(project, name, expect=_target(expect))), as_json)
 
 
-@alias.command()
+@registry_command(alias)
 @click.argument('project')
 @click.argument('name')
 @click.option('--json', 'as_json', is_flag=True, help='Print the changes as JSON lines.')
-@registry_options
 def history(project, name, as_json, url, registry, options) -> None:
     """Every change of alias NAME of PROJECT, oldest first: from, to, when, by whom."""
     from forml_s3.runtime import aliases as aliasmod  # noqa: PLC0415

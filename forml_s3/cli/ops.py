@@ -1,9 +1,12 @@
 """``forml-s3 ls``, ``verify``, ``copy`` and ``gc``: thin click commands over :mod:`forml_s3.ops.snapshot` and
 :mod:`forml_s3.ops.copy`.
 
+The registry commands here and in :mod:`.retention` and :mod:`.alias` take their registry one way
+(:func:`registry_command`): a URL, else the ForML config's registry (:mod:`.config`).
+
 Exit codes: 0 all done; 1 problems found (``verify``) or some releases/generations not copied (``copy``);
-2 bad usage, or the command could not complete (missing bucket, access denied, endpoint down), with the partial
-work done listed.
+2 bad usage (a bad setting in the ForML config included), no registry at the URL (``ls``, ``verify``), or the
+command could not complete (missing bucket, access denied, endpoint down), with the partial work done listed.
 """
 
 import contextlib
@@ -81,18 +84,101 @@ def _loglevel() -> None:
     logging.getLogger().setLevel(level.upper())
 
 
-def open_store(url: str, options: tuple[str, ...]):
-    """The store of a registry URL with the command's ``--option`` values (bad ones: exit code 2)."""
+def open_store(url: str | None, options: tuple[str, ...], registry: str | None = None):
+    """The store of a registry with the command's ``--option`` values (bad ones: exit code 2): ``url`` if given,
+    else the ForML config's registry section (``registry``, or its default), whose storage options the
+    ``--option`` values override one by one."""
+    from forml_s3 import settings  # noqa: PLC0415
+    from forml_s3.cli import config  # noqa: PLC0415
     from forml_s3.ops import snapshot as inspect  # noqa: PLC0415
 
     _loglevel()
-
+    storage_options, where = parse_options(options), None
+    if url is None:
+        section, where = config.registry_settings(registry)
+        url, storage_options = section['url'], {**(section.get('storage_options') or {}), **storage_options}
     try:
-        return inspect.store_for(url, parse_options(options))
+        return inspect.store_for(url, storage_options)
+    except settings.Invalid as err:  # say where the option is: the config's section (or an --option value)
+        raise Fatal(str(err.at(f'{where}{" or --option" if options else ""}') if where else err)) from err
     except click.BadParameter:
         raise
     except Exception as err:
         raise Fatal(str(err)) from err
+
+
+def looks_like_url(word: str) -> bool:
+    """Whether a command-line word is a registry URL or path rather than a name: no project, release or generation
+    has a ``/`` or ``:`` in it or starts with ``.`` or ``~``."""
+    return '/' in word or ':' in word or word.startswith(('.', '~'))
+
+
+class RegistryCommand(click.Command):
+    """A command on one registry, given as its first argument (``forml-s3 ls s3://bucket/forml``), as ``--url``, or
+    not at all: then the ForML config's (``--registry NAME`` picks a section other than the default).
+
+    A command with other arguments (``pin [URL] PROJECT RELEASE``) takes its first one as the URL only if it looks
+    like one (:func:`looks_like_url`)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        takes_value = {
+            name: not (param.is_flag or param.count)
+            for param in self.get_params(ctx)
+            if isinstance(param, click.Option)
+            for name in (*param.opts, *param.secondary_opts)
+        }
+        index = 0
+        while index < len(args) and args[index].startswith('-') and args[index] not in ('-', '--'):
+            index += 2 if takes_value.get(args[index]) else 1  # `-o KEY=VALUE` takes the next word, `-oK=V` not
+        if args[index : index + 1] == ['--']:
+            index += 1
+        if index < len(args):
+            only = not any(isinstance(p, click.Argument) for p in self.params)
+            if only or looks_like_url(args[index]):
+                args = [*args[:index], '--url', args[index], *args[index + 1 :]]
+        return super().parse_args(ctx, args)
+
+
+def registry_command(group: typing.Any = click, **kwargs: typing.Any) -> typing.Callable:
+    """``@click.command()`` of a :class:`RegistryCommand` (``group``'s with a group), with its options: ``[URL]`` or
+    ``--url``, ``--registry NAME`` and ``-o KEY=VALUE``, passed to the function as ``url``, ``registry`` and
+    ``options`` (see :func:`open_store`)."""
+
+    def decorate(function: typing.Callable) -> click.Command:
+        function = option_flag('-o', '--option')(function)
+        function = click.option(
+            '--registry',
+            metavar='NAME',
+            help='Without a URL: the section [REGISTRY.NAME] of the ForML config instead of its default one.',
+        )(function)
+        function = click.option(
+            '-u',
+            '--url',
+            metavar='URL',
+            help='Registry URL (or the first argument), e.g. s3://bucket/forml. Default: the registry of the ForML '
+            'config ($FORML_HOME/config.toml), its storage options included (--option values override them).',
+        )(function)
+        return group.command(cls=RegistryCommand, options_metavar='[URL] [OPTIONS]', **kwargs)(function)
+
+    return decorate
+
+
+ALLOW_EMPTY = click.option(
+    '--allow-empty',
+    is_flag=True,
+    help='Accept a URL that holds no registry (nothing pushed there yet) instead of exiting 2.',
+)
+
+
+def _no_registry(snap, allow_empty: bool) -> None:
+    """Exit 2 if the listed URL holds no registry (a mistyped URL must not pass for a healthy, empty registry)."""
+    if allow_empty or snap.holds_registry():
+        return
+    others = f' ({len(snap.objects)} objects, none of a registry)' if snap.objects else ''
+    raise Fatal(
+        f'No registry at {snap.url}{others}: check the URL (and --registry), or pass --allow-empty for a registry '
+        'nothing was pushed to yet'
+    )
 
 
 def progress_bar(length: int, label: str, **kwargs: typing.Any):
@@ -101,15 +187,16 @@ def progress_bar(length: int, label: str, **kwargs: typing.Any):
 
 
 # ls ---------------------------------------------------------------------------------------------------------
-@click.command()
-@click.argument('url')
-@option_flag('-o', '--option')
+@registry_command()
 @click.option('--json', 'as_json', is_flag=True, help='Print the tree as JSON (for scripts).')
-def ls(url: str, options: tuple[str, ...], as_json: bool) -> None:
+@ALLOW_EMPTY
+def ls(url: str | None, registry: str | None, options: tuple[str, ...], as_json: bool, allow_empty: bool) -> None:
     """Tree of the projects, releases and generations at URL, with sizes and timestamps.
 
-    URL is a forml-s3 registry root: s3://bucket/prefix, file:///path, or any fsspec URL. Costs one LIST
-    request per 1,000 objects and one GET per marker.
+    URL is a forml-s3 registry root: s3://bucket/prefix, file:///path, or any fsspec URL; without it, the
+    registry of the ForML config ($FORML_HOME/config.toml; --registry NAME for another section). Costs one LIST
+    request per 1,000 objects and one GET per marker. Exits 2 if nothing at URL is a registry's (a mistyped
+    URL), unless --allow-empty.
 
     \b
     Examples:
@@ -118,9 +205,11 @@ def ls(url: str, options: tuple[str, ...], as_json: bool) -> None:
     """
     from forml_s3.ops import snapshot as inspect  # noqa: PLC0415
 
-    st = open_store(url, options)
+    st = open_store(url, options, registry)
     with fatal_errors():
-        data = inspect.tree(inspect.snapshot(st))
+        snap = inspect.snapshot(st)
+    _no_registry(snap, allow_empty)
+    data = inspect.tree(snap)
     if as_json:
         click.echo(json.dumps(data, indent=1))
     else:
@@ -129,9 +218,7 @@ def ls(url: str, options: tuple[str, ...], as_json: bool) -> None:
 
 
 # verify -----------------------------------------------------------------------------------------------------
-@click.command()
-@click.argument('url')
-@option_flag('-o', '--option')
+@registry_command()
 @click.option(
     '--staging',
     'staging_path',
@@ -141,8 +228,16 @@ def ls(url: str, options: tuple[str, ...], as_json: bool) -> None:
 @click.option('--quick', is_flag=True, help='Compare sizes only (from the listing); download nothing.')
 @click.option('--no-orphans', is_flag=True, help='Do not report uncommitted objects that no marker names.')
 @click.option('--json', 'as_json', is_flag=True, help='Print the problems as JSON.')
+@ALLOW_EMPTY
 def verify(
-    url: str, options: tuple[str, ...], staging_path: str | None, quick: bool, no_orphans: bool, as_json: bool
+    url: str | None,
+    registry: str | None,
+    options: tuple[str, ...],
+    staging_path: str | None,
+    quick: bool,
+    no_orphans: bool,
+    as_json: bool,
+    allow_empty: bool,
 ) -> None:
     """Check that every object a marker at URL names exists with the recorded size and sha256.
 
@@ -152,15 +247,21 @@ def verify(
     on its own line: missing, size-mismatch, checksum-mismatch, orphan, corrupted-marker,
     unlisted-project, staging-orphan, staging-stale.
 
-    Exit code 0: healthy; 1: problems found; 2: the registry could not be read.
+    Without URL, the registry of the ForML config ($FORML_HOME/config.toml; --registry NAME for another
+    section).
+
+    Exit code 0: healthy; 1: problems found; 2: the registry could not be read, or nothing at URL is a
+    registry's (a mistyped URL must not pass for a healthy registry; --allow-empty accepts it).
     """
     import pathlib  # noqa: PLC0415
 
     from forml_s3.ops import snapshot as inspect  # noqa: PLC0415
 
-    st = open_store(url, options)
+    st = open_store(url, options, registry)
     with fatal_errors():
         snap = inspect.snapshot(st)
+    _no_registry(snap, allow_empty)
+    with fatal_errors():
         total = sum(size for _, size, _, _ in inspect.expected(st, snap))
         with progress_bar(total, 'Verifying', show_pos=False) as bar:
             _, problems = inspect.verify(
@@ -277,9 +378,7 @@ SHORT_GRACE_HELP = (
 )
 
 
-@click.command()
-@click.argument('url')
-@option_flag('-o', '--option')
+@registry_command()
 @click.option(
     '--older-than',
     'days',
@@ -303,7 +402,8 @@ SHORT_GRACE_HELP = (
     '--dry-run', is_flag=True, help='List what would be deleted (judged exactly as a real run), delete nothing.'
 )
 def gc(
-    url: str,
+    url: str | None,
+    registry: str | None,
     options: tuple[str, ...],
     days: float,
     allow_short_grace: bool,
@@ -313,7 +413,8 @@ def gc(
     """Delete abandoned uncommitted objects at URL: packages, states, packs no marker names, older than DAYS,
     and incomplete multipart uploads (S3) started more than DAYS ago.
 
-    For buckets without lifecycle rules (and for file:// or other stores without object tags). Only keys the
+    For buckets without lifecycle rules (and for file:// or other stores without object tags). Without URL,
+    the registry of the ForML config ($FORML_HOME/config.toml; --registry NAME for another section). Only keys the
     forml-s3 layout makes, in projects and releases the registry knows, are judged. An object is deleted only if
     two listings, one just before deleting, both find no marker naming it, no live writer's lease names its
     release, and (S3) it is still the version judged (If-Match on its ETag). Expired leases of dead writers
@@ -337,7 +438,7 @@ def gc(
             'if you accept its risk (see --help)',
             param_hint='--older-than',
         )
-    st = open_store(url, options)
+    st = open_store(url, options, registry)
     age = datetime.timedelta(days=days)
     retired_age = None if retired_days is None else datetime.timedelta(days=retired_days)
     verb = {'deleted': 'would delete', 'aborted': 'would abort', 'dropped': 'would drop'} if dry_run else {}

@@ -1,6 +1,8 @@
 """``forml-s3 lifecycle`` (plan, apply, show, preview, remove), ``retire`` and ``pin``: thin click commands over
 :mod:`forml_s3.ops.lifecycle` and :mod:`forml_s3.runtime.retention`.
 
+Each takes the registry as a URL or, without one, the ForML config's (see :func:`.ops.registry_command`).
+
 Exit codes: 0 success; 2 bad usage or input (invalid days, unknown storage class, a name that is not a valid
 project, release or generation), or the bucket could not be read or written (missing, access denied).
 """
@@ -11,7 +13,7 @@ import typing
 
 import click
 
-from .ops import Fatal, fatal_errors, open_store, option_flag
+from .ops import Fatal, fatal_errors, open_store, registry_command
 
 
 def policy_options(func: typing.Callable) -> typing.Callable:
@@ -85,8 +87,8 @@ def _policy(params: dict[str, typing.Any]):
         raise click.BadParameter(str(err)) from err
 
 
-def _s3_store(url: str, options: tuple[str, ...]):
-    st = open_store(url, options)
+def _s3_store(url: str | None, options: tuple[str, ...], registry: str | None):
+    st = open_store(url, options, registry)
     with fatal_errors():
         _ = st.bucket  # lifecycle rules exist only on S3: say so before anything else
     return st
@@ -98,7 +100,9 @@ def lifecycle() -> None:
 
     S3 keeps one lifecycle configuration per bucket. forml-s3 owns the rules whose ID starts with
     "forml-s3:<registry prefix>/:" and replaces only those; every other rule of the bucket is kept as it is.
-    Rules expire uncommitted uploads (tag forml-s3=uncommitted), incomplete multipart uploads and retired
+    Each subcommand works on the registry at URL or, without one, on the ForML config's ($FORML_HOME/config.toml;
+    --registry NAME for another section). Rules expire uncommitted uploads (tag forml-s3=uncommitted), incomplete
+    multipart uploads and retired
     generations (tag forml-s3=retired), and optionally move old objects to a cheaper class or expire
     noncurrent versions. S3 runs them about once a day.
 
@@ -136,12 +140,12 @@ def _outside(st, rules: list[dict[str, typing.Any]], limit: int = 10) -> None:
             click.echo(f'    ... {len(targets) - limit} more (`forml-s3 lifecycle preview --planned --json`)', err=True)
 
 
-@lifecycle.command()
-@click.argument('url')
+@registry_command(lifecycle)
 @policy_options
-@option_flag('-o', '--option')
 @WHOLE_BUCKET
-def plan(url: str, options: tuple[str, ...], whole_bucket: bool, **params: typing.Any) -> None:
+def plan(
+    url: str | None, registry: str | None, options: tuple[str, ...], whole_bucket: bool, **params: typing.Any
+) -> None:
     """Print the lifecycle rules forml-s3 recommends for the registry at URL.
 
     The output is the JSON PutBucketLifecycleConfiguration takes (`aws s3api
@@ -152,7 +156,7 @@ def plan(url: str, options: tuple[str, ...], whole_bucket: bool, **params: typin
     from forml_s3.ops import lifecycle as lc  # noqa: PLC0415
 
     policy = _policy(params)
-    st = _s3_store(url, options)
+    st = _s3_store(url, options, registry)
     with fatal_errors():
         lc.check_scope(st, [], whole_bucket)  # the bucket root: refused before any request
         lc.check_scope(st, st.lifecycle_rules(), whole_bucket)
@@ -162,13 +166,18 @@ def plan(url: str, options: tuple[str, ...], whole_bucket: bool, **params: typin
     click.echo(lc.dumps(rules))
 
 
-@lifecycle.command()
-@click.argument('url')
+@registry_command(lifecycle)
 @policy_options
-@option_flag('-o', '--option')
 @click.option('--dry-run', is_flag=True, help='Print the change as a diff, apply nothing.')
 @WHOLE_BUCKET
-def apply(url: str, options: tuple[str, ...], dry_run: bool, whole_bucket: bool, **params: typing.Any) -> None:
+def apply(
+    url: str | None,
+    registry: str | None,
+    options: tuple[str, ...],
+    dry_run: bool,
+    whole_bucket: bool,
+    **params: typing.Any,
+) -> None:
     """Put forml-s3's rules for the registry at URL into its bucket's lifecycle configuration.
 
     Replaces the rules forml-s3 owns for this registry (by ID) with the planned ones and keeps every other
@@ -181,7 +190,7 @@ def apply(url: str, options: tuple[str, ...], dry_run: bool, whole_bucket: bool,
     from forml_s3.ops import lifecycle as lc  # noqa: PLC0415
 
     policy = _policy(params)
-    st = _s3_store(url, options)
+    st = _s3_store(url, options, registry)
     with fatal_errors():
         lc.check_scope(st, [], whole_bucket)
         current = st.lifecycle_rules()
@@ -211,11 +220,9 @@ def apply(url: str, options: tuple[str, ...], dry_run: bool, whole_bucket: bool,
     click.echo(f'Applied {ours} forml-s3 rules to s3://{st.bucket} ({len(new) - ours} other rules kept)', err=True)
 
 
-@lifecycle.command()
-@click.argument('url')
-@option_flag('-o', '--option')
+@registry_command(lifecycle)
 @click.option('--dry-run', is_flag=True, help='Print the change as a diff, apply nothing.')
-def remove(url: str, options: tuple[str, ...], dry_run: bool) -> None:
+def remove(url: str | None, registry: str | None, options: tuple[str, ...], dry_run: bool) -> None:
     """Remove forml-s3's rules for the registry at URL from its bucket (other rules are kept).
 
     Made under the same lock as `apply` and read back: the bucket's configuration is deleted only when no
@@ -223,7 +230,7 @@ def remove(url: str, options: tuple[str, ...], dry_run: bool) -> None:
     """
     from forml_s3.ops import lifecycle as lc  # noqa: PLC0415
 
-    st = _s3_store(url, options)
+    st = _s3_store(url, options, registry)
     with fatal_errors():
         current = st.lifecycle_rules()
         new = lc.merge(current, [], st)
@@ -255,11 +262,9 @@ def _describe_filter(rule: dict[str, typing.Any]) -> str:
     return ', '.join(parts)
 
 
-@lifecycle.command()
-@click.argument('url')
-@option_flag('-o', '--option')
+@registry_command(lifecycle)
 @click.option('--json', 'as_json', is_flag=True, help='Print the configuration as JSON.')
-def show(url: str, options: tuple[str, ...], as_json: bool) -> None:
+def show(url: str | None, registry: str | None, options: tuple[str, ...], as_json: bool) -> None:
     """The lifecycle rules of the bucket of URL, forml-s3's marked.
 
     Each rule is marked "forml-s3" (owned for this registry), "forml-s3, other registry" (owned for another
@@ -267,14 +272,14 @@ def show(url: str, options: tuple[str, ...], as_json: bool) -> None:
     """
     from forml_s3.ops import lifecycle as lc  # noqa: PLC0415
 
-    st = _s3_store(url, options)
+    st = _s3_store(url, options, registry)
     with fatal_errors():
         rules = st.lifecycle_rules()
     if as_json:
         click.echo(lc.dumps(rules))
         return
     if not rules:
-        click.echo(f"s3://{st.bucket}: no lifecycle rules (`forml-s3 lifecycle apply {url}` adds forml-s3's)")
+        click.echo(f"s3://{st.bucket}: no lifecycle rules (`forml-s3 lifecycle apply {st.url}` adds forml-s3's)")
     for rule in rules:
         owner = 'forml-s3' if lc.owned(rule, st) else 'forml-s3, other registry' if lc.owned(rule) else 'foreign'
         click.echo(f'[{owner}] {rule.get("ID") or "(no id)"} ({rule.get("Status")})')
@@ -291,16 +296,21 @@ def _moment(value: str | None) -> datetime.datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=datetime.UTC)
 
 
-@lifecycle.command()
-@click.argument('url')
+@registry_command(lifecycle)
 @policy_options
-@option_flag('-o', '--option')
 @click.option('--planned', is_flag=True, help="Preview the rules `plan` would make, not the bucket's current ones.")
 @click.option('--at', 'at', metavar='DATE', help='Evaluate as of this date/time, UTC (default: now).')
 @click.option('--limit', type=click.IntRange(min=0), default=20, show_default=True, help='Keys shown per rule.')
 @click.option('--json', 'as_json', is_flag=True, help='Print every matched object as JSON.')
 def preview(
-    url: str, options: tuple[str, ...], planned: bool, at: str | None, limit: int, as_json: bool, **params: typing.Any
+    url: str | None,
+    registry: str | None,
+    options: tuple[str, ...],
+    planned: bool,
+    at: str | None,
+    limit: int,
+    as_json: bool,
+    **params: typing.Any,
 ) -> None:
     """Which objects of the registry at URL each lifecycle rule would act on (S3 has no dry run).
 
@@ -314,7 +324,7 @@ def preview(
 
     policy = _policy(params)
     moment = _moment(at) or datetime.datetime.now(datetime.UTC)
-    st = _s3_store(url, options)
+    st = _s3_store(url, options, registry)
     with fatal_errors():
         rules = lc.plan(st, policy) if planned else st.lifecycle_rules()
         effects = lc.preview(st, rules, moment)
@@ -353,21 +363,26 @@ def preview(
 
 
 # retire and pin ---------------------------------------------------------------------------------------------
-@click.command()
-@click.argument('url')
-@option_flag('-o', '--option')
+@registry_command()
 @click.option('--keep', type=int, required=True, help='How many of the newest generations of each release to keep.')
 @click.option('--project', help='Only this project (default: all).')
 @click.option('--release', help='Only this release of --project.')
 @click.option('--dry-run', is_flag=True, help='Show what would be retired, retire nothing.')
 def retire(
-    url: str, options: tuple[str, ...], keep: int, project: str | None, release: str | None, dry_run: bool
+    url: str | None,
+    registry: str | None,
+    options: tuple[str, ...],
+    keep: int,
+    project: str | None,
+    release: str | None,
+    dry_run: bool,
 ) -> None:
     """Retire all but the newest --keep generations of each release at URL.
 
     A retired generation disappears from listings (`forml model list`) at once; its states are tagged
     forml-s3=retired so the lifecycle rule (`forml-s3 lifecycle apply`) deletes them later. Pinned
-    generations (`forml-s3 pin`) and the newest --keep are never retired. Off S3 retiring only hides.
+    generations (`forml-s3 pin`) and the newest --keep are never retired. Off S3 retiring only hides. Without
+    URL, the registry of the ForML config ($FORML_HOME/config.toml; --registry NAME for another section).
 
     \b
     Examples:
@@ -382,7 +397,7 @@ def retire(
 
     if keep < 1:
         raise click.BadParameter(f'{keep}: the newest generation is always kept, use 1 or more', param_hint='--keep')
-    st = open_store(url, options)
+    st = open_store(url, options, registry)
     lay = layout.Layout(st.root)
     total = 0
     with fatal_errors():
@@ -423,16 +438,15 @@ def _numbers(numbers: list[int]) -> str:
     return ', '.join(map(str, numbers)) or '-'
 
 
-@click.command()
-@click.argument('url')
+@registry_command()
 @click.argument('project')
 @click.argument('release')
 @click.argument('generation', type=int, required=False)
-@option_flag('-o', '--option')
 @click.option('--note', default='', help='Why it is pinned (stored with the pin).')
 @click.option('--remove', is_flag=True, help='Remove the pin of GENERATION instead.')
 def pin(
-    url: str,
+    url: str | None,
+    registry: str | None,
     project: str,
     release: str,
     generation: int | None,
@@ -441,6 +455,9 @@ def pin(
     remove: bool,
 ) -> None:
     """Pin GENERATION of PROJECT-RELEASE at URL so it is never retired (without GENERATION: list the pins).
+
+    Without URL (a first argument with a / or :), the registry of the ForML config ($FORML_HOME/config.toml;
+    --registry NAME for another section): `forml-s3 pin churn 1.2 7`.
 
     \b
     Examples:
@@ -453,7 +470,7 @@ def pin(
     from forml_s3.model import layout  # noqa: PLC0415
     from forml_s3.runtime import retention
 
-    st = open_store(url, options)
+    st = open_store(url, options, registry)
     lay = layout.Layout(st.root)
     with fatal_errors():
         if generation is None:

@@ -21,12 +21,15 @@ if typing.TYPE_CHECKING:
     from forml_s3.runtime.staging import Pruned
 
 
-def _root(path: pathlib.Path | None) -> pathlib.Path:
-    """The staging root to work on: PATH, or the registry's default staging path."""
+def _root(path: pathlib.Path | None, registry: str | None) -> pathlib.Path:
+    """The staging root to work on: PATH, else the staging path of the ForML config's registry (``--registry``, or
+    the default one if it is forml-s3's), else the default of a registry configured without one."""
     from forml_s3.runtime import staging  # noqa: PLC0415 - imports ForML: only when a command runs
 
+    from . import config  # noqa: PLC0415
+
     _loglevel()
-    root = path if path is not None else staging.default_root()
+    root = path if path is not None else config.staging_root(registry) or staging.default_root()
     if root.exists() and not root.is_dir():
         raise Fatal(f'{root} is not a directory')
     if not root.exists():
@@ -69,8 +72,9 @@ def staging() -> None:
     Every mount of a release (ForML's train, apply, tune, the gateway loading a model) installs it under
     the registry's staging path once, as <PATH>/<project>/<release>-<package sha256[:16]>, records the time of
     each use, and holds a lease on it while the mounting process lives.
-    Point PATH at the registry's `staging` setting (the shared directory of a cluster), or leave it out for
-    the default of a registry configured without one.
+    PATH defaults to the staging path of the ForML config's registry ($FORML_HOME/config.toml: its `staging`
+    setting, else <cache_dir>/staging; --registry NAME for another section than the default one), or, without
+    a forml-s3 registry there, to $XDG_CACHE_HOME/forml-s3/staging.
 
     \b
     Examples:
@@ -81,18 +85,26 @@ def staging() -> None:
     """
 
 
-path_argument = click.argument('path', required=False, type=click.Path(file_okay=False, path_type=pathlib.Path))
+def path_argument(command: typing.Callable) -> typing.Callable:
+    """``[PATH]``, or ``--registry NAME``: the staging path of that section of the ForML config."""
+    command = click.option(
+        '--registry',
+        metavar='NAME',
+        help='Without PATH: the staging path of the section [REGISTRY.NAME] of the ForML config instead of its '
+        'default one.',
+    )(command)
+    return click.argument('path', required=False, type=click.Path(file_okay=False, path_type=pathlib.Path))(command)
 
 
 @staging.command(short_help='List the installed releases: size, last use, package sha256, processes using them.')
 @path_argument
 @click.option('--json', 'as_json', is_flag=True, help='Print the releases as JSON (for scripts).')
-def ls(path: pathlib.Path | None, as_json: bool) -> None:
+def ls(path: pathlib.Path | None, registry: str | None, as_json: bool) -> None:
     """List the releases installed under PATH, with size, package sha256, last use, and the processes using each
     (IN USE: live leases of running processes, which prune never deletes).
 
-    PATH defaults to $XDG_CACHE_HOME/forml-s3/staging (~/.cache/forml-s3/staging). Trees left behind by a
-    killed installer or prune are listed as leftovers (`forml-s3 staging prune` removes them).
+    PATH defaults to the staging path of the ForML config's registry (see `forml-s3 staging --help`). Trees left
+    behind by a killed installer or prune are listed as leftovers (`forml-s3 staging prune` removes them).
 
     \b
     Examples:
@@ -101,7 +113,7 @@ def ls(path: pathlib.Path | None, as_json: bool) -> None:
     """
     from forml_s3.runtime import staging as stagingmod  # noqa: PLC0415
 
-    root = _root(path)
+    root = _root(path, registry)
     now = time.time()
     releases = stagingmod.staged(root, sizes=True)
     leftovers = stagingmod.leftovers(root)
@@ -161,7 +173,7 @@ def ls(path: pathlib.Path | None, as_json: bool) -> None:
 )
 @click.option('--dry-run', is_flag=True, help='List what would be pruned, change nothing.')
 @click.option('--json', 'as_json', is_flag=True, help='Print what was pruned as JSON (for scripts).')
-def prune(path: pathlib.Path | None, days: float, dry_run: bool, as_json: bool) -> None:
+def prune(path: pathlib.Path | None, registry: str | None, days: float, dry_run: bool, as_json: bool) -> None:
     """Delete the releases installed under PATH that were not mounted for more than DAYS days.
 
     Safe while runners mount: each release is re-checked under the same lock mounts take (one mounted
@@ -176,7 +188,7 @@ def prune(path: pathlib.Path | None, days: float, dry_run: bool, as_json: bool) 
     Exits 2 if a tree could not be deleted (e.g. permission denied): such a tree is reported as failed, its
     hidden .trash remainder is left for the next prune, and what was pruned is listed all the same.
 
-    PATH defaults to $XDG_CACHE_HOME/forml-s3/staging (~/.cache/forml-s3/staging).
+    PATH defaults to the staging path of the ForML config's registry (see `forml-s3 staging --help`).
 
     \b
     Examples:
@@ -185,7 +197,7 @@ def prune(path: pathlib.Path | None, days: float, dry_run: bool, as_json: bool) 
     """
     from forml_s3.runtime import staging as stagingmod  # noqa: PLC0415
 
-    root = _root(path)
+    root = _root(path, registry)
     now = time.time()
     done = stagingmod.prune(root, days * 86400, dry_run=dry_run, now=now)
     failed = [p for p in done if p.action == stagingmod.Pruned.FAILED]

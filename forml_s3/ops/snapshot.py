@@ -28,6 +28,7 @@ from .. import storage
 from ..model import codec, layout, names
 from ..runtime import cache as cachemod
 from ..runtime import staging
+from ..storage import probe as storage_probe
 
 LOGGER = logging.getLogger(__name__)
 
@@ -142,6 +143,12 @@ class Snapshot:
                     with contextlib.suppress(asset.Level.Invalid):
                         named.update(generation.stored(lay, project.name, release.name))
         return named
+
+    def holds_registry(self) -> bool:
+        """Whether anything under the root is a registry's: a key the layout makes, or the probe a registry's first
+        write leaves (so an empty listing, or one of foreign objects only, is no registry: a mistyped URL)."""
+        probe = f'{self.root.rstrip("/")}/{storage_probe.REGISTRY_PROBE}'
+        return any(o.kind is not Kind.OTHER or o.path == probe for o in self.objects.values())
 
     def orphans(self) -> list[Object]:
         """Packages and states that no marker names (uncommitted: in progress or abandoned)."""

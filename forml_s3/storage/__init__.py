@@ -10,8 +10,9 @@ URL                        class                         exclusive create (what 
 ``memory://name``          :class:`.memory.MemoryStore`   a lock (one process sees it)
 =========================  ============================  ==================================================
 
-:func:`open_store` is the one entry: it parses the URL, refuses what no backend serves, and imports a backend's
-client library only when a URL needs it.
+:func:`open_store` is the one entry: it parses the URL, refuses what no backend serves (and, on S3, a storage
+option nothing takes: :func:`forml_s3.storage.options.check_s3`), and imports a backend's client library only when a URL
+needs it.
 """
 
 import importlib
@@ -80,6 +81,10 @@ def open_store(
         if not parsed.netloc:
             raise forml.InvalidError(f'Invalid registry url {url!r}: expected {scheme}://bucket[/prefix]')
     module, _, name = target.partition(':')
+    if module == 's3':
+        from . import options  # noqa: PLC0415 - imports s3fs: only for an S3 URL
+
+        options.check_s3(storage_options or {})
     try:
         backend = importlib.import_module(f'.{module}', __name__)
     except ImportError as err:

@@ -31,6 +31,7 @@ import typing
 
 import forml
 
+from .. import settings
 from . import redact
 
 DEFAULT_RETRIES = {'mode': 'standard', 'max_attempts': 5}
@@ -38,6 +39,78 @@ DEFAULT_POOL = 32
 SSE_MODES = ('AES256', 'aws:kms')
 
 _CONFIG_KEYS = ('connect_timeout', 'read_timeout', 'request_checksum_calculation', 'response_checksum_validation')
+
+CHECKSUM_POLICIES = ('when_supported', 'when_required')
+CONVENIENCES: dict[str, tuple[typing.Any, tuple[str, ...]]] = {
+    'region': (str, ()),
+    'retry_mode': (str, ('legacy', 'standard', 'adaptive')),
+    'max_attempts': (int, ()),
+    'connect_timeout': (float, ()),
+    'read_timeout': (float, ()),
+    'request_checksum_calculation': (str, CHECKSUM_POLICIES),
+    'response_checksum_validation': (str, CHECKSUM_POLICIES),
+    'sse': (str, SSE_MODES),
+    'sse_kms_key_id': (str, ()),
+    'max_pool_connections': (int, ()),
+    'retries': (int, ()),
+}
+"""The options forml-s3 adds on S3: each one's type and, where it is a choice, the accepted values."""
+_TABLES = ('client_kwargs', 'config_kwargs', 's3_additional_kwargs')
+_STRINGS = ('endpoint_url', 'key', 'secret', 'token', 'profile')
+_LISTING_CACHE = ('use_listings_cache', 'listings_expiry_time', 'max_paths', 'skip_instance_cache')
+"""What fsspec's file system base takes from the options s3fs passes on."""
+
+
+def check_s3(storage_options: typing.Mapping[str, typing.Any]) -> None:
+    """Refuse, in one line, an S3 storage option no layer takes (s3fs, its aiobotocore session, fsspec's listing
+    cache, forml-s3's conveniences), or one of the wrong type or value, before any client is made: unchecked, a
+    typo reaches ``AioSession.__init__`` as a ``TypeError`` at the first request.
+
+    Raises:
+        settings.Invalid: Naming the option, the nearest accepted one and all of them.
+    """
+    if not isinstance(storage_options, typing.Mapping):
+        raise settings.wrong_type('setting', 'storage_options', storage_options, typing.Mapping)
+    hints = {**{k: t for k, (t, _) in CONVENIENCES.items()}, **dict.fromkeys(_TABLES, typing.Mapping)}
+    hints.update(dict.fromkeys(_STRINGS, str | None))
+    accepted = sorted({*hints, *_LISTING_CACHE, *_s3fs_arguments()})
+    for key, value in storage_options.items():
+        if key not in accepted:
+            raise settings.unknown('storage option', key, accepted)
+        hint = hints.get(key) or _default_type(key)
+        if hint is not None and not settings.matches(value, hint):
+            raise settings.wrong_type('storage option', key, value, hint)
+        choices = CONVENIENCES.get(key, (None, ()))[1]
+        if choices and value not in choices:
+            raise settings.Invalid(
+                f'Invalid storage option {key} = {value!r}: {settings.suggest(value, choices)}(expected one of '
+                f'{", ".join(choices)})'
+            )
+
+
+def _s3fs_arguments() -> list[str]:
+    """The keywords ``S3FileSystem`` takes by name, and those it hands to its ``AioSession`` (``profile``, ...)."""
+    import inspect  # noqa: PLC0415
+
+    import aiobotocore.session  # noqa: PLC0415 - lazy: only when an S3 store is opened
+    import s3fs  # noqa: PLC0415
+
+    names = []
+    for function in (s3fs.S3FileSystem.__init__, aiobotocore.session.AioSession.__init__):
+        names += [p.name for p in inspect.signature(function).parameters.values() if p.kind is p.KEYWORD_ONLY
+                  or (p.kind is p.POSITIONAL_OR_KEYWORD and p.name != 'self')]  # fmt: skip
+    return names
+
+
+def _default_type(key: str) -> type | None:
+    """The type of an ``S3FileSystem`` keyword whose default says it (``anon=False``: bool), else ``None``."""
+    import inspect  # noqa: PLC0415
+
+    import s3fs  # noqa: PLC0415
+
+    param = inspect.signature(s3fs.S3FileSystem.__init__).parameters.get(key)
+    default = None if param is None else param.default
+    return type(default) if isinstance(default, bool | int) else None
 
 
 def s3_kwargs(storage_options: typing.Mapping[str, typing.Any]) -> dict[str, typing.Any]:

@@ -12,10 +12,7 @@ import typing
 
 import forml
 
-PROVIDERS = {
-    'REGISTRY': ('s3', 'forml_s3.registry:Registry'),
-    'INVENTORY': ('s3', 'forml_s3.inventory:Inventory'),
-}
+from ..settings import PROVIDERS
 
 
 def path() -> pathlib.Path:
