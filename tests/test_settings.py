@@ -28,6 +28,7 @@ CASES = [
     ({}, {'profle': 'x'}, "did you mean 'profile'"),
     ({}, {'region': 3}, 'Invalid storage option region = 3: expected a string'),
     ({}, {'max_attempts': 'three'}, "max_attempts = 'three': expected a whole number"),
+    ({}, {'connect_retries': 'two'}, "connect_retries = 'two': expected a whole number"),
     ({}, {'anon': 'yes'}, "anon = 'yes': expected true or false"),
     ({}, {'client_kwargs': 'eu'}, "client_kwargs = 'eu': expected a table"),
     ({}, {'retry_mode': 'standrd'}, r"retry_mode = 'standrd': did you mean 'standard'\? \(expected one of legacy, "),
@@ -47,7 +48,8 @@ def test_each_typo_is_one_line(settings_, options, message, tmp_path):
 
 def test_good_settings_pass_and_the_inventory_is_checked_too(tmp_path):
     options = {'profile': 'p', 'client_kwargs': {'region_name': 'eu-west-1'}, 'anon': False, 'max_attempts': 3,
-               'connect_timeout': 1.5, 'retry_mode': 'adaptive', 'use_listings_cache': False}  # fmt: skip
+               'connect_timeout': 1.5, 'connect_retries': 0, 'retry_mode': 'adaptive',
+               'use_listings_cache': False}  # fmt: skip
     Registry('s3://bucket/forml', storage_options=options, cache_dir=str(tmp_path), listing_ttl=0, staging=tmp_path)
     with pytest.raises(settings.Invalid, match="Unknown forml-s3 inventory setting 'urll': did you mean 'url'"):
         Inventory(urll='s3://bucket/apps')

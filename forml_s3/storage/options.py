@@ -11,6 +11,7 @@ conveniences are understood (all optional):
                                            ``max_attempts`` counts retries after the first try (botocore's
                                            meaning); default ``retry_mode = "standard"``, ``max_attempts = 5``
 ``connect_timeout`` / ``read_timeout``     botocore timeouts in seconds
+``connect_retries``                        retries of a connection that could not be made (default 2, announced)
 ``request_checksum_calculation``           botocore >= 1.36 default checksums: set ``"when_required"`` for
 ``response_checksum_validation``           S3-compatible stores that reject them (MinIO, R2; boto3 issue 4398)
 ``sse`` = "AES256" | "aws:kms"             server-side encryption of every object written
@@ -46,6 +47,7 @@ CONVENIENCES: dict[str, tuple[typing.Any, tuple[str, ...]]] = {
     'retry_mode': (str, ('legacy', 'standard', 'adaptive')),
     'max_attempts': (int, ()),
     'connect_timeout': (float, ()),
+    'connect_retries': (int, ()),
     'read_timeout': (float, ()),
     'request_checksum_calculation': (str, CHECKSUM_POLICIES),
     'response_checksum_validation': (str, CHECKSUM_POLICIES),
