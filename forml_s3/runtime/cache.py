@@ -2,7 +2,8 @@
 
 Blobs are named by their sha256 (``blobs/ab/abcd...<suffix>``), so the same content is stored once however
 many keys name it, and a blob on disk is correct by construction. A blob is filled by downloading into an
-``.incomplete`` file, verifying size and sha256, then renaming into place, all under a per-blob file lock:
+``.incomplete`` file, verifying size and sha256 (hashed by the download as the bytes landed, where it can), then
+renaming into place, all under a per-blob file lock:
 many processes asking for the same object at once cause one download, the rest wait and reuse it.
 
 Every file the cache serves is checked first: when a blob (or a cached marker) is stored, a *seal* beside it
@@ -339,7 +340,7 @@ class BlobCache:
         self,
         sha256: str,
         size: int,
-        download: typing.Callable[[pathlib.Path], None],
+        download: typing.Callable[[pathlib.Path], str | None],
         *,
         name: str,
         suffix: str = '',
@@ -349,7 +350,8 @@ class BlobCache:
         Args:
             sha256: Expected content hash.
             size: Expected content size.
-            download: Writes the content to the given local path.
+            download: Writes the content to the given local path; may return the sha256 of what it wrote, hashed as
+                it wrote it (then the file is not read again to verify it; None: it is).
             name: What is downloaded (the key), for the error message on a mismatch.
             suffix: File name suffix of the blob (e.g. ``.4ml``).
 
@@ -368,7 +370,7 @@ class BlobCache:
         return self._fetch_aside(sha256, size, download, name=name, suffix=suffix)
 
     def _fetch_aside(
-        self, sha256: str, size: int, download: typing.Callable[[pathlib.Path], None], *, name: str, suffix: str
+        self, sha256: str, size: int, download: typing.Callable[[pathlib.Path], str | None], *, name: str, suffix: str
     ) -> pathlib.Path:
         """:meth:`fetch` into this process's temporary directory (the cache cannot be written)."""
         assert self._aside is not None
@@ -389,15 +391,20 @@ class BlobCache:
         return target
 
     def _download(
-        self, target: pathlib.Path, sha256: str, size: int, download: typing.Callable[[pathlib.Path], None], name: str
+        self,
+        target: pathlib.Path,
+        sha256: str,
+        size: int,
+        download: typing.Callable[[pathlib.Path], str | None],
+        name: str,
     ) -> None:
         """Download into a temporary file beside ``target``, verify size and sha256, rename into place."""
         fd, temp = tempfile.mkstemp(suffix='.incomplete', dir=target.parent)
         os.close(fd)
         temp_path = pathlib.Path(temp)
         try:
-            download(temp_path)
-            got_size, got_sha = sha256_of(temp_path)
+            hashed = download(temp_path)
+            got_size, got_sha = (temp_path.stat().st_size, hashed) if isinstance(hashed, str) else sha256_of(temp_path)
             if (got_size, got_sha) != (size, sha256):
                 raise Corrupted(
                     f'Object {name} is corrupted: expected {size} bytes with sha256 {sha256}, '
@@ -409,7 +416,7 @@ class BlobCache:
                 temp_path.unlink()
 
     def _fetch(
-        self, sha256: str, size: int, download: typing.Callable[[pathlib.Path], None], *, name: str, suffix: str
+        self, sha256: str, size: int, download: typing.Callable[[pathlib.Path], str | None], *, name: str, suffix: str
     ) -> pathlib.Path:
         """:meth:`fetch` into the cache (``OSError`` where the cache cannot be written)."""
         target = self.path(sha256, suffix)

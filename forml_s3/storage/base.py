@@ -182,10 +182,14 @@ class Store:
         with self._boundary('read', path):
             return self.fs.cat_file(path)
 
-    def download(self, path: str, target: pathlib.Path, size: int | None = None) -> None:
-        """Download the object to a local file (``size``, where known, lets a backend fetch it in parallel)."""
+    def download(self, path: str, target: pathlib.Path, size: int | None = None) -> str | None:
+        """Download the object to a local file (``size``, where known, lets a backend fetch it in parallel).
+
+        Returns the sha256 of the file if the backend hashed it while writing it (None: the caller hashes it).
+        """
         with self._boundary('download', path):
             self.fs.get_file(path, str(target))
+        return None
 
     def head(self, path: str) -> tuple[int, dict[str, str]]:
         """Size and user metadata of an object (``FileNotFoundError`` if missing)."""

@@ -21,7 +21,7 @@ import zlib
 
 import forml
 
-from . import base, probe
+from . import base, digest, fastget, probe
 from . import options as optmod
 
 if typing.TYPE_CHECKING:
@@ -36,6 +36,8 @@ MULTIPART_FROM = 2 * PART_SIZE
 PART_CONCURRENCY = 8
 """Parts in flight at once: bounds the extra memory of a large transfer to about PART_SIZE x PART_CONCURRENCY."""
 
+_CHUNK = 2**20
+"""How much of a ranged GET's body is read and written to the file at a time."""
 _CRC_CHUNK = 2**20
 """How much of a file a part's CRC32 reads at a time (the part itself is never held whole)."""
 
@@ -211,18 +213,19 @@ class S3Store(base.Store):
             response = self.fs.call_s3('get_object', Bucket=bucket, Key=key)
             return _sync_read(self.fs, response['Body'])
 
-    def download(self, path: str, target: pathlib.Path, size: int | None = None) -> None:
+    def download(self, path: str, target: pathlib.Path, size: int | None = None) -> str | None:
         """Download the object to a local file.
 
         An object of known ``size`` larger than :data:`PART_SIZE` comes in ranged GETs, up to
-        :data:`PART_CONCURRENCY` in flight, each written at its offset as it arrives (bounded memory). Without a
-        size s3fs first opens a whole-object GET to learn it, which a large object pays for twice.
+        :data:`PART_CONCURRENCY` in flight, streamed to the file at their offsets as they arrive (bounded memory)
+        and hashed in order meanwhile: it returns the file's sha256. Without a size s3fs first opens a
+        whole-object GET to learn it, which a large object pays for twice.
         """
         with self._boundary('download', path):
             if size is not None and size > PART_SIZE:
-                self._ranged_download(path, target, size)
-            else:
-                self.fs.get_file(path, str(target), chunksize=PART_SIZE, max_concurrency=PART_CONCURRENCY)
+                return self._ranged_download(path, target, size)
+            self.fs.get_file(path, str(target), chunksize=PART_SIZE, max_concurrency=PART_CONCURRENCY)
+            return None
 
     def head(self, path: str) -> tuple[int, dict[str, str]]:
         with self._boundary('inspect', path):
@@ -409,7 +412,10 @@ class S3Store(base.Store):
             with memoryview(data) as view, view.cast('B') as octets:
                 sync(self.fs.loop, run, _Source(view=octets))
 
-    def _ranged_download(self, path: str, target: pathlib.Path, size: int) -> None:
+    def _ranged_download(self, path: str, target: pathlib.Path, size: int) -> str:
+        """Ranged GETs of :data:`PART_SIZE`, up to :data:`PART_CONCURRENCY` in flight; each body is streamed into the
+        file at its offset in chunks of :data:`_CHUNK` as they arrive (no part is held whole), while a
+        :class:`~forml_s3.storage.digest.Follower` hashes the landed prefix in order. Returns the sha256 of the file."""
         from fsspec.asyn import sync  # noqa: PLC0415
 
         bucket, key = self._bucket_key(path)
@@ -420,34 +426,59 @@ class S3Store(base.Store):
                 'or retrain (`forml-s3 verify`)'
             )
 
-        async def part(fd: int, start: int, slots: asyncio.Semaphore) -> None:
-            end = min(start + PART_SIZE, size) - 1
+        async def part(fd: int, start: int, slots: asyncio.Semaphore, follower: digest.Follower) -> None:
+            end = min(start + PART_SIZE, size)
             async with slots:
                 try:
                     response = await self.fs._call_s3(
-                        'get_object', Bucket=bucket, Key=key, Range=f'bytes={start}-{end}'
+                        'get_object', Bucket=bucket, Key=key, Range=f'bytes={start}-{end - 1}'
                     )
                 except OSError as err:
                     if _code(err) == 'InvalidRange':  # the object ends before this part starts
                         raise shorter() from None
                     raise
+                body, offset = response['Body'], start
                 try:
-                    data = await response['Body'].read()
+                    while offset < end and (chunk := await body.read(min(_CHUNK, end - offset))):
+                        os.pwrite(fd, chunk, offset)
+                        follower.landed(offset, offset + len(chunk))
+                        offset += len(chunk)
                 finally:
-                    response['Body'].close()
-            if len(data) != end - start + 1:
+                    body.close()
+            if offset != end:
                 raise shorter()
-            os.pwrite(fd, data, start)
 
-        async def run() -> None:
+        async def run(fd: int, follower: digest.Follower) -> None:
             slots = asyncio.Semaphore(PART_CONCURRENCY)
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            try:
-                await asyncio.gather(*(part(fd, start, slots) for start in range(0, size, PART_SIZE)))
-            finally:
-                os.close(fd)
+            await asyncio.gather(*(part(fd, start, slots, follower) for start in range(0, size, PART_SIZE)))
 
-        sync(self.fs.loop, run)
+        fd = os.open(target, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            with digest.Follower(fd, size) as follower:
+                if (fast := self._fastget()) is not None:
+                    try:
+                        fastget.download(fast, key, fd, size, follower, PART_SIZE, PART_CONCURRENCY)
+                    except fastget.Shorter:
+                        raise shorter() from None
+                else:
+                    sync(self.fs.loop, run, fd, follower)
+                return follower.hexdigest()
+        finally:
+            os.close(fd)
+
+    _fast: tuple[int, typing.Any] | None = None
+    """This process's obstore client of the bucket (None inside: the options keep downloads on aiobotocore)."""
+
+    def _fastget(self) -> typing.Any:
+        """The obstore client large downloads go through (:mod:`.fastget`), made once per process; None: none."""
+        if self._fast is None or self._fast[0] != os.getpid():
+            self._fast = (os.getpid(), fastget.client(self.fs, self.bucket, optmod.s3_kwargs(self._options)))
+        return self._fast[1]
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop('_fast', None)
+        return state
 
     # object tags --------------------------------------------------------------------------------------
     def set_tags(self, path: str, tags: typing.Mapping[str, str]) -> None:

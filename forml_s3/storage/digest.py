@@ -1,0 +1,93 @@
+"""The sha256 of a file while it is being written at offsets, in order, overlapping the writes.
+
+A ranged download writes its parts into the target file as they arrive, out of order. :class:`Follower` is told
+which spans have landed; a thread hashes the contiguous prefix as it grows, reading it back from the page cache
+(``pread`` into one reused buffer), so no part is held in memory for the hash's sake and the hash of the whole
+object is ready a moment after its last byte lands: the cache never reads a fresh download again to verify it.
+"""
+
+import hashlib
+import os
+import threading
+
+CHUNK = 4 * 2**20
+"""How much of the file the hashing thread reads at a time (one buffer of this size, reused)."""
+
+
+class Follower:
+    """Hashes ``size`` bytes of the file open at ``fd`` as :meth:`landed` reports them written.
+
+    Use as a context manager: leaving the block stops the thread (whether or not every byte landed).
+    """
+
+    def __init__(self, fd: int, size: int):
+        self._fd = fd
+        self._size = size
+        self._spans: dict[int, int] = {}
+        """Landed spans beyond the contiguous prefix: start -> end."""
+        self._frontier = 0
+        """Every byte before this offset has landed."""
+        self._stopped = False
+        """No more bytes will land: hash what has, then end."""
+        self._abandoned = False
+        """The result is not wanted (the block was left): end now."""
+        self._changed = threading.Condition()
+        self._digest = hashlib.sha256()
+        self.hashed = 0
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name='forml-s3-digest', daemon=True)
+
+    def __enter__(self) -> 'Follower':
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        with self._changed:
+            self._stopped = self._abandoned = True
+            self._changed.notify_all()
+        self._thread.join()
+
+    def landed(self, start: int, end: int) -> None:
+        """Bytes ``[start, end)`` are written to the file."""
+        if end <= start:
+            return
+        with self._changed:
+            if start == self._frontier:
+                frontier = end
+                while frontier in self._spans:  # later spans that waited for this one
+                    frontier = self._spans.pop(frontier)
+                self._frontier = frontier
+                self._changed.notify_all()
+            else:
+                self._spans[start] = end
+
+    def _run(self) -> None:
+        buffer = bytearray(CHUNK)
+        view = memoryview(buffer)
+        try:
+            while self.hashed < self._size:
+                with self._changed:
+                    self._changed.wait_for(lambda: self._frontier > self.hashed or self._stopped)
+                    if self._abandoned or self._frontier <= self.hashed:
+                        return  # abandoned, or stopped before the rest landed
+                    limit = self._frontier
+                while self.hashed < limit and not self._abandoned:
+                    count = os.preadv(self._fd, [view[: min(CHUNK, limit - self.hashed)]], self.hashed)
+                    if count <= 0:
+                        raise EOFError(f'File shorter than reported: nothing at {self.hashed}')
+                    self._digest.update(view[:count])  # releases the GIL: overlaps the download
+                    self.hashed += count
+        except BaseException as err:  # noqa: BLE001 - handed to the caller by hexdigest()
+            self._error = err
+
+    def hexdigest(self) -> str:
+        """The sha256 of the ``size`` bytes, once all have landed (waits for the thread to hash the rest)."""
+        with self._changed:
+            self._stopped = True
+            self._changed.notify_all()
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        if self.hashed != self._size:
+            raise EOFError(f'Only {self.hashed} of {self._size} bytes landed')
+        return self._digest.hexdigest()
