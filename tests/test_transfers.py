@@ -1,6 +1,10 @@
-"""Large and many transfers: multipart uploads and ranged downloads of large states (seen in moto's request
-log), and the byte budget that bounds what ``write`` holds in memory while uploads are pending."""
+"""Large and many transfers: multipart uploads and ranged downloads of large states and packages (seen in moto's
+request log; the large-read workloads of the benchmarks, counted instead of timed), the hash taken as a download's
+parts land, and the byte budget that bounds what ``write`` holds in memory while uploads are pending."""
 
+import hashlib
+import os
+import pathlib
 import threading
 import uuid
 
@@ -8,7 +12,9 @@ import forml
 import pytest
 
 from forml_s3.registry import Registry
+from forml_s3.runtime import cache as cachemod
 from forml_s3.runtime import transfers
+from forml_s3.storage import digest, fastget
 from forml_s3.storage import s3 as s3store
 
 from .helpers import PROJECT, tag
@@ -126,3 +132,132 @@ def test_a_failed_part_aborts_the_upload_and_commits_nothing(
     assert fault.fired >= 1
     assert s3server.client().list_multipart_uploads(Bucket=bucket).get('Uploads', []) == []  # aborted
     assert list(writer.generations(PROJECT, '0.1')) == []
+
+
+# --- large reads: ranged GETs, each byte once, hashed as it lands ---------------------------------------------
+@pytest.fixture
+def hashes(monkeypatch):
+    """Every full pass the cache makes over a file to hash it (none when the download hashed it as it landed)."""
+    passes: list[str] = []
+    real = cachemod.sha256_of
+
+    def counting(path):
+        passes.append(str(path))
+        return real(path)
+
+    monkeypatch.setattr(cachemod, 'sha256_of', counting)
+    return passes
+
+
+@pytest.mark.parametrize('client', ['obstore', 'aiobotocore'])
+def test_a_large_state_is_read_in_ranges_once_and_hashed_as_it_lands(
+    counted, s3server, bucket, tmp_path, package_factory, hashes, monkeypatch, client
+):
+    """Both download paths (obstore, and aiobotocore where obstore would not honour the storage options): two
+    ranged GETs for a 20 MiB state, every byte once, the cache never reads the file again to verify it."""
+    if client == 'aiobotocore':
+        monkeypatch.setattr(fastget, 'client', lambda *_: None)
+    size = 20 * MiB + 5
+    state = os.urandom(size)
+    writer = Registry(f's3://{bucket}/forml', storage_options=s3server.storage_options(), cache_dir=tmp_path / 'w')
+    writer.push(package_factory('0.1'))
+    sid = uuid.uuid4()
+    writer.write(PROJECT, '0.1', sid, state)
+    writer.close(PROJECT, '0.1', 1, tag([sid]))
+    counted.reset_counts()
+    hashes.clear()
+    reader = Registry(f's3://{bucket}/forml', storage_options=s3server.storage_options(), cache_dir=tmp_path / 'r')
+    reader.open(PROJECT, '0.1', 1)
+    assert reader.read(PROJECT, '0.1', 1, sid) == state
+    key = f'/{bucket}/forml/{PROJECT}/0.1/states/{sid}.bin'
+    ranged = [r for r in counted.requests if r.method == 'GET' and r.path == key]
+    assert sorted(r.range for r in ranged) == ['bytes=0-16777215', f'bytes=16777216-{size - 1}']
+    assert sum(r.bytes_out for r in ranged) == size
+    assert hashes == []  # hashed while downloading, not in a second pass
+    assert reader.read(PROJECT, '0.1', 1, sid) == state  # from the cache: no request
+    assert len([r for r in counted.requests if r.method == 'GET' and r.path == key]) == 2
+
+
+def test_a_large_package_mounts_in_ranges_once_per_machine(
+    counted, s3server, bucket, tmp_path, package_factory, hashes
+):
+    """``mount`` (and ``pull``) of a large package: ranged GETs, hashed as they land; a second mount on the same
+    machine transfers nothing."""
+    options = s3server.storage_options()
+    Registry(f's3://{bucket}/forml', storage_options=options, cache_dir=tmp_path / 'w').push(
+        package_factory('0.1', data=os.urandom(18 * MiB))
+    )
+    counted.reset_counts()
+    hashes.clear()
+    first = Registry(f's3://{bucket}/forml', storage_options=options, cache_dir=tmp_path / 'r')
+    assert pathlib.Path(first.mount(PROJECT, '0.1').path).exists()
+    package = [r for r in counted.requests if r.method == 'GET' and r.path.endswith('.4ml')]
+    assert len(package) == 2 and all(r.range for r in package)  # 16 MiB and the rest
+    size = sum(r.bytes_out for r in package)
+    assert size > 18 * MiB and hashes == []
+    counted.reset_counts()
+    second = Registry(f's3://{bucket}/forml', storage_options=options, cache_dir=tmp_path / 'r')
+    assert pathlib.Path(second.mount(PROJECT, '0.1').path).exists()
+    assert pathlib.Path(second.pull(PROJECT, '0.1').path).stat().st_size == size
+    assert [r for r in counted.requests if r.path.endswith('.4ml')] == []
+
+
+def test_a_large_state_changed_in_the_bucket_is_corrupted(s3server, bucket, tmp_path, package_factory):
+    """Same size, other bytes: the hash taken as the parts land does not match the marker's; nothing is cached."""
+    writer = Registry(f's3://{bucket}/forml', storage_options=s3server.storage_options(), cache_dir=tmp_path / 'w')
+    writer.push(package_factory('0.1'))
+    sid = uuid.uuid4()
+    state = os.urandom(20 * MiB)
+    writer.write(PROJECT, '0.1', sid, state)
+    writer.close(PROJECT, '0.1', 1, tag([sid]))
+    key = f'forml/{PROJECT}/0.1/states/{sid}.bin'
+    s3server.client().put_object(Bucket=bucket, Key=key, Body=state[:-1] + bytes([state[-1] ^ 1]))
+    reader = Registry(f's3://{bucket}/forml', storage_options=s3server.storage_options(), cache_dir=tmp_path / 'r')
+    with pytest.raises(forml.InvalidError, match=f'Object s3://{bucket}/{key} is corrupted'):
+        reader.read(PROJECT, '0.1', 1, sid)
+    assert not list((tmp_path / 'r' / 'blobs').glob('*/*'))
+
+
+def test_a_ranged_get_failing_after_its_retries_says_what_to_do(
+    embedded_server, s3server, bucket, tmp_path, package_factory
+):
+    writer = Registry(f's3://{bucket}/forml', storage_options=s3server.storage_options(), cache_dir=tmp_path / 'w')
+    writer.push(package_factory('0.1'))
+    sid = uuid.uuid4()
+    writer.write(PROJECT, '0.1', sid, os.urandom(20 * MiB))
+    writer.close(PROJECT, '0.1', 1, tag([sid]))
+    reader = Registry(
+        f's3://{bucket}/forml',
+        storage_options=s3server.storage_options(max_attempts=1, retries=1),
+        cache_dir=tmp_path / 'r',
+    )
+    fault = s3server.inject(500, 'InternalError', count=100, match=lambda c: bool(c.headers.get('range')))
+    try:
+        with pytest.raises(forml.FailedError, match='Could not download .* retries exhausted'):
+            reader.read(PROJECT, '0.1', 1, sid)
+    finally:
+        s3server.clear_faults()
+    assert fault.fired >= 1
+
+
+@pytest.mark.parametrize('order', ['in order', 'reversed', 'interleaved'])
+def test_the_follower_hashes_spans_landing_in_any_order(tmp_path, order):
+    data = os.urandom(3 * digest.CHUNK + 12345)
+    spans = [(start, min(start + 100_003, len(data))) for start in range(0, len(data), 100_003)]
+    if order == 'reversed':
+        spans.reverse()
+    elif order == 'interleaved':
+        spans = spans[1::2] + spans[::2]
+    fd = os.open(tmp_path / 'file', os.O_RDWR | os.O_CREAT)
+    try:
+        with digest.Follower(fd, len(data)) as follower:
+            for start, end in spans:
+                os.pwrite(fd, data[start:end], start)
+                follower.landed(start, end)
+            assert follower.hexdigest() == hashlib.sha256(data).hexdigest()
+        with digest.Follower(fd, len(data) + 1) as follower:  # one byte never lands
+            follower.landed(0, len(data))
+            with pytest.raises(EOFError, match=f'Only {len(data)} of {len(data) + 1} bytes landed'):
+                follower.hexdigest()
+    finally:
+        os.close(fd)
