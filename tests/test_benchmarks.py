@@ -59,7 +59,7 @@ def test_second_mount_moves_no_package_bytes(result):
 
 def test_targets_are_reported(result):
     targets = {t['name']: t['status'] for t in result['targets']}
-    assert len(targets) == 8 and set(targets.values()) <= {'PASS', 'FAIL', 'SKIP'}
+    assert len(targets) == 11 and set(targets.values()) <= {'PASS', 'FAIL', 'SKIP'}
     assert targets['listing 100 generations: one LIST page'] == 'PASS'
     assert targets['second mount: zero package bytes'] == 'PASS'
     assert next(s for n, s in targets.items() if 'MLflow' in n) == 'SKIP'  # not asked for here
@@ -74,3 +74,50 @@ def test_docs_section_is_replaced_between_markers(result, tmp_path):
     assert 'STALE-RESULTS' not in text and text.count(report.BEGIN) == 1
     assert '| workload | provider | median s | x boto3 |' in text
     assert 'moto' in text and 'Load average' in text  # the machine and endpoint are described
+
+
+@pytest.fixture(scope='module')
+def seaweedfs_result(tmp_path_factory) -> dict:
+    """A quick run of the large-read workloads on SeaweedFS (started and stopped by the harness), obstore too."""
+    out = tmp_path_factory.mktemp('bench') / 'result.json'
+    done = subprocess.run(
+        [sys.executable, '-m', 'benchmarks', '--quick', '--server', 'seaweedfs', '--workloads', 'large_read,mount']
+        + ['--providers', 'forml-s3,boto3,obstore', '--json', str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    assert 'S3 endpoint seaweedfs at http://127.0.0.1:' in done.stdout
+    return json.loads(out.read_text())
+
+
+def test_seaweedfs_rows_count_requests_and_bytes_from_its_metrics(seaweedfs_result):
+    rows = {(r['job'], r['provider']): r for r in seaweedfs_result['rows']}
+    jobs = ('large_read', 'mount_first', 'mount_second')
+    assert set(rows) == {(job, p) for job in jobs for p in ('forml-s3', 'boto3', 'obstore')}
+    large = seaweedfs_result['sizes']['large']
+    for (job, provider), row in rows.items():
+        assert not row['problems'], (job, provider, row['problems'])
+        if job == 'mount_second':
+            assert (row['requests'], row['bytes']) == (0, 0), (job, provider)
+        else:
+            assert row['requests'] > 0 and row['bytes'] >= seaweedfs_result['sizes']['package'], (job, provider)
+    # the marker and one ranged GET per 16 MiB part (40 MiB: 3), nothing else: the size comes from the marker
+    assert rows['large_read', 'forml-s3']['mix'] == {'GET': 4}
+    assert rows['large_read', 'forml-s3']['bytes'] >= large
+    assert seaweedfs_result['server'] == 'seaweedfs'
+
+
+def test_seaweedfs_results_go_between_their_own_markers(result, seaweedfs_result, tmp_path):
+    page = tmp_path / 'benchmarks.md'
+    page.write_text('# Benchmarks\n')
+    report.write_docs(page, result)
+    report.write_docs(page, seaweedfs_result)
+    report.write_docs(page, seaweedfs_result)  # rewritten in place, the moto section kept
+    text = page.read_text()
+    begin, end = report.markers('seaweedfs')
+    assert text.count(begin) == text.count(report.BEGIN) == 1 and text.index(report.END) < text.index(begin)
+    assert '## Recorded run on SeaweedFS' in text and "## Recorded run on moto's server" in text

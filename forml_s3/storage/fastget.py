@@ -10,7 +10,9 @@ same endpoint (``AWS_ENDPOINT_URL`` and the rest resolved by botocore), the same
 botocore client itself (a provider asking it for frozen credentials, so profiles, SSO, assumed roles and their
 refreshes are botocore's). Options obstore would not honour the same way (anything beyond credentials, endpoint,
 region, timeouts, retries and the server-side encryption of writes, e.g. ``requester_pays``, ``anon``, SSL or
-proxy settings) keep the download on aiobotocore (:func:`client` returns None), as does a missing obstore.
+proxy settings) keep the download on aiobotocore (:func:`client` returns None), as does a missing obstore. A
+download that fails through obstore for any reason but a missing object or a short one is tried once more through
+aiobotocore (which follows e.g. a region redirect obstore does not), and the store stays on aiobotocore after it.
 """
 
 import concurrent.futures

@@ -454,14 +454,21 @@ class S3Store(base.Store):
 
         fd = os.open(target, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            with digest.Follower(fd, size) as follower:
-                if (fast := self._fastget()) is not None:
-                    try:
+            if (fast := self._fastget()) is not None:
+                try:
+                    with digest.Follower(fd, size) as follower:
                         fastget.download(fast, key, fd, size, follower, PART_SIZE, PART_CONCURRENCY)
-                    except fastget.Shorter:
-                        raise shorter() from None
-                else:
-                    sync(self.fs.loop, run, fd, follower)
+                        return follower.hexdigest()
+                except fastget.Shorter:
+                    raise shorter() from None
+                except FileNotFoundError:
+                    raise
+                except OSError as err:  # e.g. a redirect botocore follows and obstore does not: aiobotocore once more
+                    LOGGER.warning('Download of %s through obstore failed (%s): using aiobotocore', self.uri(path), err)
+                    self._fast = (os.getpid(), None)
+                    os.ftruncate(fd, 0)
+            with digest.Follower(fd, size) as follower:
+                sync(self.fs.loop, run, fd, follower)
                 return follower.hexdigest()
         finally:
             os.close(fd)
