@@ -15,12 +15,11 @@ ROOT = pathlib.Path(__file__).parent.parent
 PROVIDERS = ('forml-s3', 'boto3')
 
 
-@pytest.fixture(scope='module')
-def result(tmp_path_factory) -> dict:
-    """One quick run through the real command line, as a user would start it."""
+def quick_run(tmp_path_factory, *args: str) -> tuple[str, dict]:
+    """A quick run through the real command line, as a user would start it: its output and its JSON result."""
     out = tmp_path_factory.mktemp('bench') / 'result.json'
     done = subprocess.run(
-        [sys.executable, '-m', 'benchmarks', '--quick', '--providers', ','.join(PROVIDERS), '--json', str(out)],
+        [sys.executable, '-m', 'benchmarks', '--quick', *args, '--json', str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -29,7 +28,13 @@ def result(tmp_path_factory) -> dict:
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     assert 'Targets' in done.stdout and 'x boto3' in done.stdout  # the table and the targets were printed
-    return json.loads(out.read_text())
+    return done.stdout, json.loads(out.read_text())
+
+
+@pytest.fixture(scope='module')
+def result(tmp_path_factory) -> dict:
+    """One quick run of every workload on moto."""
+    return quick_run(tmp_path_factory, '--providers', ','.join(PROVIDERS))[1]
 
 
 def test_every_workload_has_a_row_with_requests_and_bytes(result):
@@ -79,19 +84,11 @@ def test_docs_section_is_replaced_between_markers(result, tmp_path):
 @pytest.fixture(scope='module')
 def seaweedfs_result(tmp_path_factory) -> dict:
     """A quick run of the large read on SeaweedFS (started and stopped by the harness), with the obstore floor."""
-    out = tmp_path_factory.mktemp('bench') / 'result.json'
-    done = subprocess.run(
-        [sys.executable, '-m', 'benchmarks', '--quick', '--server', 'seaweedfs', '--workloads', 'large_read']
-        + ['--providers', 'forml-s3,boto3,obstore', '--json', str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    output, found = quick_run(
+        tmp_path_factory, '--server', 'seaweedfs', '--workloads', 'large_read', '--providers', 'forml-s3,boto3,obstore'
     )
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
-    assert 'S3 endpoint seaweedfs at http://127.0.0.1:' in done.stdout
-    return json.loads(out.read_text())
+    assert 'S3 endpoint seaweedfs at http://127.0.0.1:' in output
+    return found
 
 
 def test_seaweedfs_rows_count_requests_and_bytes_from_its_metrics(seaweedfs_result):
