@@ -18,12 +18,11 @@ import uuid
 import pytest
 
 from forml_s3 import storage
-from forml_s3.demo import endpoint as embedded
 from forml_s3.registry import Registry
 from forml_s3.runtime import lease
 from forml_s3.storage import probe
 
-from . import helpers, servers
+from . import embedded, helpers, servers
 
 BACKENDS = ('memory', 'file', 's3')
 SEAWEEDFS_MODULES = ('test_registry', 'test_inventory', 'test_bad_input')

@@ -48,6 +48,8 @@ def demo(keep: pathlib.Path | None, no_serve: bool, verbose: bool) -> None:
     """
     from forml_s3.demo import endpoint as embedded
 
+    if why := embedded.missing():
+        raise click.ClickException(why)
     with contextlib.ExitStack() as stack:
         if keep:
             keep.mkdir(parents=True, exist_ok=True)
@@ -296,6 +298,8 @@ def serve_s3(port: int, bucket: tuple[str, ...], state: pathlib.Path | None, ver
     """
     from forml_s3.demo import endpoint as embedded
 
+    if why := embedded.missing():
+        raise click.ClickException(why)
     if state is None:
         argv = ['--port', str(port)] + [arg for name in bucket for arg in ('--bucket', name)]
         embedded.main(argv + (['--verbose'] if verbose else []))
