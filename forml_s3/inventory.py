@@ -85,11 +85,11 @@ class Inventory(asset.Inventory, alias='s3'):
                 # not a module, fails to import, or holds no descriptor; a module calling sys.exit() (or raising
                 # KeyboardInterrupt) at import is a broken descriptor too: let through, it would stop the gateway
                 raise forml.InvalidError(
-                    f'Descriptor of {application!r} in {self._store.uri(key)} is not a valid descriptor module: '
+                    f'Descriptor of {application!r} in {self._store.url_of(key)} is not a valid descriptor module: '
                     f'{type(err).__name__}: {err}'
                 ) from err
 
     def put(self, descriptor: appmod.Descriptor.Handle) -> None:
         key = self._layout.descriptor(descriptor.descriptor.name)
-        LOGGER.debug('Putting descriptor %s to %s', descriptor.path, self._store.uri(key))
+        LOGGER.debug('Putting descriptor %s to %s', descriptor.path, self._store.url_of(key))
         self._store.write(key, pathlib.Path(descriptor.path).read_bytes())

@@ -29,7 +29,7 @@ from . import storage
 from .model import codec, layout, names
 from .runtime import aliases as aliasmod
 from .runtime import cache as cachemod
-from .runtime import lease, packing, staging, transfers
+from .runtime import lease, packing, staging, transfers, volatile
 
 LOGGER = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class Incomplete(asset.Level.Invalid):
     """A commit refused: objects its marker would name are not stored (deleted meanwhile, or lost)."""
 
 
-class Registry(asset.Registry, alias='s3'):
+class Registry(volatile.Volatile, asset.Registry, alias='s3'):
     """Model registry in a bucket (or at any fsspec URL: ``s3://``, ``file://``, ``memory://``, ...).
 
     Args:
@@ -119,21 +119,13 @@ class Registry(asset.Registry, alias='s3'):
         """Where each release is stored (see :meth:`_stem`): immutable once found, so kept and pickled."""
         self._init_volatile()
 
+    VOLATILE = ('_lock', '_listings', '_markers')
+
     def _init_volatile(self) -> None:
         """Per-process state: listing cache and marker memo (never pickled)."""
         self._lock = threading.Lock()
         self._listings: dict[str, tuple[float, dict[str, storage.Entry]]] = {}
         self._markers: dict[tuple[str, str], dict[str, typing.Any]] = {}
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        for volatile in ('_lock', '_listings', '_markers'):
-            state.pop(volatile, None)
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._init_volatile()
 
     def __repr__(self):
         return f'S3-registry({self._store.url})'
@@ -243,10 +235,10 @@ class Registry(asset.Registry, alias='s3'):
         raw = self._cache.read_file(local)  # checked against the sha256 sealed when it was cached
         if raw is None:
             raw = self._store.read(key)
-            marker = codec.loads(raw, self._store.uri(key))  # validate before caching
+            marker = codec.loads(raw, self._store.url_of(key))  # validate before caching
             self._cache.put_file(local, raw)
         else:
-            marker = codec.loads(raw, self._store.uri(key))
+            marker = codec.loads(raw, self._store.url_of(key))
         with self._lock:
             self._markers[(key, entry.version)] = marker
         return marker
@@ -293,7 +285,7 @@ class Registry(asset.Registry, alias='s3'):
             size, sha256 = cachemod.sha256_of(source)
             key = self._layout.package(project, stem, sha256)
             self._track(project, stem, key)
-            LOGGER.info('Uploading %s-%s package (%d bytes) to %s', project, release, size, self._store.uri(key))
+            LOGGER.info('Uploading %s-%s package (%d bytes) to %s', project, release, size, self._store.url_of(key))
             self._store.write(key, source, tags=self._uncommitted(), metadata={'sha256': sha256})
             with contextlib.suppress(cachemod.Unwritable):  # a copy for later pulls: the push goes on without it
                 self._cache.fetch(
@@ -364,7 +356,7 @@ class Registry(asset.Registry, alias='s3'):
                 found = None
             if found != body:
                 raise
-            LOGGER.info('Marker %s was created by this writer (its first answer was lost)', self._store.uri(key))
+            LOGGER.info('Marker %s was created by this writer (its first answer was lost)', self._store.url_of(key))
 
     def _ensure_project(self, project: asset.Project.Key) -> None:
         """Create the project marker if missing (after the first release marker, so it never lists empty)."""
@@ -395,7 +387,7 @@ class Registry(asset.Registry, alias='s3'):
             sha256,
             size,
             lambda target: self._store.download(key, target, size),
-            name=self._store.uri(key),
+            name=self._store.url_of(key),
             suffix=layout.PACKAGE_SUFFIX,
         )
         return path, sha256
@@ -430,7 +422,7 @@ class Registry(asset.Registry, alias='s3'):
         key = self._layout.state(project, stem, sid)
         self._store.verify_exclusive_create()
         sha256 = hashlib.sha256(state).hexdigest()
-        uri = self._store.uri(key)
+        uri = self._store.url_of(key)
         if transfers.remember(uri, sha256) is not None:  # one id, two contents: refused, see transfers.remember
             raise forml.InvalidError(
                 f'State {sid} of {project}-{release} was already written by this process with other content '
@@ -525,7 +517,7 @@ class Registry(asset.Registry, alias='s3'):
             pack.done()
         lease.settle(self._store, [*keys.values(), *([pack.key] if pack else [])])
         for key in keys.values():
-            transfers.forget(self._store.uri(key))
+            transfers.forget(self._store.url_of(key))
         LOGGER.info(
             'Committed generation %s of %s-%s (%d states%s)',
             generation, project, release, len(keys), f', {len(pack.held)} of them in one pack' if pack else '',
@@ -560,13 +552,13 @@ class Registry(asset.Registry, alias='s3'):
         """The states (by id: key) held in this process, claimed as one pack; and the others, stored on their own."""
         if not self._pack_states:
             return keys, None
-        held = packing.claim(self._store.uri(k) for k in keys.values())
+        held = packing.claim(self._store.url_of(k) for k in keys.values())
         try:
             if len(held) == 1:  # nothing to pack it with: stored on its own
                 packing.send(*held.values())
                 held = {}
-            alone = {sid: key for sid, key in keys.items() if self._store.uri(key) not in held}
-            packed = [(sid, held[self._store.uri(key)]) for sid, key in keys.items() if sid not in alone]
+            alone = {sid: key for sid, key in keys.items() if self._store.url_of(key) not in held}
+            packed = [(sid, held[self._store.url_of(key)]) for sid, key in keys.items() if sid not in alone]
             if not packed:
                 return alone, None
             pack = _Pack.of(self._layout.pack(project, release, uuid.uuid4()), packed)
@@ -583,7 +575,7 @@ class Registry(asset.Registry, alias='s3'):
         queued behind such a waiting worker (the packing sender queues them any time) could never start once
         every worker waits. Pool workers only upload the pack and poll for states written by other processes.
         """
-        uploads = {sid: transfers.pending(self._store.uri(key)) for sid, key in alone.items()}
+        uploads = {sid: transfers.pending(self._store.url_of(key)) for sid, key in alone.items()}
         pool = transfers.pool()
         stored_pack = pool.submit(self._store_pack, pack) if pack else None
         polls = {sid: pool.submit(self._polled_checksum, alone[sid]) for sid, up in uploads.items() if up is None}
@@ -600,7 +592,7 @@ class Registry(asset.Registry, alias='s3'):
         return checksums
 
     def _store_pack(self, pack: '_Pack') -> tuple[int, str]:
-        uri = self._store.uri(pack.key)
+        uri = self._store.url_of(pack.key)
         LOGGER.debug('Uploading %d states in one pack %s (%d bytes)', len(pack.held), uri, len(pack.body))
         try:
             self._store.write(pack.key, pack.body, tags=self._uncommitted(), metadata={'sha256': pack.sha256})
@@ -610,7 +602,7 @@ class Registry(asset.Registry, alias='s3'):
 
     def _uploaded_checksum(self, key: str, pending: transfers.Pending) -> tuple[int, str]:
         """Size and sha256 of a state written in this process, once its upload (or its pack's) has finished."""
-        uri = self._store.uri(key)
+        uri = self._store.url_of(key)
         try:
             pending.future.result()
         except Exception as err:
@@ -622,7 +614,7 @@ class Registry(asset.Registry, alias='s3'):
         """Size and sha256 of a state written by another process (a Dask worker): wait for it to appear, up to
         ``commit_timeout``, then take the checksum from its S3 metadata (or hash its content where the store keeps
         no metadata)."""
-        uri = self._store.uri(key)
+        uri = self._store.url_of(key)
         deadline = time.monotonic() + self._commit_timeout
         delay = 0.05
         while True:
@@ -650,7 +642,7 @@ class Registry(asset.Registry, alias='s3'):
             raise asset.Level.Listing.Empty(f'No generation {generation} of {project}-{release} in {self.url}')
         release = self._stem(project, release)  # known by now: no request
         key = self._layout.generation_marker(project, release, generation)
-        tag = codec.tag_of(marker, self._store.uri(key))
+        tag = codec.tag_of(marker, self._store.url_of(key))
         self._layout.stored(project, release, marker)  # validates the states' locations before fetching any
         self._prefetch(project, release, marker)
         return tag
@@ -677,7 +669,7 @@ class Registry(asset.Registry, alias='s3'):
             str(info['sha256']),
             int(info['size']),
             lambda target: self._store.download(key, target, int(info['size'])),
-            name=self._store.uri(key),
+            name=self._store.url_of(key),
         )
 
     def _fetch_packed(self, project: str, release: str, marker: dict[str, typing.Any], sids: list[str]) -> None:
@@ -694,7 +686,7 @@ class Registry(asset.Registry, alias='s3'):
             ) from err
         for attempt in range(3):  # the pack may be evicted between its fetch and its reading
             path = self._cache.fetch(
-                sha256, size, lambda target: self._store.download(key, target, size), name=self._store.uri(key)
+                sha256, size, lambda target: self._store.download(key, target, size), name=self._store.url_of(key)
             )
             try:
                 with path.open('rb') as pack:
@@ -705,7 +697,7 @@ class Registry(asset.Registry, alias='s3'):
                             state_sha,
                             state_size,
                             lambda target, data=data: target.write_bytes(data),
-                            name=f'{self._store.uri(key)} (state {sid} at {offset})',
+                            name=f'{self._store.url_of(key)} (state {sid} at {offset})',
                         )
                 return
             except FileNotFoundError:
@@ -779,8 +771,8 @@ class Registry(asset.Registry, alias='s3'):
                 for key, got in sorted(wrong.items())
             ]
             raise Incomplete(
-                f'{refusal}: {", ".join(missing)} in {self._store.uri(prefix)} - deleted while the upload waited for '
-                'its commit (by `forml-s3 gc` or a lifecycle rule) or lost; nothing was committed, run it again'
+                f'{refusal}: {", ".join(missing)} in {self._store.url_of(prefix)} - deleted while the upload waited '
+                'for its commit (by `forml-s3 gc` or a lifecycle rule) or lost; nothing was committed, run it again'
             )
 
     # tags -----------------------------------------------------------------------------------------------

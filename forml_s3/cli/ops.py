@@ -349,12 +349,12 @@ def gc(
     def line(what: str, item: typing.Any) -> str:
         what = verb.get(what, what)
         if what.endswith('changed'):
-            return f'kept {st.uri(item)}: it changed since it was judged'
+            return f'kept {st.url_of(item)}: it changed since it was judged'
         if isinstance(item, garbage.Upload):
-            return f'{what} multipart upload {item.upload_id} of {st.uri(item.path)}'
+            return f'{what} multipart upload {item.upload_id} of {st.url_of(item.path)}'
         if isinstance(item, inspect.Object):
-            return f'{what} {st.uri(item.path)} ({inspect.human(item.size)})'
-        return f'{what} expired lease {st.uri(item.path)} of {item.writer}'
+            return f'{what} {st.url_of(item.path)} ({inspect.human(item.size)})'
+        return f'{what} expired lease {st.url_of(item.path)} of {item.writer}'
 
     done: list[str] = []
 

@@ -11,57 +11,57 @@ import typing
 
 import click
 
+from ..ops import policy as defaults
 from .ops import Fatal, fatal_errors, open_store, option_flag
 
 
+def _days(name: str, default: int, text: str, **extra: typing.Any) -> typing.Callable:
+    """A ``--NAME DAYS`` option of the policy (0 leaves its rule out)."""
+    shown = {'show_default': True} if default else {}
+    return click.option(name, type=int, default=default, metavar='DAYS', help=text, **shown, **extra)
+
+
 def policy_options(func: typing.Callable) -> typing.Callable:
-    """The options that shape the rules forml-s3 recommends (0 days leaves a rule out)."""
+    """The options that shape the rules forml-s3 recommends (0 days leaves a rule out; defaults: ops/policy.py)."""
     options = [
-        click.option(
-            '--expire-staging-after',
-            type=int,
-            default=7,
-            show_default=True,
-            metavar='DAYS',
-            help='Expire uncommitted uploads (tag forml-s3=uncommitted: abandoned pushes and trainings). '
+        _days(
+            '--expire-uncommitted-after',
+            defaults.EXPIRE_UNCOMMITTED_AFTER,
+            'Expire uncommitted uploads (tag forml-s3=uncommitted: abandoned pushes and trainings). '
             'Must exceed your longest training. 0: no such rule.',
         ),
         click.option(
+            '--expire-staging-after',
+            type=int,
+            hidden=True,
+            deprecated='use --expire-uncommitted-after (the rule expires uncommitted uploads, not staging)',
+        ),
+        _days(
             '--abort-multipart-after',
-            type=int,
-            default=7,
-            show_default=True,
-            metavar='DAYS',
-            help='Abort multipart uploads left incomplete (a killed writer of a large state). 0: no such rule.',
+            defaults.ABORT_MULTIPART_AFTER,
+            'Abort multipart uploads left incomplete (a killed writer of a large state). 0: no such rule.',
         ),
-        click.option(
+        _days(
             '--expire-retired-after',
-            type=int,
-            default=30,
-            show_default=True,
-            metavar='DAYS',
-            help='Expire retired generations (tag forml-s3=retired, see `forml-s3 retire`). 0: no such rule.',
+            defaults.EXPIRE_RETIRED_AFTER,
+            'Expire retired generations (tag forml-s3=retired, see `forml-s3 retire`). 0: no such rule.',
         ),
-        click.option(
+        _days(
             '--transition-releases-after',
-            type=int,
-            default=0,
-            metavar='DAYS',
-            help="Move the registry's objects (128 KiB and larger) to --storage-class after DAYS. Default: never.",
+            0,
+            "Move the registry's objects (128 KiB and larger) to --storage-class after DAYS. Default: never.",
         ),
         click.option(
             '--storage-class',
-            default='STANDARD_IA',
+            default=defaults.STORAGE_CLASS,
             show_default=True,
             help='Target of --transition-releases-after: STANDARD_IA, ONEZONE_IA, INTELLIGENT_TIERING or '
             'GLACIER_IR (archives are refused: ForML could not read states from them).',
         ),
-        click.option(
+        _days(
             '--noncurrent-versions-after',
-            type=int,
-            default=0,
-            metavar='DAYS',
-            help='Expire noncurrent versions DAYS after they were replaced (versioned buckets). Default: never.',
+            0,
+            'Expire noncurrent versions DAYS after they were replaced (versioned buckets). Default: never.',
         ),
     ]
     for option in reversed(options):
@@ -75,6 +75,9 @@ def _policy(params: dict[str, typing.Any]):
     from forml_s3.ops import lifecycle  # noqa: PLC0415
 
     names = [f.name for f in dataclasses.fields(lifecycle.Policy)]
+    deprecated = params.pop('expire_staging_after')
+    if deprecated is not None:
+        params['expire_uncommitted_after'] = deprecated
     values = {name: params.pop(name) for name in names}
     for name, value in values.items():
         if name != 'storage_class' and value == 0:

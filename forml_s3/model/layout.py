@@ -39,6 +39,7 @@ MARKER = '.json'
 PACKAGE_SUFFIX = '.4ml'
 STATE_SUFFIX = '.bin'
 PACK_SUFFIX = '.pack'
+# folder names of the layout (see the module docstring)
 RELEASES = 'releases'
 GENERATIONS = 'generations'
 RETIRED = 'retired'

@@ -152,7 +152,7 @@ class S3Side(Side):
 
     def _marker(self, key: str) -> dict[str, typing.Any]:
         if key not in self._markers:
-            self._markers[key] = codec.loads(self.store.read(key), self.store.uri(key))
+            self._markers[key] = codec.loads(self.store.read(key), self.store.url_of(key))
         return self._markers[key]
 
     def package_sha256(self, project: asset.Project.Key, release: asset.Release.Key) -> str | None:
@@ -161,7 +161,7 @@ class S3Side(Side):
 
     def tag(self, project: asset.Project.Key, release: asset.Release.Key, generation: int) -> asset.Tag:
         key = self.layout.generation_marker(project, release, generation)
-        return codec.tag_of(self._marker(key), self.store.uri(key))
+        return codec.tag_of(self._marker(key), self.store.url_of(key))
 
     def sums(self, project: asset.Project.Key, release: asset.Release.Key, generation: int) -> Sums:
         marker = self._marker(self.layout.generation_marker(project, release, generation))

@@ -205,9 +205,9 @@ def listing(st: storage.Store) -> list[tuple[str, int, float | None, str]]:
 # snapshot ---------------------------------------------------------------------------------------------------
 def _read_marker(st: storage.Store, path: str) -> tuple[dict[str, typing.Any] | None, str | None]:
     try:
-        return codec.loads(st.read(path), st.uri(path)), None
+        return codec.loads(st.read(path), st.url_of(path)), None
     except FileNotFoundError:
-        return None, f'marker {st.uri(path)} disappeared while listing'
+        return None, f'marker {st.url_of(path)} disappeared while listing'
     except asset.Level.Invalid as err:
         return None, str(err)
 
@@ -238,7 +238,7 @@ def snapshot(st: storage.Store) -> Snapshot:
             if isinstance(package, dict) and {'key', 'size', 'sha256'} <= set(package):
                 entry.package = package
             else:
-                entry.error = f'Corrupted release marker {st.uri(obj.path)}: no package key, size and sha256'
+                entry.error = f'Corrupted release marker {st.url_of(obj.path)}: no package key, size and sha256'
         releases[(obj.project, obj.release)] = entry
     for obj in (o for o in markers if o.kind in (Kind.GENERATION_MARKER, Kind.RETIRED_MARKER)):
         marker, error = read[obj.path]
@@ -246,7 +246,7 @@ def snapshot(st: storage.Store) -> Snapshot:
         if marker is not None:
             generation.created = marker.get('created')
             try:
-                generation.tag = codec.tag_of(marker, st.uri(obj.path))
+                generation.tag = codec.tag_of(marker, st.url_of(obj.path))
                 generation.states = {str(k): dict(v) for k, v in marker['states'].items()}
                 generation.packs = {str(k): dict(v) for k, v in (marker.get('packs') or {}).items()}
                 lay.stored(obj.project, obj.release, marker)  # a state in no pack the marker names: corrupted
@@ -440,13 +440,13 @@ def verify(
     for path, size, sha256, what in expected(st, snap):
         found = snap.objects.get(path)
         if found is None:
-            problems.append(Problem('missing', path, f'Missing {what}: {st.uri(path)} does not exist'))
+            problems.append(Problem('missing', path, f'Missing {what}: {st.url_of(path)} does not exist'))
         elif found.size != size:
             problems.append(
                 Problem(
                     'size-mismatch',
                     path,
-                    f'Size mismatch of {what}: {st.uri(path)} has {found.size} bytes, its marker records {size}',
+                    f'Size mismatch of {what}: {st.url_of(path)} has {found.size} bytes, its marker records {size}',
                 )
             )
         elif checksums:
@@ -459,7 +459,7 @@ def verify(
         try:
             got = _sha256(st, path, size)
         except FileNotFoundError:
-            return Problem('missing', path, f'Missing {what}: {st.uri(path)} disappeared while verifying')
+            return Problem('missing', path, f'Missing {what}: {st.url_of(path)} disappeared while verifying')
         finally:
             if progress:
                 progress(size)
@@ -467,7 +467,7 @@ def verify(
             return Problem(
                 'checksum-mismatch',
                 path,
-                f'Checksum mismatch of {what}: {st.uri(path)} has sha256 {got}, its marker records {sha256}',
+                f'Checksum mismatch of {what}: {st.url_of(path)} has sha256 {got}, its marker records {sha256}',
             )
         return None
 
@@ -480,7 +480,7 @@ def verify(
                 Problem(
                     'orphan',
                     obj.path,
-                    f'Orphan {what} {st.uri(obj.path)} ({human(obj.size)}, {_age(obj)}): no marker names it '
+                    f'Orphan {what} {st.url_of(obj.path)} ({human(obj.size)}, {_age(obj)}): no marker names it '
                     '(a training or push in progress, or abandoned: `forml-s3 gc` deletes old ones)',
                 )
             )

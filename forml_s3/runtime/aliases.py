@@ -107,7 +107,7 @@ class Aliases:
             raw, version = self._store.get(key)
         except FileNotFoundError:
             return None
-        doc = codec.loads(raw, self._store.uri(key))
+        doc = codec.loads(raw, self._store.url_of(key))
         try:
             return Alias(
                 project=str(doc['project']),
@@ -120,7 +120,7 @@ class Aliases:
             )
         except (KeyError, TypeError, ValueError, asset.Level.Invalid) as err:
             raise forml.InvalidError(
-                f'Corrupted alias {self._store.uri(key)}: {err!r}; set it again with `forml-s3 alias set`'
+                f'Corrupted alias {self._store.url_of(key)}: {err!r}; set it again with `forml-s3 alias set`'
             ) from None
 
     def get(self, project: str, name: str) -> Alias:

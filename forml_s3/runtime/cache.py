@@ -45,6 +45,7 @@ import typing
 import forml
 
 from ..storage.base import local_failure
+from . import volatile
 
 LOGGER = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ _WARNED: set[str] = set()
 """Cache roots this process has warned about (once each)."""
 
 
-class BlobCache:
+class BlobCache(volatile.Volatile):
     """Blobs by sha256 under ``root`` with a size cap (see the module docs for when it is enforced).
 
     Thread-safe; pickles without its per-process state (the lock and the headroom), which starts afresh in the
@@ -121,6 +122,8 @@ class BlobCache:
         self.max_bytes: int = int(max_bytes)
         self._init_volatile()
 
+    VOLATILE = ('_pid', '_lock', '_headroom', 'scans', '_aside', '_why')
+
     def _init_volatile(self) -> None:
         self._pid: int = os.getpid()
         self._lock: threading.Lock = threading.Lock()
@@ -131,16 +134,6 @@ class BlobCache:
         self._aside: pathlib.Path | None = None
         """Where this process keeps what it fetches once the cache cannot be written (``None``: the cache works)."""
         self._why: str = ''
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        for volatile in ('_pid', '_lock', '_headroom', 'scans', '_aside', '_why'):
-            state.pop(volatile, None)
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._init_volatile()
 
     def __repr__(self):
         return f'BlobCache({self.root})'

@@ -124,14 +124,14 @@ def _serve(lessee: _Lessee) -> None:
     try:
         if not releases:
             lessee.store.delete(key)
-            LOGGER.debug('Dropped lease %s', lessee.store.uri(key))
+            LOGGER.debug('Dropped lease %s', lessee.store.url_of(key))
             with _lock:
                 if lessee.key == key:
                     lessee.key, lessee.written = None, frozenset()
             return
         key = key or lessee.layout.lease(f'{codec.writer().replace(":", "-")}-{uuid.uuid4().hex[:8]}')
         lessee.store.write(key, _body(lessee, releases))
-        LOGGER.debug('Lease %s renewed for %s', lessee.store.uri(key), sorted(releases))
+        LOGGER.debug('Lease %s renewed for %s', lessee.store.url_of(key), sorted(releases))
         with _lock:
             lessee.key, lessee.written, lessee.renewed = key, releases, time.monotonic()
     except Exception as err:  # the next tick tries again; gc may meanwhile judge these releases unleased
@@ -219,7 +219,7 @@ def leases(st: storage.Store) -> list[Lease]:
             continue
         path = f'{lay.leases()}/{entry.name}'
         try:
-            body = codec.loads(st.read(path), st.uri(path))
+            body = codec.loads(st.read(path), st.url_of(path))
             releases, ttl, writer = frozenset(map(str, body['releases'])), float(body['ttl']), str(body['writer'])
         except FileNotFoundError:
             continue  # dropped meanwhile

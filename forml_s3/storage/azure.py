@@ -159,14 +159,7 @@ class AzureStore(base.Store):
 
         self._run(upload)
 
-    def write(
-        self,
-        path: str,
-        data: bytes | pathlib.Path,
-        *,
-        tags: typing.Mapping[str, str] | None = None,
-        metadata: typing.Mapping[str, str] | None = None,
-    ) -> None:
+    def write(self, path: str, data: base.Data, *, tags: base.Labels = None, metadata: base.Labels = None) -> None:
         """One PUT up to 64 MiB; above, blocks in parallel and one block list commit (the blob appears whole).
         ``tags`` and ``metadata`` travel in the same request (the commit of a large one)."""
         extra: dict[str, typing.Any] = {}
@@ -222,7 +215,7 @@ class AzureStore(base.Store):
                 except (exceptions.ResourceModifiedError, exceptions.ResourceNotFoundError) as err:
                     if _code(err) == 'ContainerNotFound':
                         raise
-                    raise base.Changed(errno.EEXIST, f'{self.uri(path)} changed meanwhile') from err
+                    raise base.Changed(errno.EEXIST, f'{self.url_of(path)} changed meanwhile') from err
 
         with self._boundary('update', path):
             self._run(swap)
@@ -256,31 +249,31 @@ class AzureStore(base.Store):
 
         if isinstance(err, exceptions.ResourceExistsError):
             if _code(err) == 'BlobAlreadyExists':
-                return FileExistsError(f'{self.uri(path)} exists')
+                return FileExistsError(f'{self.url_of(path)} exists')
             return None
         if isinstance(err, exceptions.ResourceNotFoundError):
             if _code(err) == 'ContainerNotFound':
                 return forml.MissingError(
-                    f'Container {path.partition("/")[0]!r} does not exist (while trying to {action} {self.uri(path)}):'
-                    ' create it or fix the url in the config section'
+                    f'Container {path.partition("/")[0]!r} does not exist (while trying to {action} '
+                    f'{self.url_of(path)}): create it or fix the url in the config section'
                 )
-            return FileNotFoundError(f'{self.uri(path)} does not exist')
+            return FileNotFoundError(f'{self.url_of(path)} does not exist')
         if isinstance(err, exceptions.ClientAuthenticationError) or getattr(err, 'status_code', None) == 403:
             return forml.InvalidError(
-                f'Access denied while trying to {action} {self.uri(path)}: {self.denied_hint} ({_code(err) or err})'
+                f'Access denied while trying to {action} {self.url_of(path)}: {self.denied_hint} ({_code(err) or err})'
             )
         if isinstance(err, exceptions.ServiceRequestError) and getattr(self.fs, 'connect_retries', None) is not None:
             endpoint = urllib.parse.urlsplit(self.fs.service_client.url)
             return forml.FailedError(
                 reach.message(
-                    f'{endpoint.scheme}://{endpoint.netloc}', f'{action} {self.uri(path)}', self.fs.connect_retries,
+                    f'{endpoint.scheme}://{endpoint.netloc}', f'{action} {self.url_of(path)}', self.fs.connect_retries,
                     'Azure', 'the connection_string (or account_name)', 'connect_retries',
                 )
             )  # fmt: skip
         transient = isinstance(err, exceptions.ServiceRequestError | exceptions.ServiceResponseError)
         if transient or isinstance(err, asyncio.TimeoutError) or getattr(err, 'status_code', 0) in (429, 500, 503):
             return forml.FailedError(
-                f'Could not {action} {self.uri(path)}, retries exhausted ({_code(err) or err}): the registry is '
+                f'Could not {action} {self.url_of(path)}, retries exhausted ({_code(err) or err}): the registry is '
                 'unchanged by this step; check the endpoint and try again'
             )
         return None

@@ -109,7 +109,7 @@ class S3Store(base.Store):
 
         from . import reach  # noqa: PLC0415
 
-        code, where = _code(err), f'{action} {self.uri(path)}'
+        code, where = _code(err), f'{action} {self.url_of(path)}'
         if isinstance(err, FileNotFoundError):
             if code == 'NoSuchBucket':
                 return forml.MissingError(
@@ -131,7 +131,7 @@ class S3Store(base.Store):
         if code in ('PreconditionFailed', 'ConditionalRequestConflict') or 'Precondition' in str(err):
             # any 412 on a conditional write means "exists" / "changed": some S3-compatible servers omit <Condition>;
             # AWS answers 409 ConditionalRequestConflict to the loser of two concurrent conditional writes
-            return base.Changed(errno.EEXIST, f'{self.uri(path)} exists or changed meanwhile')
+            return base.Changed(errno.EEXIST, f'{self.url_of(path)} exists or changed meanwhile')
         answer = probe.error_of(err)
         status = int(answer.get('HTTPStatusCode') or 0)
         if status == 403:  # a HEAD's 403 has no body: s3fs cannot tell it is AccessDenied
@@ -231,14 +231,7 @@ class S3Store(base.Store):
             return int(response['ContentLength']), dict(response.get('Metadata') or {})
 
     # writing ------------------------------------------------------------------------------------------
-    def write(
-        self,
-        path: str,
-        data: bytes | pathlib.Path,
-        *,
-        tags: typing.Mapping[str, str] | None = None,
-        metadata: typing.Mapping[str, str] | None = None,
-    ) -> None:
+    def write(self, path: str, data: base.Data, *, tags: base.Labels = None, metadata: base.Labels = None) -> None:
         """Store the object whole or not at all: one PUT, or a multipart upload from :data:`MULTIPART_FROM` up;
         ``tags`` and ``metadata`` travel in the same PUT (or CreateMultipartUpload)."""
         with self._boundary('write', path):
@@ -416,8 +409,8 @@ class S3Store(base.Store):
 
         def shorter() -> forml.InvalidError:
             return forml.InvalidError(
-                f'Object {self.uri(path)} is corrupted: shorter than the {size} bytes its marker records; restore it '
-                'or retrain (`forml-s3 verify`)'
+                f'Object {self.url_of(path)} is corrupted: shorter than the {size} bytes its marker records; '
+                'restore it or retrain (`forml-s3 verify`)'
             )
 
         async def part(fd: int, start: int, slots: asyncio.Semaphore) -> None:

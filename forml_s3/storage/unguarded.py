@@ -48,5 +48,5 @@ class UnguardedStore(base.Store):
     def create(self, path: str, data: bytes) -> None:
         with self._boundary('create', path), _LOCK:
             if self.fs.exists(path):
-                raise FileExistsError(errno.EEXIST, f'{self.uri(path)} exists')
+                raise FileExistsError(errno.EEXIST, f'{self.url_of(path)} exists')
             self.fs.pipe_file(path, data)

@@ -160,7 +160,7 @@ class Browser:
             if memo is not None:
                 self._markers.move_to_end((key, entry.version))
                 return memo
-        found = codec.loads(self.store.read(key), self.store.uri(key))
+        found = codec.loads(self.store.read(key), self.store.url_of(key))
         with self._lock:
             self._markers[(key, entry.version)] = found
             while len(self._markers) > MEMO:
@@ -310,7 +310,7 @@ class Browser:
     def _tag(self, row: Row, project: str, release: str) -> None:
         try:
             row.tag = codec.tag_of(
-                row.marker, self.store.uri(self.layout.generation_marker(project, release, row.number))
+                row.marker, self.store.url_of(self.layout.generation_marker(project, release, row.number))
             )
         except asset.Level.Invalid as err:
             row.error = str(err)
