@@ -36,10 +36,9 @@ class Inventory(asset.Inventory, alias='s3'):
 
         [INVENTORY]
         default = "s3"
-        path = ["forml_s3.inventory"]   # lets the alias "s3" resolve
 
         [INVENTORY.s3]
-        provider = "s3"                 # or "forml_s3.inventory:Inventory"
+        provider = "forml_s3.inventory:Inventory"   # or "s3" with path = ["forml_s3.inventory"] under [INVENTORY]
         url = "s3://my-bucket/forml-apps"
     """
 
@@ -81,7 +80,7 @@ class Inventory(asset.Inventory, alias='s3'):
             path.write_bytes(source)
             try:
                 return appmod.Descriptor.Handle(path).descriptor
-            except (Exception, SystemExit, KeyboardInterrupt) as err:  # noqa: BLE001 - see below
+            except (Exception, SystemExit, KeyboardInterrupt) as err:  # see below
                 # not a module, fails to import, or holds no descriptor; a module calling sys.exit() (or raising
                 # KeyboardInterrupt) at import is a broken descriptor too: let through, it would stop the gateway
                 raise forml.InvalidError(
