@@ -40,7 +40,7 @@ def logs(folder: pathlib.Path) -> list[dict[str, typing.Any]]:
 
 def check(config: dict[str, typing.Any]) -> dict[str, typing.Any]:
     from forml_s3.model import layout
-    from forml_s3.ops import snapshot as inspect  # noqa: PLC0415
+    from forml_s3.ops import snapshot as inspect
 
     violations: list[str] = []
     store = inspect.store_for(config['url'], config['options'])
@@ -156,7 +156,7 @@ def check(config: dict[str, typing.Any]) -> dict[str, typing.Any]:
 
 
 def _marker_writer(store: typing.Any, lay: typing.Any, release: str, number: int) -> str:
-    from forml_s3.model import codec  # noqa: PLC0415
+    from forml_s3.model import codec
 
     key = lay.generation_marker(soak_roles.PROJECT, release, number)
     return str(codec.loads(store.read(key), store.url_of(key)).get('writer', ''))

@@ -528,7 +528,7 @@ class Registry(volatile.Volatile, asset.Registry, alias='s3'):
     def _retire(self, project: str, release: str) -> None:
         """Apply ``keep_generations`` after a commit; a failure here never undoes the commit."""
         try:
-            from .runtime import retention  # noqa: PLC0415 - only registries with a retention setting need it
+            from .runtime import retention  # only registries with a retention setting need it
 
             retired = retention.retire(
                 self._store, self._layout, project, release, self._keep_generations, read=self._marker

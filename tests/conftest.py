@@ -111,7 +111,7 @@ def drop_bucket(server, name: str) -> None:
             if keys:
                 client.delete_objects(Bucket=name, Delete={'Objects': keys})
         client.delete_bucket(Bucket=name)
-    except Exception as err:  # noqa: BLE001 - leftovers are harmless, the report says which
+    except Exception as err:  # leftovers are harmless, the report says which
         print(f'Could not delete test bucket {name} at {server.endpoint}: {err}')
     if name in getattr(server, 'created', ()):
         server.created.remove(name)

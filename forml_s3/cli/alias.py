@@ -23,10 +23,10 @@ class Lost(click.ClickException):
 
 def _aliases(url: str | None, registry: str | None, options: tuple[str, ...]):
     """The :class:`forml_s3.runtime.aliases.Aliases` of the chosen registry."""
-    from forml_s3.cli import config  # noqa: PLC0415
+    from forml_s3.cli import config
     from forml_s3.model import layout
     from forml_s3.ops import snapshot as inspect
-    from forml_s3.runtime import aliases  # noqa: PLC0415
+    from forml_s3.runtime import aliases
 
     _loglevel()
     settings: dict[str, typing.Any] = {'url': url, 'storage_options': {}}
@@ -72,9 +72,9 @@ def on_alias(json_help: str, *arguments: typing.Callable, expect: str | None = N
 
 def _run(action: typing.Callable[[], typing.Any]) -> typing.Any:
     """Run an alias operation: a lost swap exits 1, any other ForML error 2, each with its one-line message."""
-    import forml  # noqa: PLC0415
+    import forml
 
-    from forml_s3.runtime import aliases  # noqa: PLC0415
+    from forml_s3.runtime import aliases
 
     try:
         return action()
@@ -86,7 +86,7 @@ def _run(action: typing.Callable[[], typing.Any]) -> typing.Any:
 
 def _target(value: str | None):
     """``--expect`` as a target: ``RELEASE#GENERATION`` or ``none``."""
-    from forml_s3.runtime import aliases  # noqa: PLC0415
+    from forml_s3.runtime import aliases
 
     if value is None:
         return aliases.ANY
@@ -164,7 +164,7 @@ def rm(project, name, expect, as_json, url, registry, options) -> None:
 @on_alias('Print the changes as JSON lines.')
 def history(project, name, as_json, url, registry, options) -> None:
     """Every change of alias NAME of PROJECT, oldest first: from, to, when, by whom."""
-    from forml_s3.runtime import aliases as aliasmod  # noqa: PLC0415
+    from forml_s3.runtime import aliases as aliasmod
 
     aliases = _aliases(url, registry, options)
 

@@ -15,7 +15,7 @@ def registry_settings(name: str | None = None) -> dict[str, typing.Any]:
     Raises:
         click.UsageError: No such section, or it is not a forml-s3 registry (the message says what to pass).
     """
-    from forml import setup  # noqa: PLC0415 - ForML reads $FORML_HOME/config.toml on import
+    from forml import setup  # ForML reads $FORML_HOME/config.toml on import
 
     registries = setup.CONFIG.get('REGISTRY', {})
     name = name or registries.get('default')

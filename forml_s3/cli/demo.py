@@ -183,7 +183,7 @@ class Gateway:
 
     def __enter__(self) -> 'Gateway':
         with self._log.open('w') as log:
-            self._process = subprocess.Popen(  # noqa: S603 - our own forml CLI
+            self._process = subprocess.Popen(  # our own forml CLI
                 [*self._project.forml_command(), 'application', 'serve'],
                 cwd=self._home,
                 env=self._project.forml_env(self._home),
@@ -207,7 +207,7 @@ class Gateway:
                 raise OSError(f'forml application serve exited with {self._process.returncode}')
             request = urllib.request.Request(url, body, {'Content-Type': 'application/json'}, method='POST')
             try:
-                with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310 - http://127.0.0.1
+                with urllib.request.urlopen(request, timeout=60) as response:  # http://127.0.0.1
                     return response.read().decode()
             except urllib.error.HTTPError:
                 raise

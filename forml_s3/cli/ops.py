@@ -64,7 +64,7 @@ def option_flag(*names: str, what: str = 'the registry') -> typing.Callable:
 @contextlib.contextmanager
 def fatal_errors() -> typing.Iterator[None]:
     """ForML errors (missing bucket, denied access, exhausted retries) as a clean message and exit code 2."""
-    import forml  # noqa: PLC0415
+    import forml
 
     try:
         yield
@@ -74,7 +74,7 @@ def fatal_errors() -> typing.Iterator[None]:
 
 def _loglevel() -> None:
     """Re-apply the ``-L`` log level: importing ForML loads its own logging config (INFO to stderr)."""
-    import forml.setup  # noqa: F401, PLC0415 - load it now, then override
+    import forml.setup  # noqa: F401 - load it now, then override
 
     context = click.get_current_context(silent=True)
     level = (context.find_root().params.get('loglevel') if context else None) or 'warning'
@@ -83,7 +83,7 @@ def _loglevel() -> None:
 
 def open_store(url: str, options: tuple[str, ...]):
     """The store of a registry URL with the command's ``--option`` values (bad ones: exit code 2)."""
-    from forml_s3.ops import snapshot as inspect  # noqa: PLC0415
+    from forml_s3.ops import snapshot as inspect
 
     _loglevel()
 
@@ -116,7 +116,7 @@ def ls(url: str, options: tuple[str, ...], as_json: bool) -> None:
       forml-s3 ls s3://my-bucket/forml
       forml-s3 ls --json s3://my-bucket/forml | jq '.projects[].releases[].release'
     """
-    from forml_s3.ops import snapshot as inspect  # noqa: PLC0415
+    from forml_s3.ops import snapshot as inspect
 
     st = open_store(url, options)
     with fatal_errors():
@@ -154,9 +154,9 @@ def verify(
 
     Exit code 0: healthy; 1: problems found; 2: the registry could not be read.
     """
-    import pathlib  # noqa: PLC0415
+    import pathlib
 
-    from forml_s3.ops import snapshot as inspect  # noqa: PLC0415
+    from forml_s3.ops import snapshot as inspect
 
     st = open_store(url, options)
     with fatal_errors():
@@ -224,7 +224,7 @@ def copy(
 
     Exit code 0: everything is at the destination; 1: something was not copied; 2: a side could not be read.
     """
-    from forml_s3.ops import copy as migrate  # noqa: PLC0415
+    from forml_s3.ops import copy as migrate
 
     src_opts, dst_opts = parse_options(options), parse_options(dst_options)
     _loglevel()
@@ -244,7 +244,7 @@ def copy(
             skip = sum(s.action is migrate.Action.SKIP and not s.label.startswith('pin') for s in steps)
             click.echo(f'{todo} to copy, {skip} already there' + (f', {pins} to pin' if pins else ''))
             return
-        from forml_s3.ops import snapshot as inspect  # noqa: PLC0415
+        from forml_s3.ops import snapshot as inspect
 
         moved = {'bytes': 0}
 
@@ -328,7 +328,7 @@ def gc(
 
     Exit code 0: done; 2: could not complete (what was deleted before the failure is listed).
     """
-    from forml_s3.ops import gc as garbage  # noqa: PLC0415
+    from forml_s3.ops import gc as garbage
     from forml_s3.ops import snapshot as inspect
 
     if days < garbage.GRACE.days and not allow_short_grace:

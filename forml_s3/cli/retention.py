@@ -70,9 +70,9 @@ def policy_options(func: typing.Callable) -> typing.Callable:
 
 
 def _policy(params: dict[str, typing.Any]):
-    import dataclasses  # noqa: PLC0415
+    import dataclasses
 
-    from forml_s3.ops import lifecycle  # noqa: PLC0415
+    from forml_s3.ops import lifecycle
 
     names = [f.name for f in dataclasses.fields(lifecycle.Policy)]
     deprecated = params.pop('expire_staging_after')
@@ -124,7 +124,7 @@ WHOLE_BUCKET = click.option(
 
 def _outside(st, rules: list[dict[str, typing.Any]], limit: int = 10) -> None:
     """Print (to stderr) what the rules would touch in the bucket that is not the registry's, from the preview."""
-    from forml_s3.ops import lifecycle as lc  # noqa: PLC0415
+    from forml_s3.ops import lifecycle as lc
 
     found = lc.outside(st, lc.preview(st, rules))
     if not found:
@@ -152,7 +152,7 @@ def plan(url: str, options: tuple[str, ...], whole_bucket: bool, **params: typin
     registry's rules: `forml-s3 lifecycle apply` merges them with the bucket's other rules. Reads the bucket's
     current rules (to refuse a registry nested with another) and, with --whole-bucket, previews the rules.
     """
-    from forml_s3.ops import lifecycle as lc  # noqa: PLC0415
+    from forml_s3.ops import lifecycle as lc
 
     policy = _policy(params)
     st = _s3_store(url, options)
@@ -181,7 +181,7 @@ def apply(url: str, options: tuple[str, ...], dry_run: bool, whole_bucket: bool,
     s3:GetLifecycleConfiguration and s3:PutLifecycleConfiguration on the bucket, and s3:GetObject,
     s3:PutObject and s3:DeleteObject on the lock object.
     """
-    from forml_s3.ops import lifecycle as lc  # noqa: PLC0415
+    from forml_s3.ops import lifecycle as lc
 
     policy = _policy(params)
     st = _s3_store(url, options)
@@ -224,7 +224,7 @@ def remove(url: str, options: tuple[str, ...], dry_run: bool) -> None:
     Made under the same lock as `apply` and read back: the bucket's configuration is deleted only when no
     other rule is left in it.
     """
-    from forml_s3.ops import lifecycle as lc  # noqa: PLC0415
+    from forml_s3.ops import lifecycle as lc
 
     st = _s3_store(url, options)
     with fatal_errors():
@@ -246,7 +246,7 @@ def remove(url: str, options: tuple[str, ...], dry_run: bool) -> None:
 
 
 def _describe_filter(rule: dict[str, typing.Any]) -> str:
-    from forml_s3.ops import lifecycle as lc  # noqa: PLC0415
+    from forml_s3.ops import lifecycle as lc
 
     found = lc.RuleFilter.of(rule)
     parts = [f'prefix {found.prefix!r}']
@@ -268,7 +268,7 @@ def show(url: str, options: tuple[str, ...], as_json: bool) -> None:
     Each rule is marked "forml-s3" (owned for this registry), "forml-s3, other registry" (owned for another
     prefix of the same bucket) or "foreign" (not forml-s3's; never changed by it).
     """
-    from forml_s3.ops import lifecycle as lc  # noqa: PLC0415
+    from forml_s3.ops import lifecycle as lc
 
     st = _s3_store(url, options)
     with fatal_errors():
@@ -313,7 +313,7 @@ def preview(
     1,000 objects and one GetObjectTagging per object under a tag-filtered rule.
     """
     from forml_s3.ops import lifecycle as lc
-    from forml_s3.ops import snapshot as inspect  # noqa: PLC0415
+    from forml_s3.ops import snapshot as inspect
 
     policy = _policy(params)
     moment = _moment(at) or datetime.datetime.now(datetime.UTC)
@@ -380,7 +380,7 @@ def retire(
     Exit code 0: done; 2: bad usage (a --project or --release the registry does not hold), or it could not
     complete (the generations retired before the failure are listed).
     """
-    from forml_s3.model import layout  # noqa: PLC0415
+    from forml_s3.model import layout
     from forml_s3.runtime import retention
 
     if keep < 1:
@@ -407,7 +407,7 @@ def retire(
 def _existing(st, lay, project: str | None, release: str | None) -> list[tuple[str, str]]:
     """The (project, release) pairs to act on; a --project or --release the registry does not hold is an error
     (exit 2), so a typo never passes for "nothing to do"."""
-    from forml_s3.model import names  # noqa: PLC0415
+    from forml_s3.model import names
     from forml_s3.runtime import retention
 
     if project is None:
@@ -453,7 +453,7 @@ def pin(
 
     Exit code 0: done; 2: no such project, release or live generation (or the pin could not be stored).
     """
-    from forml_s3.model import layout  # noqa: PLC0415
+    from forml_s3.model import layout
     from forml_s3.runtime import retention
 
     st = open_store(url, options)

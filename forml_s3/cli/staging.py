@@ -23,7 +23,7 @@ if typing.TYPE_CHECKING:
 
 def _root(path: pathlib.Path | None) -> pathlib.Path:
     """The staging root to work on: PATH, or the registry's default staging path."""
-    from forml_s3.runtime import staging  # noqa: PLC0415 - imports ForML: only when a command runs
+    from forml_s3.runtime import staging  # imports ForML: only when a command runs
 
     _loglevel()
     root = path if path is not None else staging.default_root()
@@ -52,7 +52,7 @@ def _age(epoch: float | None, now: float) -> str:
 
 
 def _human(size: int) -> str:
-    from forml_s3.ops.snapshot import human  # noqa: PLC0415
+    from forml_s3.ops.snapshot import human
 
     return human(size)
 
@@ -99,7 +99,7 @@ def ls(path: pathlib.Path | None, as_json: bool) -> None:
       forml-s3 staging ls
       forml-s3 staging ls /mnt/shared/forml-staging --json | jq '.releases[].release'
     """
-    from forml_s3.runtime import staging as stagingmod  # noqa: PLC0415
+    from forml_s3.runtime import staging as stagingmod
 
     root = _root(path)
     now = time.time()
@@ -183,7 +183,7 @@ def prune(path: pathlib.Path | None, days: float, dry_run: bool, as_json: bool) 
       forml-s3 staging prune --older-than 30 --dry-run
       forml-s3 staging prune /mnt/shared/forml-staging --older-than 30
     """
-    from forml_s3.runtime import staging as stagingmod  # noqa: PLC0415
+    from forml_s3.runtime import staging as stagingmod
 
     root = _root(path)
     now = time.time()

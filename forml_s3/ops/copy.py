@@ -113,7 +113,7 @@ class PosixSide(Side):
     format = POSIX
 
     def __init__(self, path: str | os.PathLike):
-        from forml.provider.registry.filesystem import posix  # noqa: PLC0415 - only when a posix side is used
+        from forml.provider.registry.filesystem import posix  # only when a posix side is used
 
         path = pathlib.Path(path).expanduser().resolve()
         super().__init__(str(path))
@@ -140,7 +140,7 @@ class S3Side(Side):
     format = FORML_S3
 
     def __init__(self, url: str, storage_options: typing.Mapping[str, typing.Any] | None, workdir: pathlib.Path):
-        from ..registry import Registry  # noqa: PLC0415
+        from ..registry import Registry
 
         self.store = storage.open_store(url, storage_options)
         super().__init__(self.store.url)
@@ -170,7 +170,7 @@ class S3Side(Side):
     pinnable = True
 
     def pins(self, project: asset.Project.Key, release: asset.Release.Key) -> dict[int, str]:
-        from ..runtime import retention  # noqa: PLC0415
+        from ..runtime import retention
 
         numbers = retention.pins(self.store, self.layout, str(project), str(release))
         return {n: str(self._marker(self.layout.pin_marker(project, release, n)).get('note') or '') for n in numbers}
@@ -181,7 +181,7 @@ class S3Side(Side):
         return {int(name) for name in tombstones if name.isdigit()}
 
     def pin(self, project: asset.Project.Key, release: asset.Release.Key, generation: int, note: str) -> None:
-        from ..runtime import retention  # noqa: PLC0415
+        from ..runtime import retention
 
         retention.pin(self.store, self.layout, str(project), str(release), generation, note)
 

@@ -86,7 +86,7 @@ def who() -> str:
     try:
         user = getpass.getuser()
     except (KeyError, OSError):  # no passwd entry (containers) and no USER variable
-        import os  # noqa: PLC0415
+        import os
 
         user = f'uid{os.getuid()}'
     return f'{user}@{socket.gethostname()}'

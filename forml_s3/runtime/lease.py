@@ -169,18 +169,18 @@ def _release_all() -> None:
 
 def _started() -> None:
     """Start this process's lease thread and exit hook (anew after a fork)."""
-    global _pid  # noqa: PLW0603 - one table per process by design
+    global _pid  # one table per process by design
     with _lock:
         if _pid == os.getpid():
             return
-        threading._register_atexit(_release_all)  # noqa: SLF001 - before s3fs's loop can no longer start threads
+        threading._register_atexit(_release_all)  # before s3fs's loop can no longer start threads
         threading.Thread(target=_run, name='forml-s3-lease', daemon=True).start()
         _pid = os.getpid()
 
 
 def _forget_after_fork() -> None:
     """In a forked child: the parent's uploads and leases are the parent's."""
-    global _lock, _pid  # noqa: PLW0603
+    global _lock, _pid
     _lock = threading.Condition()
     _lessees.clear()
     _pid = None
@@ -223,7 +223,7 @@ def leases(st: storage.Store) -> list[Lease]:
             releases, ttl, writer = frozenset(map(str, body['releases'])), float(body['ttl']), str(body['writer'])
         except FileNotFoundError:
             continue  # dropped meanwhile
-        except Exception as err:  # noqa: BLE001 - an unreadable lease protects everything while it is fresh
+        except Exception as err:  # an unreadable lease protects everything while it is fresh
             LOGGER.warning('Unreadable lease %s (%s): sparing the whole registry while it is fresh', path, err)
             releases, ttl, writer = None, TTL, '?'
         expires = None if entry.modified is None else entry.modified + ttl

@@ -66,13 +66,13 @@ def open_store(
                 f'{", ".join(sorted(s + "://" for s in SCHEMES))}); set single_writer = true to use it anyway, '
                 'with no protection against concurrent writers'
             )
-        from .unguarded import UnguardedStore  # noqa: PLC0415
+        from .unguarded import UnguardedStore
 
         store = UnguardedStore(url, storage_options)
         store.single_writer = True
         return store
     if scheme == 'file':
-        import os  # noqa: PLC0415
+        import os
 
         root = os.path.abspath(os.path.expanduser(parsed.netloc + parsed.path))
     else:

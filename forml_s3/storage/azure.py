@@ -63,7 +63,7 @@ class AzureStore(base.Store):
     )
 
     def _connect(self) -> typing.Any:
-        from adlfs import AzureBlobFileSystem  # noqa: PLC0415 - the optional extra, imported when an az:// URL is used
+        from adlfs import AzureBlobFileSystem  # the optional extra, imported when an az:// URL is used
 
         # the SDK logs every request and response at INFO, which ForML's logging prints: keep it to warnings unless
         # the user set a level for it
@@ -79,7 +79,7 @@ class AzureStore(base.Store):
 
     def _run(self, call: typing.Callable[..., typing.Awaitable[typing.Any]], *args: typing.Any) -> typing.Any:
         """Run one coroutine of the SDK on adlfs's event loop (where its client's connections live)."""
-        from fsspec.asyn import sync  # noqa: PLC0415
+        from fsspec.asyn import sync
 
         return sync(self.fs.loop, call, *args)
 
@@ -176,7 +176,7 @@ class AzureStore(base.Store):
             self._upload(path, data, False)
 
     def delete(self, path: str) -> None:
-        from azure.core import exceptions  # noqa: PLC0415
+        from azure.core import exceptions
 
         async def delete() -> None:
             async with self._blob(path) as blob:
@@ -204,7 +204,7 @@ class AzureStore(base.Store):
         if version is None:
             self.create(path, data)
             return
-        from azure.core import MatchConditions, exceptions  # noqa: PLC0415
+        from azure.core import MatchConditions, exceptions
 
         async def swap() -> None:
             async with self._blob(path) as blob:
@@ -245,7 +245,7 @@ class AzureStore(base.Store):
 
     # errors ---------------------------------------------------------------------------------------------------
     def _translate(self, err: Exception, action: str, path: str) -> BaseException | None:
-        from azure.core import exceptions  # noqa: PLC0415
+        from azure.core import exceptions
 
         if isinstance(err, exceptions.ResourceExistsError):
             if _code(err) == 'BlobAlreadyExists':
@@ -284,7 +284,7 @@ def _fail_fast(client: typing.Any, retries: int) -> None:
     retry policy waits 15 s, 18 s, 24 s between attempts, over a minute of silence before an unreachable endpoint is
     reported. Other failures keep the SDK's backoff. (The policy is reached through the client's pipeline, a private
     attribute: where an SDK version lays it out otherwise, its own retries stay.)"""
-    from azure.core.exceptions import ServiceRequestError  # noqa: PLC0415
+    from azure.core.exceptions import ServiceRequestError
 
     endpoint = urllib.parse.urlsplit(client.url)
     where = f'{endpoint.scheme}://{endpoint.netloc}'

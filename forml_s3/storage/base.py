@@ -128,7 +128,7 @@ class Store:
         return self._fs
 
     def _connect(self) -> 'fsspec.AbstractFileSystem':
-        import fsspec  # noqa: PLC0415 - lazy: keeps `forml-s3 --help` and provider loading fast
+        import fsspec  # lazy: keeps `forml-s3 --help` and provider loading fast
 
         return fsspec.filesystem(self.protocol, **self._options)
 

@@ -154,7 +154,7 @@ class GCSStore(base.Store):
 
     # errors ---------------------------------------------------------------------------------------------------
     def _translate(self, err: Exception, action: str, path: str) -> BaseException | None:
-        from gcsfs import retry  # noqa: PLC0415
+        from gcsfs import retry
 
         if isinstance(err, reach.Unreachable):
             retries = self.fs.connect_retries
@@ -187,9 +187,9 @@ def _file_system() -> type:
     gcsfs never retries. Other failures keep gcsfs's own retries."""
     if _CLASS:
         return _CLASS[0]
-    import aiohttp  # noqa: PLC0415 - the optional extra's dependencies, imported when a gs:// URL is used
-    from gcsfs import retry  # noqa: PLC0415
-    from gcsfs.core import GCSFileSystem  # noqa: PLC0415
+    import aiohttp  # the optional extra's dependencies, imported when a gs:// URL is used
+    from gcsfs import retry
+    from gcsfs.core import GCSFileSystem
 
     once = GCSFileSystem._request.__wrapped__  # one request, without gcsfs's retry loop
 

@@ -53,7 +53,7 @@ _WARNED: set[tuple[str, str]] = set()
 
 
 def _after_fork() -> None:
-    global _VERIFYING  # noqa: PLW0603 - a lock another thread held at fork time would never be released in the child
+    global _VERIFYING  # a lock another thread held at fork time would never be released in the child
     _VERIFYING = threading.Lock()
 
 
@@ -73,7 +73,7 @@ class S3Store(base.Store):
     conditional_write = True
 
     def _connect(self) -> 'fsspec.AbstractFileSystem':
-        from . import reach  # noqa: PLC0415 - lazy: keeps `forml-s3 --help` and provider loading fast
+        from . import reach  # lazy: keeps `forml-s3 --help` and provider loading fast
 
         kwargs = optmod.s3_kwargs(self._options)
         retries = optmod.s3fs_retries(self._options)
@@ -105,9 +105,9 @@ class S3Store(base.Store):
         """One message per cause, naming what to fix: a missing bucket, an endpoint that cannot be reached, missing
         credentials, an unknown profile, access denied (also a 403 without a body, as HEAD gets), a request the server
         refused (4xx: never retried), and only then a failure that outlived the retries (5xx, dropped connections)."""
-        from botocore import exceptions  # noqa: PLC0415
+        from botocore import exceptions
 
-        from . import reach  # noqa: PLC0415
+        from . import reach
 
         code, where = _code(err), f'{action} {self.url_of(path)}'
         if isinstance(err, FileNotFoundError):
@@ -338,7 +338,7 @@ class S3Store(base.Store):
         ``ChecksumAlgorithm='CRC32'`` and the completion names every part's checksum, as S3 requires then. Over
         HTTPS botocore streams the body unsigned with a trailing checksum computed as it sends; a checksum given
         up front would make it sign the whole body with SHA-256 on the event loop instead, so it is left alone."""
-        from fsspec.asyn import sync  # noqa: PLC0415
+        from fsspec.asyn import sync
 
         bucket, key = self._bucket_key(path)
         count = -(-size // PART_SIZE)
@@ -403,7 +403,7 @@ class S3Store(base.Store):
                 sync(self.fs.loop, run, _Source(view=octets))
 
     def _ranged_download(self, path: str, target: pathlib.Path, size: int) -> None:
-        from fsspec.asyn import sync  # noqa: PLC0415
+        from fsspec.asyn import sync
 
         bucket, key = self._bucket_key(path)
 
@@ -656,7 +656,7 @@ def _is_transport_error(err: BaseException) -> bool:
 
 def _sync_read(fs: 'fsspec.AbstractFileSystem', body: typing.Any) -> bytes:
     """Read an aiobotocore streaming body from sync code, on the file system's loop."""
-    from fsspec.asyn import sync  # noqa: PLC0415
+    from fsspec.asyn import sync
 
     async def _read() -> bytes:
         try:
