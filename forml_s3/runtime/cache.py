@@ -441,9 +441,6 @@ class BlobCache(volatile.Volatile):
                 found.append((used, path, stat))
         return [(path, stat) for _, path, stat in sorted(found, key=lambda item: item[0])]
 
-    def size(self) -> int:
-        return sum(stat.st_size for _, stat in self.blobs())
-
     def _added(self, size: int, keep: pathlib.Path) -> int:
         """Account for a blob of ``size`` bytes this process just stored at ``keep``: scan (and evict) once the
         bytes added since the last scan reach the rescan step; returns the bytes freed."""
@@ -451,12 +448,6 @@ class BlobCache(volatile.Volatile):
             self._headroom -= size
             if self._headroom > 0:
                 return 0
-            return self._scan(keep)
-
-    def evict(self, keep: pathlib.Path | None = None) -> int:
-        """Scan now: if the cache is over ``max_bytes``, unlink the least recently used blobs (never ``keep``) down to
-        :data:`EVICT_TO_FRACTION` of it; returns the bytes freed."""
-        with self._volatile():
             return self._scan(keep)
 
     @contextlib.contextmanager
