@@ -235,6 +235,8 @@ def stop(process: subprocess.Popen | None, timeout: float = 20) -> None:
 
 def render_tree(objects: typing.Iterable[tuple[str, int]]) -> list[str]:
     """Sorted ``(key, size)`` pairs as an indented tree, directories once, sizes on the leaves."""
+    from forml_s3.ops.snapshot import human
+
     lines: list[str] = []
     shown: list[str] = []
     for key, size in objects:
@@ -245,7 +247,7 @@ def render_tree(objects: typing.Iterable[tuple[str, int]]) -> list[str]:
         for depth in range(common, len(folders)):
             lines.append(f'{"  " * depth}{folders[depth]}/')
         shown = folders
-        lines.append(f'{"  " * len(folders)}{leaf}  ({_size(size)})')
+        lines.append(f'{"  " * len(folders)}{leaf}  ({human(size)})')
     return lines
 
 
@@ -258,14 +260,6 @@ def parse_predictions(stdout: str) -> list[float]:
         return [float(value) for value in stdout[start + 1 : end].replace('[', ' ').replace(']', ' ').split()]
     except ValueError:
         return []
-
-
-def _size(size: int) -> str:
-    for unit in ('B', 'KiB', 'MiB'):
-        if size < 1024 or unit == 'MiB':
-            return f'{size} {unit}' if unit == 'B' else f'{size:.1f} {unit}'
-        size /= 1024
-    return f'{size:.1f} GiB'
 
 
 def _tail(done: subprocess.CompletedProcess | None) -> str:
