@@ -296,7 +296,7 @@ class Registry(volatile.Volatile, asset.Registry, alias='s3'):
                 self._layout.release_dir(project, stem),
                 {key: size},
                 f'Cannot commit release {project}-{release}',
-                lambda _: f'package {key.rsplit("/", 1)[-1]}',
+                lambda _: f'package {layout.Layout.object_name(key)}',
             )
         except Incomplete:
             lease.settle(self._store, [key])
@@ -310,7 +310,7 @@ class Registry(volatile.Volatile, asset.Registry, alias='s3'):
                 'package': package.manifest.package,
                 'modules': dict(package.manifest.modules),
             },
-            'package': {'key': key.rsplit('/', 1)[-1], 'size': size, 'sha256': sha256},
+            'package': {'key': layout.Layout.object_name(key), 'size': size, 'sha256': sha256},
             'created': codec.now(),
             'writer': codec.writer(),
         }
@@ -814,7 +814,7 @@ class _Pack:
 
     @property
     def name(self) -> str:
-        return self.key.rsplit('/', 1)[-1][: -len(layout.PACK_SUFFIX)]
+        return layout.Layout.pack_id(self.key)
 
     def states(self) -> dict[str, dict[str, typing.Any]]:
         """Marker entries of the packed states, by state id: size, sha256, pack and offset."""

@@ -177,7 +177,7 @@ class S3Side(Side):
 
     def retired(self, project: asset.Project.Key, release: asset.Release.Key) -> set[int]:
         entries = self.store.listdir(self.layout.generations(project, release))
-        tombstones = {e.name[: -len(layout.MARKER)] for e in entries if e.size <= len(layout.TOMBSTONE)}
+        tombstones = layout.Layout.tombstone_names({e.name: e.size for e in entries})
         return {int(name) for name in tombstones if name.isdigit()}
 
     def pin(self, project: asset.Project.Key, release: asset.Release.Key, generation: int, note: str) -> None:

@@ -221,11 +221,7 @@ def outside(st: storage.Store, effects: list['Effect']) -> list[tuple['Effect', 
     """Per rule, what it matches that is not the registry's own (for a registry at the bucket root: other
     registries' and unrelated objects, versions and uploads). The registry's projects are those with a marker."""
     prefix = scope(st)
-    projects = {
-        e.name[: -len(layout.MARKER)]
-        for e in st.listdir(st.root)
-        if e.name.endswith(layout.MARKER) and not e.name.startswith('.') and e.size > len(layout.TOMBSTONE)
-    }
+    projects = set(layout.Layout.marker_names({e.name: e.size for e in st.listdir(st.root)}))
     found = []
     for effect in effects:
         foreign = [t for t in effect.matched if not owns_key(t.key, prefix, projects)]

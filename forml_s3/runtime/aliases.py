@@ -241,7 +241,7 @@ class Aliases:
         alias is stored: a retire that came in between is undone on the alias's side (it is moved back)."""
         key = self._layout.generation_marker(project, target.release, target.generation)
         try:
-            live = self._store.head(key)[0] > len(layout.TOMBSTONE)
+            live = layout.live(self._store.head(key)[0])
             what = 'is retired'
         except FileNotFoundError:
             live, what = False, 'does not exist'
