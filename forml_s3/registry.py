@@ -14,7 +14,6 @@ import pathlib
 import re
 import shutil
 import tempfile
-import threading
 import time
 import typing
 import uuid
@@ -29,7 +28,7 @@ from . import storage
 from .model import codec, layout, names
 from .runtime import aliases as aliasmod
 from .runtime import cache as cachemod
-from .runtime import lease, packing, staging, transfers, volatile
+from .runtime import lease, markers, packing, staging, transfers
 
 LOGGER = logging.getLogger(__name__)
 
@@ -45,7 +44,7 @@ class Incomplete(asset.Level.Invalid):
     """A commit refused: objects its marker would name are not stored (deleted meanwhile, or lost)."""
 
 
-class Registry(volatile.Volatile, asset.Registry, alias='s3'):
+class Registry(asset.Registry, alias='s3'):
     """Model registry in a bucket (or at any fsspec URL: ``s3://``, ``file://``, ``memory://``, ...).
 
     Args:
@@ -105,7 +104,7 @@ class Registry(volatile.Volatile, asset.Registry, alias='s3'):
         self._layout: layout.Layout = layout.Layout(self._store.root)
         self._cache: cachemod.BlobCache = cachemod.BlobCache(cache_dir, cache_size)
         super().__init__(staging or self._cache.root / 'staging')
-        self._listing_ttl: float = float(listing_ttl)
+        self._reader: markers.Markers = markers.Markers(self._store, self._cache, listing_ttl)
         self._commit_timeout: float = float(commit_timeout)
         self._tag_uncommitted: bool = bool(tag_uncommitted)
         self._pack_states: bool = bool(pack_states)
@@ -117,15 +116,6 @@ class Registry(volatile.Volatile, asset.Registry, alias='s3'):
         self._lease_after: float = float(lease_after)
         self._stems: dict[tuple[str, str], str] = {}
         """Where each release is stored (see :meth:`_stem`): immutable once found, so kept and pickled."""
-        self._init_volatile()
-
-    VOLATILE = ('_lock', '_listings', '_markers')
-
-    def _init_volatile(self) -> None:
-        """Per-process state: listing cache and marker memo (never pickled)."""
-        self._lock = threading.Lock()
-        self._listings: dict[str, tuple[float, dict[str, storage.Entry]]] = {}
-        self._markers: dict[tuple[str, str], dict[str, typing.Any]] = {}
 
     def __repr__(self):
         return f'S3-registry({self._store.url})'
@@ -151,18 +141,8 @@ class Registry(volatile.Volatile, asset.Registry, alias='s3'):
 
     # listings -------------------------------------------------------------------------------------------
     def _list(self, prefix: str, fresh: bool = False) -> dict[str, storage.Entry]:
-        """Markers under ``prefix`` by level name: one LIST per page, reused for ``listing_ttl`` seconds."""
-        now = time.monotonic()
-        with self._lock:
-            cached = self._listings.get(prefix)
-        if cached and not fresh and now - cached[0] < self._listing_ttl:
-            return cached[1]
-        entries = {e.name: e for e in self._store.listdir(prefix)}
-        sizes = {name: entry.size for name, entry in entries.items()}
-        found = {name: entries[name + layout.MARKER] for name in layout.Layout.marker_names(sizes)}
-        with self._lock:
-            self._listings[prefix] = (now, found)
-        return found
+        """Markers under ``prefix`` by level name (see :meth:`forml_s3.runtime.markers.Markers.listing`)."""
+        return self._reader.listing(prefix, fresh)
 
     def _stem(self, project: asset.Project.Key, release: asset.Release.Key | str) -> str:
         """The name a release is stored under: its marker's name as listed - the canonical key of its version
@@ -182,9 +162,7 @@ class Registry(volatile.Volatile, asset.Registry, alias='s3'):
         return canonical
 
     def _invalidate(self, *prefixes: str) -> None:
-        with self._lock:
-            for prefix in prefixes:
-                self._listings.pop(prefix, None)
+        self._reader.invalidate(*prefixes)
 
     @staticmethod
     def _keys(found: typing.Iterable[str], constructor: typing.Callable[[str], typing.Any]) -> list:
@@ -226,26 +204,10 @@ class Registry(volatile.Volatile, asset.Registry, alias='s3'):
 
     # markers --------------------------------------------------------------------------------------------
     def _marker(self, key: str, entry: storage.Entry) -> dict[str, typing.Any]:
-        """A marker by key and version: from memory, else the local cache, else one GET (then cached)."""
-        with self._lock:
-            memo = self._markers.get((key, entry.version))
-        if memo is not None:
-            return memo
-        local = self._cache.root / 'markers' / hashlib.sha256(f'{self.url}|{key}|{entry.version}'.encode()).hexdigest()
-        raw = self._cache.read_file(local)  # checked against the sha256 sealed when it was cached
-        if raw is None:
-            raw = self._store.read(key)
-            marker = codec.loads(raw, self._store.url_of(key))  # validate before caching
-            self._cache.put_file(local, raw)
-        else:
-            marker = codec.loads(raw, self._store.url_of(key))
-        with self._lock:
-            self._markers[(key, entry.version)] = marker
-        return marker
+        return self._reader.marker(key, entry)
 
     def _entry(self, prefix: str, name: str) -> storage.Entry | None:
-        """The listing entry of one marker: from the cached listing, else a fresh one (it may be new)."""
-        return self._list(prefix).get(name) or self._list(prefix, fresh=True).get(name)
+        return self._reader.entry(prefix, name)
 
     def _release_marker(self, project: asset.Project.Key, release: asset.Release.Key) -> dict[str, typing.Any]:
         stem = self._stem(project, release)
@@ -301,19 +263,15 @@ class Registry(volatile.Volatile, asset.Registry, alias='s3'):
         except Incomplete:
             lease.settle(self._store, [key])
             raise
-        marker = {
-            'project': str(project),
-            'release': str(release),
-            'manifest': {
-                'name': str(package.manifest.name),
-                'version': str(package.manifest.version),
-                'package': package.manifest.package,
-                'modules': dict(package.manifest.modules),
-            },
-            'package': {'key': layout.Layout.object_name(key), 'size': size, 'sha256': sha256},
-            'created': codec.now(),
-            'writer': codec.writer(),
+        manifest = {
+            'name': str(package.manifest.name),
+            'version': str(package.manifest.version),
+            'package': package.manifest.package,
+            'modules': dict(package.manifest.modules),
         }
+        marker = codec.release_marker(
+            str(project), str(release), manifest, layout.Layout.object_name(key), size, sha256
+        )
         body = codec.dumps(marker)
         try:
             self._create_marker(self._layout.release_marker(project, stem), body)
@@ -365,7 +323,7 @@ class Registry(volatile.Volatile, asset.Registry, alias='s3'):
         with contextlib.suppress(FileExistsError):
             self._store.create(
                 self._layout.project_marker(project),
-                codec.dumps({'project': str(project), 'created': codec.now(), 'writer': codec.writer()}),
+                codec.dumps(codec.project_marker(str(project))),
             )
         self._invalidate(self._layout.projects())
 
@@ -458,9 +416,8 @@ class Registry(volatile.Volatile, asset.Registry, alias='s3'):
             raise asset.Level.Invalid(f'No release {project}-{release} in {self.url} to commit generation into')
         self._store.verify_exclusive_create()
         prefix = self._layout.generations(project, release)
-        with self._lock:  # early exit on a known conflict; the exclusive marker below is the real guard
-            known = self._listings.get(prefix, (0, {}))[1]
-        if str(int(generation)) in known:
+        # early exit on a known conflict; the exclusive marker below is the real guard
+        if str(int(generation)) in self._reader.known(prefix):
             raise self._conflict(project, release, generation)
         sids = list(dict.fromkeys(str(s) for s in tag.states))
         keys = {sid: self._layout.state(project, release, sid) for sid in sids}

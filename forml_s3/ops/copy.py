@@ -33,6 +33,7 @@ from forml.io import asset
 from .. import storage
 from ..model import codec, layout, names
 from ..runtime import cache as cachemod
+from ..runtime import markers as markermod
 
 if typing.TYPE_CHECKING:
     from forml import project as prj
@@ -152,7 +153,7 @@ class S3Side(Side):
 
     def _marker(self, key: str) -> dict[str, typing.Any]:
         if key not in self._markers:
-            self._markers[key] = codec.loads(self.store.read(key), self.store.url_of(key))
+            self._markers[key] = markermod.read(self.store, key)
         return self._markers[key]
 
     def package_sha256(self, project: asset.Project.Key, release: asset.Release.Key) -> str | None:

@@ -27,6 +27,7 @@ from .. import storage
 from ..model import codec, layout, names
 from ..model.layout import STORED, Kind, classify  # what a key is: the layout says
 from ..runtime import cache as cachemod
+from ..runtime import markers as markermod
 from ..runtime import staging
 
 LOGGER = logging.getLogger(__name__)
@@ -139,7 +140,7 @@ def listing(st: storage.Store) -> list[tuple[str, int, float | None, str]]:
 # snapshot ---------------------------------------------------------------------------------------------------
 def _read_marker(st: storage.Store, path: str) -> tuple[dict[str, typing.Any] | None, str | None]:
     try:
-        return codec.loads(st.read(path), st.url_of(path)), None
+        return markermod.read(st, path), None
     except FileNotFoundError:
         return None, f'marker {st.url_of(path)} disappeared while listing'
     except asset.Level.Invalid as err:

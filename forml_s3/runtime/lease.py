@@ -27,6 +27,7 @@ import uuid
 
 from .. import storage
 from ..model import codec, layout
+from . import markers as markermod
 
 LOGGER = logging.getLogger(__name__)
 
@@ -105,9 +106,7 @@ def held(st: storage.Store) -> str | None:
 
 
 def _body(lessee: _Lessee, releases: frozenset[str]) -> bytes:
-    return codec.dumps(
-        {'writer': codec.writer(), 'releases': sorted(releases), 'ttl': lessee.ttl, 'renewed': codec.now()}
-    )
+    return codec.dumps(codec.lease(releases, lessee.ttl))
 
 
 def _serve(lessee: _Lessee) -> None:
@@ -219,7 +218,7 @@ def leases(st: storage.Store) -> list[Lease]:
             continue
         path = f'{lay.leases()}/{entry.name}'
         try:
-            body = codec.loads(st.read(path), st.url_of(path))
+            body = markermod.read(st, path)
             releases, ttl, writer = frozenset(map(str, body['releases'])), float(body['ttl']), str(body['writer'])
         except FileNotFoundError:
             continue  # dropped meanwhile

@@ -37,6 +37,7 @@ from forml.io import asset
 from .. import storage
 from ..model import codec, layout, names
 from . import aliases, transfers
+from . import markers as markermod
 
 LOGGER = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ def retire(
     if dry_run or not todo.retired:
         return todo.retired
     done = []
-    read = read or (lambda key, _: codec.loads(st.read(key), st.url_of(key)))
+    read = read or (lambda key, _: markermod.read(st, key))
     markers = dict(
         zip(
             todo.kept + todo.retired,
@@ -178,14 +179,7 @@ def pin(st: storage.Store, lay: layout.Layout, project: str, release: str, gener
     project, release = str(names.project(project)), stem(st, lay, project, release)
     generation = int(names.generation(generation))
     _require_live(st, lay, project, release, generation)
-    marker = {
-        'project': project,
-        'release': release,
-        'generation': generation,
-        'pinned': codec.now(),
-        'writer': codec.writer(),
-        'note': note,
-    }
+    marker = codec.pin_marker(project, release, generation, note)
     st.write(lay.pin_marker(project, release, generation), codec.dumps(marker))
     try:
         _require_live(st, lay, project, release, generation, meanwhile=True)
