@@ -338,9 +338,7 @@ class Server(endpoint.Server):
 
     @property
     def _mw(self) -> Middleware:
-        if self._middleware is None:
-            raise RuntimeError('Server not started')
-        return self._middleware
+        return endpoint.started(self._middleware)
 
     # --- accounting ---------------------------------------------------------------------------------------------
     @property

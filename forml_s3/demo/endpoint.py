@@ -41,6 +41,8 @@ REGION = 'us-east-1'
 ACCESS_KEY = 'testing'
 SECRET_KEY = 'testing'
 
+T = typing.TypeVar('T')
+
 
 def missing() -> str | None:
     """What to install when moto (the ``demo`` extra) is absent; ``None`` when the endpoint can run."""
@@ -64,6 +66,13 @@ def client_env(endpoint: str) -> dict[str, str]:
         'AWS_DEFAULT_REGION': REGION,
         'AWS_ENDPOINT_URL': endpoint,
     }
+
+
+def started(value: T | None) -> T:
+    """``value``, set once the server has started (``RuntimeError`` before)."""
+    if value is None:
+        raise RuntimeError('Server not started')
+    return value
 
 
 class Serialised:
@@ -158,9 +167,7 @@ class Server:
     @property
     def port(self) -> int:
         """The bound TCP port."""
-        if self._port is None:
-            raise RuntimeError('Server not started')
-        return self._port
+        return started(self._port)
 
     @property
     def endpoint(self) -> str:
