@@ -145,7 +145,8 @@ class Store:
                 raise  # the local disk's (a download's target), for the caller to name: not the store's doing
             if isinstance(err, PermissionError):
                 raise forml.InvalidError(
-                    f'Access denied while trying to {action} {self.url_of(path)}: {self.denied_hint} ({self._reason(err)})'
+                    f'Access denied while trying to {action} {self.url_of(path)}: {self.denied_hint} '
+                    f'({self._reason(err)})'
                 ) from None
             translated = self._translate(err, action, path)
             if translated is None:
