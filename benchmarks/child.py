@@ -75,7 +75,7 @@ def main(conn: connection.Connection, context: dict[str, typing.Any], phase: str
         if conn.recv() != 'go':
             return
         conn.send(('result', measure(work)))
-    except BaseException:  # noqa: BLE001 - everything goes back to the parent, which reports it in the row
+    except BaseException:  # everything goes back to the parent, which reports it in the row
         conn.send(('error', traceback.format_exc()))
     finally:
         conn.close()

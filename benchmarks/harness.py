@@ -367,7 +367,7 @@ def _prepare_packages(workdir: pathlib.Path, sizes: providers.Sizes, groups: lis
 
 def run(options: Options) -> dict[str, typing.Any]:
     """Run the benchmark; returns everything measured (rows, targets, machine) as a JSON-able dict."""
-    from forml_s3.demo import endpoint as embedded
+    from tests import embedded  # the recording moto server (its request counts), shared with the tests
 
     names = [p for p in providers.PROVIDERS if p in options.providers]
     skipped: dict[str, str] = {}

@@ -25,7 +25,7 @@ _installed = False
 
 def install() -> None:
     """Wrap ``requests.adapters.HTTPAdapter.send`` to count requests and request/response body bytes."""
-    global _installed  # noqa: PLW0603 - one patch per process
+    global _installed  # one patch per process
     if _installed:
         return
     from requests import adapters

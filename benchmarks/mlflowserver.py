@@ -26,7 +26,7 @@ def available() -> str | None:
     try:
         import mlflow  # noqa: F401
         from forml.provider.registry import mlflow as provider  # noqa: F401
-    except Exception as err:  # noqa: BLE001 - any import failure means "not here"
+    except Exception as err:  # any import failure means "not here"
         return f'mlflow is not importable here ({type(err).__name__}: {err}); run from .venv-bench'
     return None
 
@@ -77,7 +77,7 @@ def serve(workdir: pathlib.Path, artifact_root: str, env: typing.Mapping[str, st
             if process.poll() is not None:
                 raise RuntimeError(f'mlflow server exited ({process.returncode}); see {log.name}')
             try:
-                with urllib.request.urlopen(f'{url}/health', timeout=2) as response:  # noqa: S310 - loopback
+                with urllib.request.urlopen(f'{url}/health', timeout=2) as response:  # loopback
                     if response.status == 200:
                         break
             except (urllib.error.URLError, ConnectionError, TimeoutError):

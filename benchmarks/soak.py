@@ -137,7 +137,7 @@ def seaweedfs(work: pathlib.Path, extra: typing.Sequence[str] = ()) -> typing.It
 
 
 def _wait_for_bucket(endpoint: str, proc: subprocess.Popen, log: pathlib.Path) -> None:
-    import boto3  # noqa: PLC0415
+    import boto3
 
     client = boto3.client('s3', **_client_args(endpoint))
     deadline = time.monotonic() + 120
@@ -154,7 +154,7 @@ def _wait_for_bucket(endpoint: str, proc: subprocess.Popen, log: pathlib.Path) -
 
 
 def _client_args(endpoint: str) -> dict[str, str]:
-    from forml_s3.demo import endpoint as embedded  # noqa: PLC0415
+    from forml_s3.demo import endpoint as embedded
 
     return {
         'endpoint_url': endpoint,
@@ -168,7 +168,7 @@ BACKENDS = {'moto': moto, 'seaweedfs': seaweedfs}
 
 
 def storage_options(endpoint: str) -> dict[str, typing.Any]:
-    from forml_s3.demo import endpoint as embedded  # noqa: PLC0415
+    from forml_s3.demo import endpoint as embedded
 
     return {
         'key': embedded.ACCESS_KEY,

@@ -40,7 +40,7 @@ def logs(folder: pathlib.Path) -> list[dict[str, typing.Any]]:
 
 def check(config: dict[str, typing.Any]) -> dict[str, typing.Any]:
     from forml_s3.model import layout
-    from forml_s3.ops import snapshot as inspect  # noqa: PLC0415
+    from forml_s3.ops import snapshot as inspect
 
     violations: list[str] = []
     store = inspect.store_for(config['url'], config['options'])
@@ -111,7 +111,7 @@ def check(config: dict[str, typing.Any]) -> dict[str, typing.Any]:
     if store.object_tags:
         tagged = [path for path in named if store.get_tags(path).get(layout.UNCOMMITTED_TAG[0])]
         violations += [
-            f'committed object {store.uri(p)} is tagged uncommitted (lifecycle would expire it)' for p in tagged
+            f'committed object {store.url_of(p)} is tagged uncommitted (lifecycle would expire it)' for p in tagged
         ]
     orphans = snap.orphans()
     expirable = [o for o in orphans if store.object_tags and store.get_tags(o.path).get(layout.UNCOMMITTED_TAG[0])]
@@ -127,7 +127,7 @@ def check(config: dict[str, typing.Any]) -> dict[str, typing.Any]:
     if gc.returncode:
         violations.append(f'forml-s3 gc exited {gc.returncode}: {gc.stderr.strip()[-500:]}')
     for uri in deleted:
-        if uri in {store.uri(p) for p in named}:
+        if uri in {store.url_of(p) for p in named}:
             violations.append(f'forml-s3 gc deleted committed object {uri}')
     after, problems = inspect.verify(store, checksums=False, orphans=True)
     violations += [f'after gc: {p.kind}: {p.message}' for p in problems]
@@ -156,10 +156,10 @@ def check(config: dict[str, typing.Any]) -> dict[str, typing.Any]:
 
 
 def _marker_writer(store: typing.Any, lay: typing.Any, release: str, number: int) -> str:
-    from forml_s3.model import codec  # noqa: PLC0415
+    from forml_s3.model import codec
 
     key = lay.generation_marker(soak_roles.PROJECT, release, number)
-    return str(codec.loads(store.read(key), store.uri(key)).get('writer', ''))
+    return str(codec.loads(store.read(key), store.url_of(key)).get('writer', ''))
 
 
 def main() -> None:

@@ -72,7 +72,7 @@ class Log:
 
 
 def registry(config: dict[str, typing.Any], cache: pathlib.Path, **kwargs: typing.Any):
-    from forml_s3.registry import Registry  # noqa: PLC0415 - imported after the fork-free start
+    from forml_s3.registry import Registry  # imported after the fork-free start
 
     staging = kwargs.pop('staging', cache / 'staging')
     return Registry(config['url'], storage_options=config['options'], cache_dir=cache, staging=staging, **kwargs)
@@ -81,10 +81,10 @@ def registry(config: dict[str, typing.Any], cache: pathlib.Path, **kwargs: typin
 def outcome(err: BaseException) -> str:
     """How a step that raised ended: ``conflict`` (another writer won), ``failed`` (faults exhausted the retries:
     a clean error), or ``error`` (anything else: reported)."""
-    import forml  # noqa: PLC0415
-    from forml.io import asset  # noqa: PLC0415
+    import forml
+    from forml.io import asset
 
-    from forml_s3.registry import Conflict  # noqa: PLC0415
+    from forml_s3.registry import Conflict
 
     if isinstance(err, Conflict) or 'not an increment' in str(err):
         return 'conflict'
@@ -148,7 +148,7 @@ class Writer:
         self.armed = self.rng.choice(points) if self.rng.random() < self.config['kill_rate'] else None
 
     def run(self) -> None:
-        from forml_s3.model import names  # noqa: PLC0415
+        from forml_s3.model import names
 
         while not stopped(self.config):
             releases = sorted(names.release(r) for r in self.reg.releases(PROJECT))
@@ -158,9 +158,9 @@ class Writer:
                 self.train(releases[-1] if self.rng.random() < 0.8 else self.rng.choice(releases))
 
     def push(self, releases: list) -> None:
-        from forml import project as prj  # noqa: PLC0415
+        from forml import project as prj
 
-        from benchmarks import providers  # noqa: PLC0415
+        from benchmarks import providers
 
         version = f'0.{int(str(releases[-1]).split(".")[1]) + 1}' if releases else '0.1'
         folder = self.work / 'packages' / uuid.uuid4().hex[:8]
@@ -170,7 +170,7 @@ class Writer:
         self.log(op='push', phase='begin', release=version, sha256=sha256, armed=self.armed)
         try:
             self.reg.push(prj.Package(path))
-        except Exception as err:  # noqa: BLE001 - every outcome is logged and classified
+        except Exception as err:  # every outcome is logged and classified
             self.log(op='push', phase=outcome(err), release=version, error=f'{type(err).__name__}: {err}')
         else:
             self.log(op='push', phase='acked', release=version, sha256=sha256)
@@ -178,7 +178,7 @@ class Writer:
             shutil.rmtree(folder, ignore_errors=True)
 
     def train(self, release: typing.Any) -> None:
-        from forml.io import asset  # noqa: PLC0415
+        from forml.io import asset
 
         generations = [int(g) for g in self.reg.generations(PROJECT, release)]
         number = max(generations, default=0) + 1
@@ -203,7 +203,7 @@ class Writer:
         tag = asset.Tag(training=asset.Tag.Training(timestamp=datetime.datetime.now(), ordinal=number), states=sids)
         try:
             self.reg.close(PROJECT, release, number, tag)
-        except Exception as err:  # noqa: BLE001 - every outcome is logged and classified
+        except Exception as err:  # every outcome is logged and classified
             self.log(
                 op='close', phase=outcome(err), release=release, generation=number,
                 error=f'{type(err).__name__}: {err}',
@@ -238,7 +238,7 @@ class Reader:
             kind = 'mount' if self.rng.random() < self.config['mount_rate'] else 'read'
             try:
                 self.step(reg, kind)
-            except Exception as err:  # noqa: BLE001 - every outcome is logged and classified
+            except Exception as err:  # every outcome is logged and classified
                 self.failed(kind, err)
             time.sleep(self.rng.uniform(0, 0.2))
 
@@ -285,9 +285,9 @@ class Reader:
             self.log(op='mount', phase='acked', release=str(release))
 
     def failed(self, kind: str, err: BaseException) -> None:
-        import forml  # noqa: PLC0415
+        import forml
 
-        from forml_s3.runtime import cache  # noqa: PLC0415
+        from forml_s3.runtime import cache
 
         text = f'{type(err).__name__}: {err}'
         if isinstance(err, cache.Corrupted | forml.MissingError | FileNotFoundError):

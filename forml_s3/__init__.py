@@ -3,7 +3,8 @@
 Package map (each layer imports only from the layers listed before it):
     model     - names a user types, the key layout (makes and parses keys), marker JSON (codec)
     storage   - where bytes move: one store interface with capability flags, one class per backend, options
-    runtime   - what runs behind ForML's calls: uploads, packs, leases, cache, staging, aliases, retention
+    runtime   - what runs behind ForML's calls: uploads, packs, leases, the marker reader, cache, staging,
+                aliases, retention
     registry, inventory, selector
               - the ForML providers users name in config.toml and application descriptors (thin over runtime)
     ops       - operator tools: snapshot/verify, gc, lifecycle rules, copy (no click)

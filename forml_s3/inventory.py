@@ -36,10 +36,9 @@ class Inventory(asset.Inventory, alias='s3', metaclass=settings.Checked):
 
         [INVENTORY]
         default = "s3"
-        path = ["forml_s3.inventory"]   # lets the alias "s3" resolve
 
         [INVENTORY.s3]
-        provider = "s3"                 # or "forml_s3.inventory:Inventory"
+        provider = "forml_s3.inventory:Inventory"   # or "s3" with path = ["forml_s3.inventory"] under [INVENTORY]
         url = "s3://my-bucket/forml-apps"
     """
 
@@ -81,15 +80,15 @@ class Inventory(asset.Inventory, alias='s3', metaclass=settings.Checked):
             path.write_bytes(source)
             try:
                 return appmod.Descriptor.Handle(path).descriptor
-            except (Exception, SystemExit, KeyboardInterrupt) as err:  # noqa: BLE001 - see below
+            except (Exception, SystemExit, KeyboardInterrupt) as err:  # see below
                 # not a module, fails to import, or holds no descriptor; a module calling sys.exit() (or raising
                 # KeyboardInterrupt) at import is a broken descriptor too: let through, it would stop the gateway
                 raise forml.InvalidError(
-                    f'Descriptor of {application!r} in {self._store.uri(key)} is not a valid descriptor module: '
+                    f'Descriptor of {application!r} in {self._store.url_of(key)} is not a valid descriptor module: '
                     f'{type(err).__name__}: {err}'
                 ) from err
 
     def put(self, descriptor: appmod.Descriptor.Handle) -> None:
         key = self._layout.descriptor(descriptor.descriptor.name)
-        LOGGER.debug('Putting descriptor %s to %s', descriptor.path, self._store.uri(key))
+        LOGGER.debug('Putting descriptor %s to %s', descriptor.path, self._store.url_of(key))
         self._store.write(key, pathlib.Path(descriptor.path).read_bytes())

@@ -78,7 +78,46 @@ def _instance(registry: asset.Directory, pick: Pick) -> Named:
     return Named(*pick, registry=registry)
 
 
-class Refreshing(application.Selector):
+class _Refreshed(application.Selector):
+    """A pick per registry, kept for ``refresh`` seconds; when the registry cannot be read at refresh time, the
+    last good pick keeps serving (:meth:`_failed` logs why, or refuses for a pick that is gone)."""
+
+    def __init__(self, refresh: float):
+        if refresh < 0:
+            raise ValueError(f'Refresh interval must not be negative: {refresh}')
+        self._refresh: float = float(refresh)
+        self._lock: threading.Lock = threading.Lock()
+        self._picked: dict[asset.Directory, tuple[float, Named]] = {}
+
+    def select(self, registry: asset.Directory, context: typing.Any, stats: 'runtime.Stats') -> asset.Instance:
+        with self._lock:
+            now = time.monotonic()
+            picked = self._picked.get(registry)
+            if picked is not None and now - picked[0] < self._refresh:
+                return picked[1]
+            previous = None if picked is None else picked[1]
+            try:
+                instance = self._current(registry, previous)
+            except Exception as err:
+                if previous is None:
+                    raise
+                if not self._failed(err, previous):
+                    del self._picked[registry]
+                    raise
+                instance = previous
+            self._picked[registry] = (now, instance)
+            return instance
+
+    def _current(self, registry: asset.Directory, previous: Named | None) -> Named:
+        """The pick now (``previous``: the one served so far, if any)."""
+        raise NotImplementedError
+
+    def _failed(self, err: Exception, previous: Named) -> bool:
+        """Log that reading the registry failed with ``err``; whether ``previous`` may keep serving."""
+        raise NotImplementedError
+
+
+class Refreshing(_Refreshed):
     """Latest generation of a project (or of one of its releases), re-checked every ``refresh`` seconds.
 
     Args:
@@ -88,13 +127,9 @@ class Refreshing(application.Selector):
     """
 
     def __init__(self, project: str, release: str | None = None, refresh: float = 10.0):
-        if refresh < 0:
-            raise ValueError(f'Refresh interval must not be negative: {refresh}')
+        super().__init__(refresh)
         self._project: str = project
         self._release: str | None = release
-        self._refresh: float = float(refresh)
-        self._lock: threading.Lock = threading.Lock()
-        self._picked: dict[asset.Directory, tuple[float, Named]] = {}
 
     def __reduce__(self):
         return self.__class__, (self._project, self._release, self._refresh)
@@ -102,28 +137,18 @@ class Refreshing(application.Selector):
     def __repr__(self):
         return f'Refreshing({self._project!r}, release={self._release!r}, refresh={self._refresh})'
 
-    def select(self, registry: asset.Directory, context: typing.Any, stats: 'runtime.Stats') -> asset.Instance:
-        with self._lock:
-            now = time.monotonic()
-            picked = self._picked.get(registry)
-            if picked is not None and now - picked[0] < self._refresh:
-                return picked[1]
-            try:
-                instance = self.pick(registry)
-            except GONE as err:
-                if picked is not None:
-                    LOGGER.error('No generation left to serve (%s was retired or deleted): %s', picked[1], err)
-                    del self._picked[registry]
-                raise
-            except Exception as err:
-                if picked is None:
-                    raise
-                LOGGER.warning('Registry check failed, still serving %s: %s', picked[1], err)
-                instance = picked[1]
-            if picked is not None and instance != picked[1]:
-                LOGGER.info('Switching from %s to %s', picked[1], instance)
-            self._picked[registry] = (now, instance)
-            return instance
+    def _current(self, registry: asset.Directory, previous: Named | None) -> Named:
+        instance = self.pick(registry)
+        if previous is not None and instance != previous:
+            LOGGER.info('Switching from %s to %s', previous, instance)
+        return instance
+
+    def _failed(self, err: Exception, previous: Named) -> bool:
+        if isinstance(err, GONE):
+            LOGGER.error('No generation left to serve (%s was retired or deleted): %s', previous, err)
+            return False
+        LOGGER.warning('Registry check failed, still serving %s: %s', previous, err)
+        return True
 
     def pick(self, registry: asset.Directory) -> Named:
         """The latest generation now, as a model instance (listings only: nothing older is looked up)."""
@@ -167,7 +192,7 @@ def _first(
     raise forml.MissingError('No selector resolved: ' + '; '.join(failures))
 
 
-class Alias(application.Selector):
+class Alias(_Refreshed):
     """The generation an alias points to (``forml-s3 alias set``), re-read every ``refresh`` seconds.
 
     Moving the alias changes what is served within one interval, without a restart; reading it costs one GET of a
@@ -182,15 +207,11 @@ class Alias(application.Selector):
     """
 
     def __init__(self, project: str, name: str, refresh: float = 10.0):
-        if refresh < 0:
-            raise ValueError(f'Refresh interval must not be negative: {refresh}')
-        from .model import names  # noqa: PLC0415 - the selector module stays light for descriptors
+        super().__init__(refresh)
+        from .model import names  # the selector module stays light for descriptors
 
         self._project: str = str(names.project(project))
         self._name: str = names.alias(name)
-        self._refresh: float = float(refresh)
-        self._lock: threading.Lock = threading.Lock()
-        self._picked: dict[asset.Directory, tuple[float, Pick, asset.Instance]] = {}
 
     def __reduce__(self):
         return self.__class__, (self._project, self._name, self._refresh)
@@ -198,30 +219,20 @@ class Alias(application.Selector):
     def __repr__(self):
         return f'Alias({self._project!r}, {self._name!r}, refresh={self._refresh})'
 
-    def select(self, registry: asset.Directory, context: typing.Any, stats: 'runtime.Stats') -> asset.Instance:
-        with self._lock:
-            now = time.monotonic()
-            picked = self._picked.get(registry)
-            if picked is not None and now - picked[0] < self._refresh:
-                return picked[2]
-            try:
-                target = _aliases(registry).resolve(self._project, self._name)
-                pick = (self._project, target.release, target.generation)
-                if picked is not None and pick == picked[1]:
-                    instance = picked[2]
-                else:
-                    instance = _instance(registry, pick)
-                    if picked is not None:
-                        LOGGER.info('Alias %s of %s moved: switching from %s to %s', self._name, self._project,
-                                    picked[1], pick)  # fmt: skip
-            except Exception as err:
-                if picked is None:
-                    raise
-                LOGGER.warning('Could not read alias %s of %s, still serving %s: %s', self._name, self._project,
-                               picked[1], err)  # fmt: skip
-                pick, instance = picked[1], picked[2]
-            self._picked[registry] = (now, pick, instance)
-            return instance
+    def _current(self, registry: asset.Directory, previous: Named | None) -> Named:
+        target = _aliases(registry).resolve(self._project, self._name)
+        pick = (self._project, target.release, target.generation)
+        if previous is not None and pick == previous.name:
+            return previous
+        if previous is not None:
+            LOGGER.info('Alias %s of %s moved: switching from %s to %s', self._name, self._project,
+                        previous.name, pick)  # fmt: skip
+        return _instance(registry, pick)
+
+    def _failed(self, err: Exception, previous: Named) -> bool:
+        LOGGER.warning('Could not read alias %s of %s, still serving %s: %s', self._name, self._project,
+                       previous.name, err)  # fmt: skip
+        return True
 
 
 class Fallback(application.Selector):

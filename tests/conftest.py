@@ -18,12 +18,11 @@ import uuid
 import pytest
 
 from forml_s3 import storage
-from forml_s3.demo import endpoint as embedded
 from forml_s3.registry import Registry
 from forml_s3.runtime import lease
 from forml_s3.storage import probe
 
-from . import helpers, servers
+from . import embedded, helpers, servers
 
 BACKENDS = ('memory', 'file', 's3')
 SEAWEEDFS_MODULES = ('test_registry', 'test_inventory', 'test_bad_input')
@@ -112,7 +111,7 @@ def drop_bucket(server, name: str) -> None:
             if keys:
                 client.delete_objects(Bucket=name, Delete={'Objects': keys})
         client.delete_bucket(Bucket=name)
-    except Exception as err:  # noqa: BLE001 - leftovers are harmless, the report says which
+    except Exception as err:  # leftovers are harmless, the report says which
         print(f'Could not delete test bucket {name} at {server.endpoint}: {err}')
     if name in getattr(server, 'created', ()):
         server.created.remove(name)

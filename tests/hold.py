@@ -48,8 +48,8 @@ class Held:
 
 
 def main() -> None:
-    from forml_s3.cli import main as cli  # noqa: PLC0415
-    from forml_s3.cli import ops, retention  # noqa: PLC0415
+    from forml_s3.cli import main as cli
+    from forml_s3.cli import ops, retention
 
     spec = json.loads(os.environ.get(HOLD) or 'null')
     if spec:

@@ -366,7 +366,7 @@ class SeaweedFS:
             if self.proc.poll() is not None:
                 raise RuntimeError(f'weed server exited ({self.proc.returncode}): {self.log()[-2000:]}')
             try:
-                with urllib.request.urlopen(f'{self.endpoint}/', timeout=2):  # noqa: S310 - our own loopback server
+                with urllib.request.urlopen(f'{self.endpoint}/', timeout=2):  # our own loopback server
                     return
             except urllib.error.HTTPError:
                 return  # it answers (an S3 error for an anonymous ListBuckets is an answer)

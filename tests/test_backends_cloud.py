@@ -306,7 +306,7 @@ def test_azure_objects_carry_the_uncommitted_index_tag_until_their_marker(azure_
     registry.write(PROJECT, '0.1', sid, b'state')
     key = registry._layout.state(PROJECT, '0.1', sid)
 
-    transfers.pending(store.uri(key)).future.result()
+    transfers.pending(store.url_of(key)).future.result()
     assert store.get_tags(key) == dict([layout.UNCOMMITTED_TAG])
     registry.close(PROJECT, '0.1', 1, tag([sid]))
     assert store.get_tags(key) == {}

@@ -16,12 +16,11 @@ import zipfile
 
 import pytest
 
-from forml_s3.demo import endpoint as embedded
 from forml_s3.registry import Registry
 from forml_s3.runtime import cache as cachemod
 from forml_s3.runtime import packing
 
-from . import conftest
+from . import conftest, embedded
 from .helpers import commit
 
 ROOT = pathlib.Path(__file__).parent.parent

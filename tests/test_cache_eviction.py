@@ -144,7 +144,7 @@ def test_concurrent_inserts_keep_the_cap(tmp_path):
             for number in range(100):
                 data, sha = blob(worker * 1000 + number, size)
                 cache.fetch(sha, size, lambda target, data=data: target.write_bytes(data), name=str(number))
-        except Exception as err:  # noqa: BLE001 - reported below
+        except Exception as err:  # reported below
             errors.append(err)
 
     threads = [threading.Thread(target=insert, args=(w,)) for w in range(8)]

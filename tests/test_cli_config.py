@@ -51,7 +51,7 @@ def configured(s3server, bucket, package_factory, tmp_path):
     path = demo.render_config(
         home, registry_url=made['main'].url, storage_options=s3server.storage_options(), staging=tmp_path / 'stg'
     )
-    import toml  # noqa: PLC0415 - a ForML dependency
+    import toml  # a ForML dependency
 
     config = toml.loads(path.read_text())
     config['REGISTRY']['other'] = {**config['REGISTRY']['s3'], 'url': made['other'].url}

@@ -25,9 +25,10 @@ from sklearn import linear_model, pipeline, preprocessing
 
 from forml_s3 import demo
 from forml_s3.cli.demo import parse_predictions
-from forml_s3.demo import endpoint as embedded
 from forml_s3.model import layout
 from forml_s3.runtime import staging
+
+from . import embedded
 
 PROJECT = demo.PROJECT
 

@@ -10,7 +10,7 @@ import botocore.config
 import botocore.exceptions
 import pytest
 
-from forml_s3.demo import endpoint as embedded
+from . import embedded
 
 BUCKET = 'forml-embedded-test'
 

@@ -32,7 +32,7 @@ def test_expires_retired_generations_only(make_registry, package_factory, tmp_pa
     dry = run_cli('gc', make_registry.url, '--retired-older-than', '0', '--dry-run', *options)
     assert dry.exit_code == 0, dry.output
     listed = {line.split()[3] for line in dry.stdout.splitlines() if line.startswith('would delete (retired)')}
-    assert listed == {st.uri(p) for p in expected}
+    assert listed == {st.url_of(p) for p in expected}
     assert set(inspect.snapshot(st).objects) == before
 
     done = run_cli('gc', make_registry.url, '--retired-older-than', '0', *options)

@@ -63,7 +63,7 @@ def race(server, bucket: str, first: tuple[str, ...], second: tuple[str, ...]) -
 def ids(server, bucket: str) -> set[str]:
     try:
         rules = server.client().get_bucket_lifecycle_configuration(Bucket=bucket)['Rules']
-    except Exception as err:  # noqa: BLE001
+    except Exception as err:
         assert 'NoSuchLifecycleConfiguration' in str(err)
         return set()
     return {r['ID'] for r in rules}

@@ -104,7 +104,7 @@ def test_a_state_nobody_commits_in_time_is_stored_on_its_own(make, package_facto
     for sid in sids:
         writer.write(PROJECT, '0.1', sid, sid.bytes)
     for sid in sids:
-        uri = writer._store.uri(writer._layout.state(PROJECT, '0.1', sid))
+        uri = writer._store.url_of(writer._layout.state(PROJECT, '0.1', sid))
         transfers.pending(uri).future.result(timeout=30)  # sent by the linger, nobody claimed it
         transfers.forget(uri)  # as if written in another process: the committer holds no record of it
     for sid in sids:

@@ -111,7 +111,7 @@ def test_state_written_by_another_process_is_committed_with_its_checksum(make_re
     writer.push(package_factory('0.1'))
     sid = uuid.uuid4()
     writer.write(PROJECT, '0.1', sid, b'from a worker')
-    uri = writer._store.uri(writer._layout.state(PROJECT, '0.1', sid))
+    uri = writer._store.url_of(writer._layout.state(PROJECT, '0.1', sid))
     transfers.pending(uri).future.result()
     transfers.forget(uri)  # as if written in another process: this one holds no record of the upload
     closer.close(PROJECT, '0.1', 1, tag([sid]))
@@ -195,7 +195,7 @@ def test_s3_objects_stay_tagged_uncommitted_until_their_marker(s3server, bucket,
     sid = uuid.uuid4()
     registry.write(PROJECT, '0.1', sid, b'state')
     key = registry._layout.state(PROJECT, '0.1', sid)
-    transfers.pending(registry._store.uri(key)).future.result()
+    transfers.pending(registry._store.url_of(key)).future.result()
     assert tags(key) == dict([layout.UNCOMMITTED_TAG])
     registry.close(PROJECT, '0.1', 1, tag([sid]))
     assert tags(key) == {}

@@ -90,7 +90,7 @@ def mount_and_read(url: str, options: dict, cache_dir: str, staging_dir: str, st
         artifact = registry.mount(PROJECT, '0.1')
         stamp = json.loads((artifact.path / staging.STAMP).read_text())
         results.put({'path': str(artifact.path), 'tree': tree(artifact.path), 'sha256': stamp['sha256']})
-    except BaseException:  # noqa: BLE001 - reported to the test as the racer's failure
+    except BaseException:  # reported to the test as the racer's failure
         results.put({'error': traceback.format_exc()})
 
 
@@ -437,7 +437,7 @@ def test_registry_mount_never_returns_a_tree_a_prune_deletes(local, monkeypatch)
     def mount():
         try:
             mounted.append(local.registry.mount(PROJECT, '0.1').path)
-        except Exception as err:  # noqa: BLE001 - the test reports it
+        except Exception as err:  # the test reports it
             failed.append(repr(err))
 
     def prune():

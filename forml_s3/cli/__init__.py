@@ -21,37 +21,43 @@ import sys
 
 import click
 
+MODULES: dict[str, dict[str, str]] = {
+    'demo': {
+        'demo': 'Run a real ForML project through its life against an embedded S3 endpoint.',
+        'serve-s3': 'Run the embedded S3 endpoint (moto) on 127.0.0.1 until Ctrl-C.',
+    },
+    'ops': {
+        'ls': 'Tree of projects, releases and generations with sizes and timestamps.',
+        'verify': "Check every marker's objects exist with matching size and checksum.",
+        'copy': 'Copy a whole registry between two locations (resumable).',
+        'gc': 'Delete abandoned uncommitted objects (for buckets without lifecycle rules).',
+    },
+    'retention': {
+        'lifecycle': 'Plan, apply, show and preview S3 lifecycle rules for a registry.',
+        'retire': 'Retire all but the newest N generations (hidden now, expired by lifecycle).',
+        'pin': 'Pin a generation so it is never retired.',
+    },
+    'staging': {
+        'staging': 'List and prune releases installed in a staging path.',
+    },
+    'alias': {
+        'alias': 'Set, show and move named pointers to generations (champion, challenger, ...).',
+    },
+    'ui': {
+        'ui': 'Browse the registry in a web browser (served on 127.0.0.1).',
+    },
+    'doctor': {
+        'doctor': "Check what a store's server really does (exclusive create, tags, multipart, ...).",
+    },
+}
+"""The command modules (``forml_s3.cli.<module>``), each with its commands (function: the name with ``_``) and
+their one-line help for ``forml-s3 --help``."""
 COMMANDS: dict[str, tuple[str, str]] = {
-    'demo': ('forml_s3.cli.demo', 'demo'),
-    'serve-s3': ('forml_s3.cli.demo', 'serve_s3'),
-    'ls': ('forml_s3.cli.ops', 'ls'),
-    'verify': ('forml_s3.cli.ops', 'verify'),
-    'copy': ('forml_s3.cli.ops', 'copy'),
-    'gc': ('forml_s3.cli.ops', 'gc'),
-    'lifecycle': ('forml_s3.cli.retention', 'lifecycle'),
-    'retire': ('forml_s3.cli.retention', 'retire'),
-    'pin': ('forml_s3.cli.retention', 'pin'),
-    'staging': ('forml_s3.cli.staging', 'staging'),
-    'alias': ('forml_s3.cli.alias', 'alias'),
-    'ui': ('forml_s3.cli.ui', 'ui'),
-    'doctor': ('forml_s3.cli.doctor', 'doctor'),
+    name: (f'forml_s3.cli.{module}', name.replace('-', '_'))
+    for module, commands in MODULES.items()
+    for name in commands
 }
-
-HELP = {
-    'demo': 'Run a real ForML project through its life against an embedded S3 endpoint.',
-    'serve-s3': 'Run the embedded S3 endpoint (moto) on 127.0.0.1 until Ctrl-C.',
-    'ls': 'Tree of projects, releases and generations with sizes and timestamps.',
-    'verify': "Check every marker's objects exist with matching size and checksum.",
-    'copy': 'Copy a whole registry between two locations (resumable).',
-    'gc': 'Delete abandoned uncommitted objects (for buckets without lifecycle rules).',
-    'lifecycle': 'Plan, apply, show and preview S3 lifecycle rules for a registry.',
-    'retire': 'Retire all but the newest N generations (hidden now, expired by lifecycle).',
-    'pin': 'Pin a generation so it is never retired.',
-    'staging': 'List and prune releases installed in a staging path.',
-    'alias': 'Set, show and move named pointers to generations (champion, challenger, ...).',
-    'ui': 'Browse the registry in a web browser (served on 127.0.0.1).',
-    'doctor': "Check what a store's server really does (exclusive create, tags, multipart, ...).",
-}
+HELP: dict[str, str] = {name: text for commands in MODULES.values() for name, text in commands.items()}
 
 
 class LazyGroup(click.Group):
@@ -102,12 +108,12 @@ def _no_forml_log_file() -> None:
     default); an operator command has nothing to log there. The handler is removed from every logger it was
     attached to, and the file it created is deleted if it is still empty (an existing log is left alone).
     """
-    import pathlib  # noqa: PLC0415
+    import pathlib
 
     name = pathlib.Path(sys.argv[0]).name.rsplit('.', 1)[0] or 'forml-s3'
     path = pathlib.Path(f'{name}.log').resolve()
     existed = path.exists()
-    import forml.setup  # noqa: F401, PLC0415 - configures ForML's logging on import
+    import forml.setup  # noqa: F401 - configures ForML's logging on import
 
     loggers = [
         logging.getLogger(),

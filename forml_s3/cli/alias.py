@@ -24,8 +24,8 @@ class Lost(click.ClickException):
 
 def _aliases(url: str | None, registry: str | None, options: tuple[str, ...]):
     """The :class:`forml_s3.runtime.aliases.Aliases` of the chosen registry."""
-    from forml_s3.model import layout  # noqa: PLC0415
-    from forml_s3.runtime import aliases  # noqa: PLC0415
+    from forml_s3.model import layout
+    from forml_s3.runtime import aliases
 
     st = open_store(url, options, registry)
     return aliases.Aliases(st, layout.Layout(st.root))
@@ -33,9 +33,9 @@ def _aliases(url: str | None, registry: str | None, options: tuple[str, ...]):
 
 def _run(action: typing.Callable[[], typing.Any]) -> typing.Any:
     """Run an alias operation: a lost swap exits 1, any other ForML error 2, each with its one-line message."""
-    import forml  # noqa: PLC0415
+    import forml
 
-    from forml_s3.runtime import aliases  # noqa: PLC0415
+    from forml_s3.runtime import aliases
 
     try:
         return action()
@@ -47,7 +47,7 @@ def _run(action: typing.Callable[[], typing.Any]) -> typing.Any:
 
 def _target(value: str | None):
     """``--expect`` as a target: ``RELEASE#GENERATION`` or ``none``."""
-    from forml_s3.runtime import aliases  # noqa: PLC0415
+    from forml_s3.runtime import aliases
 
     if value is None:
         return aliases.ANY
@@ -131,7 +131,7 @@ def rm(project, name, expect, as_json, url, registry, options) -> None:
 @click.option('--json', 'as_json', is_flag=True, help='Print the changes as JSON lines.')
 def history(project, name, as_json, url, registry, options) -> None:
     """Every change of alias NAME of PROJECT, oldest first: from, to, when, by whom."""
-    from forml_s3.runtime import aliases as aliasmod  # noqa: PLC0415
+    from forml_s3.runtime import aliases as aliasmod
 
     aliases = _aliases(url, registry, options)
 

@@ -17,9 +17,9 @@ def registry_settings(name: str | None = None) -> tuple[dict[str, typing.Any], s
         click.UsageError: No such section, or it is not a forml-s3 registry (the message says what to pass).
         Fatal: A setting of the section is wrong (exit code 2; the message says which and where).
     """
-    from forml import setup  # noqa: PLC0415 - ForML reads $FORML_HOME/config.toml on import
+    from forml import setup  # ForML reads $FORML_HOME/config.toml on import
 
-    from forml_s3 import registry, settings  # noqa: PLC0415
+    from forml_s3 import registry, settings
 
     registries = setup.CONFIG.get('REGISTRY', {})
     name = name or registries.get('default')
@@ -49,10 +49,10 @@ def staging_root(name: str | None = None) -> pathlib.Path | None:
     """The staging path of a forml-s3 registry section of the ForML config (``staging``, else
     ``<cache_dir>/staging``, as the registry computes it): section ``name``, else the default one if it is
     forml-s3's (``None`` if it is not: the caller keeps its own default)."""
-    from forml import setup  # noqa: PLC0415
+    from forml import setup
 
-    from forml_s3 import settings  # noqa: PLC0415
-    from forml_s3.runtime import cache  # noqa: PLC0415
+    from forml_s3 import settings
+    from forml_s3.runtime import cache
 
     if name is None:
         registries = setup.CONFIG.get('REGISTRY', {})

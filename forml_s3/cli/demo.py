@@ -48,6 +48,8 @@ def demo(keep: pathlib.Path | None, no_serve: bool, verbose: bool) -> None:
     """
     from forml_s3.demo import endpoint as embedded
 
+    if why := embedded.missing():
+        raise click.ClickException(why)
     with contextlib.ExitStack() as stack:
         if keep:
             keep.mkdir(parents=True, exist_ok=True)
@@ -181,7 +183,7 @@ class Gateway:
 
     def __enter__(self) -> 'Gateway':
         with self._log.open('w') as log:
-            self._process = subprocess.Popen(  # noqa: S603 - our own forml CLI
+            self._process = subprocess.Popen(  # our own forml CLI
                 [*self._project.forml_command(), 'application', 'serve'],
                 cwd=self._home,
                 env=self._project.forml_env(self._home),
@@ -205,7 +207,7 @@ class Gateway:
                 raise OSError(f'forml application serve exited with {self._process.returncode}')
             request = urllib.request.Request(url, body, {'Content-Type': 'application/json'}, method='POST')
             try:
-                with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310 - http://127.0.0.1
+                with urllib.request.urlopen(request, timeout=60) as response:  # http://127.0.0.1
                     return response.read().decode()
             except urllib.error.HTTPError:
                 raise
@@ -233,6 +235,8 @@ def stop(process: subprocess.Popen | None, timeout: float = 20) -> None:
 
 def render_tree(objects: typing.Iterable[tuple[str, int]]) -> list[str]:
     """Sorted ``(key, size)`` pairs as an indented tree, directories once, sizes on the leaves."""
+    from forml_s3.ops.snapshot import human
+
     lines: list[str] = []
     shown: list[str] = []
     for key, size in objects:
@@ -243,7 +247,7 @@ def render_tree(objects: typing.Iterable[tuple[str, int]]) -> list[str]:
         for depth in range(common, len(folders)):
             lines.append(f'{"  " * depth}{folders[depth]}/')
         shown = folders
-        lines.append(f'{"  " * len(folders)}{leaf}  ({_size(size)})')
+        lines.append(f'{"  " * len(folders)}{leaf}  ({human(size)})')
     return lines
 
 
@@ -256,14 +260,6 @@ def parse_predictions(stdout: str) -> list[float]:
         return [float(value) for value in stdout[start + 1 : end].replace('[', ' ').replace(']', ' ').split()]
     except ValueError:
         return []
-
-
-def _size(size: int) -> str:
-    for unit in ('B', 'KiB', 'MiB'):
-        if size < 1024 or unit == 'MiB':
-            return f'{size} {unit}' if unit == 'B' else f'{size:.1f} {unit}'
-        size /= 1024
-    return f'{size:.1f} GiB'
 
 
 def _tail(done: subprocess.CompletedProcess | None) -> str:
@@ -296,6 +292,8 @@ def serve_s3(port: int, bucket: tuple[str, ...], state: pathlib.Path | None, ver
     """
     from forml_s3.demo import endpoint as embedded
 
+    if why := embedded.missing():
+        raise click.ClickException(why)
     if state is None:
         argv = ['--port', str(port)] + [arg for name in bucket for arg in ('--bucket', name)]
         embedded.main(argv + (['--verbose'] if verbose else []))

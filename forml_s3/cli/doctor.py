@@ -29,7 +29,7 @@ def doctor(url: str, options: tuple[str, ...], write_lifecycle: bool, as_json: b
     Writes only under URL/.forml-s3-probe/ and deletes what it wrote.
     """
     _loglevel()
-    from ..storage import open_store, probe  # noqa: PLC0415 - keeps `forml-s3 --help` fast
+    from ..storage import open_store, probe  # keeps `forml-s3 --help` fast
 
     with fatal_errors():
         store = open_store(url, parse_options(options))

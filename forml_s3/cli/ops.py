@@ -67,7 +67,7 @@ def option_flag(*names: str, what: str = 'the registry') -> typing.Callable:
 @contextlib.contextmanager
 def fatal_errors() -> typing.Iterator[None]:
     """ForML errors (missing bucket, denied access, exhausted retries) as a clean message and exit code 2."""
-    import forml  # noqa: PLC0415
+    import forml
 
     try:
         yield
@@ -77,7 +77,7 @@ def fatal_errors() -> typing.Iterator[None]:
 
 def _loglevel() -> None:
     """Re-apply the ``-L`` log level: importing ForML loads its own logging config (INFO to stderr)."""
-    import forml.setup  # noqa: F401, PLC0415 - load it now, then override
+    import forml.setup  # noqa: F401 - load it now, then override
 
     context = click.get_current_context(silent=True)
     level = (context.find_root().params.get('loglevel') if context else None) or 'warning'
@@ -88,9 +88,9 @@ def open_store(url: str | None, options: tuple[str, ...], registry: str | None =
     """The store of a registry with the command's ``--option`` values (bad ones: exit code 2): ``url`` if given,
     else the ForML config's registry section (``registry``, or its default), whose storage options the
     ``--option`` values override one by one."""
-    from forml_s3 import settings  # noqa: PLC0415
-    from forml_s3.cli import config  # noqa: PLC0415
-    from forml_s3.ops import snapshot as inspect  # noqa: PLC0415
+    from forml_s3 import settings
+    from forml_s3.cli import config
+    from forml_s3.ops import snapshot as inspect
 
     _loglevel()
     storage_options, where = parse_options(options), None
@@ -203,7 +203,7 @@ def ls(url: str | None, registry: str | None, options: tuple[str, ...], as_json:
       forml-s3 ls s3://my-bucket/forml
       forml-s3 ls --json s3://my-bucket/forml | jq '.projects[].releases[].release'
     """
-    from forml_s3.ops import snapshot as inspect  # noqa: PLC0415
+    from forml_s3.ops import snapshot as inspect
 
     st = open_store(url, options, registry)
     with fatal_errors():
@@ -253,9 +253,9 @@ def verify(
     Exit code 0: healthy; 1: problems found; 2: the registry could not be read, or nothing at URL is a
     registry's (a mistyped URL must not pass for a healthy registry; --allow-empty accepts it).
     """
-    import pathlib  # noqa: PLC0415
+    import pathlib
 
-    from forml_s3.ops import snapshot as inspect  # noqa: PLC0415
+    from forml_s3.ops import snapshot as inspect
 
     st = open_store(url, options, registry)
     with fatal_errors():
@@ -325,7 +325,7 @@ def copy(
 
     Exit code 0: everything is at the destination; 1: something was not copied; 2: a side could not be read.
     """
-    from forml_s3.ops import copy as migrate  # noqa: PLC0415
+    from forml_s3.ops import copy as migrate
 
     src_opts, dst_opts = parse_options(options), parse_options(dst_options)
     _loglevel()
@@ -345,7 +345,7 @@ def copy(
             skip = sum(s.action is migrate.Action.SKIP and not s.label.startswith('pin') for s in steps)
             click.echo(f'{todo} to copy, {skip} already there' + (f', {pins} to pin' if pins else ''))
             return
-        from forml_s3.ops import snapshot as inspect  # noqa: PLC0415
+        from forml_s3.ops import snapshot as inspect
 
         moved = {'bytes': 0}
 
@@ -429,7 +429,7 @@ def gc(
 
     Exit code 0: done; 2: could not complete (what was deleted before the failure is listed).
     """
-    from forml_s3.ops import gc as garbage  # noqa: PLC0415
+    from forml_s3.ops import gc as garbage
     from forml_s3.ops import snapshot as inspect
 
     if days < garbage.GRACE.days and not allow_short_grace:
@@ -450,12 +450,12 @@ def gc(
     def line(what: str, item: typing.Any) -> str:
         what = verb.get(what, what)
         if what.endswith('changed'):
-            return f'kept {st.uri(item)}: it changed since it was judged'
+            return f'kept {st.url_of(item)}: it changed since it was judged'
         if isinstance(item, garbage.Upload):
-            return f'{what} multipart upload {item.upload_id} of {st.uri(item.path)}'
+            return f'{what} multipart upload {item.upload_id} of {st.url_of(item.path)}'
         if isinstance(item, inspect.Object):
-            return f'{what} {st.uri(item.path)} ({inspect.human(item.size)})'
-        return f'{what} expired lease {st.uri(item.path)} of {item.writer}'
+            return f'{what} {st.url_of(item.path)} ({inspect.human(item.size)})'
+        return f'{what} expired lease {st.url_of(item.path)} of {item.writer}'
 
     done: list[str] = []
 

@@ -13,57 +13,57 @@ import typing
 
 import click
 
+from ..ops import policy as defaults
 from .ops import Fatal, fatal_errors, open_store, registry_command
 
 
+def _days(name: str, default: int, text: str, **extra: typing.Any) -> typing.Callable:
+    """A ``--NAME DAYS`` option of the policy (0 leaves its rule out)."""
+    shown = {'show_default': True} if default else {}
+    return click.option(name, type=int, default=default, metavar='DAYS', help=text, **shown, **extra)
+
+
 def policy_options(func: typing.Callable) -> typing.Callable:
-    """The options that shape the rules forml-s3 recommends (0 days leaves a rule out)."""
+    """The options that shape the rules forml-s3 recommends (0 days leaves a rule out; defaults: ops/policy.py)."""
     options = [
-        click.option(
-            '--expire-staging-after',
-            type=int,
-            default=7,
-            show_default=True,
-            metavar='DAYS',
-            help='Expire uncommitted uploads (tag forml-s3=uncommitted: abandoned pushes and trainings). '
+        _days(
+            '--expire-uncommitted-after',
+            defaults.EXPIRE_UNCOMMITTED_AFTER,
+            'Expire uncommitted uploads (tag forml-s3=uncommitted: abandoned pushes and trainings). '
             'Must exceed your longest training. 0: no such rule.',
         ),
         click.option(
+            '--expire-staging-after',
+            type=int,
+            hidden=True,
+            deprecated='use --expire-uncommitted-after (the rule expires uncommitted uploads, not staging)',
+        ),
+        _days(
             '--abort-multipart-after',
-            type=int,
-            default=7,
-            show_default=True,
-            metavar='DAYS',
-            help='Abort multipart uploads left incomplete (a killed writer of a large state). 0: no such rule.',
+            defaults.ABORT_MULTIPART_AFTER,
+            'Abort multipart uploads left incomplete (a killed writer of a large state). 0: no such rule.',
         ),
-        click.option(
+        _days(
             '--expire-retired-after',
-            type=int,
-            default=30,
-            show_default=True,
-            metavar='DAYS',
-            help='Expire retired generations (tag forml-s3=retired, see `forml-s3 retire`). 0: no such rule.',
+            defaults.EXPIRE_RETIRED_AFTER,
+            'Expire retired generations (tag forml-s3=retired, see `forml-s3 retire`). 0: no such rule.',
         ),
-        click.option(
+        _days(
             '--transition-releases-after',
-            type=int,
-            default=0,
-            metavar='DAYS',
-            help="Move the registry's objects (128 KiB and larger) to --storage-class after DAYS. Default: never.",
+            0,
+            "Move the registry's objects (128 KiB and larger) to --storage-class after DAYS. Default: never.",
         ),
         click.option(
             '--storage-class',
-            default='STANDARD_IA',
+            default=defaults.STORAGE_CLASS,
             show_default=True,
             help='Target of --transition-releases-after: STANDARD_IA, ONEZONE_IA, INTELLIGENT_TIERING or '
             'GLACIER_IR (archives are refused: ForML could not read states from them).',
         ),
-        click.option(
+        _days(
             '--noncurrent-versions-after',
-            type=int,
-            default=0,
-            metavar='DAYS',
-            help='Expire noncurrent versions DAYS after they were replaced (versioned buckets). Default: never.',
+            0,
+            'Expire noncurrent versions DAYS after they were replaced (versioned buckets). Default: never.',
         ),
     ]
     for option in reversed(options):
@@ -72,11 +72,14 @@ def policy_options(func: typing.Callable) -> typing.Callable:
 
 
 def _policy(params: dict[str, typing.Any]):
-    import dataclasses  # noqa: PLC0415
+    import dataclasses
 
-    from forml_s3.ops import lifecycle  # noqa: PLC0415
+    from forml_s3.ops import lifecycle
 
     names = [f.name for f in dataclasses.fields(lifecycle.Policy)]
+    deprecated = params.pop('expire_staging_after')
+    if deprecated is not None:
+        params['expire_uncommitted_after'] = deprecated
     values = {name: params.pop(name) for name in names}
     for name, value in values.items():
         if name != 'storage_class' and value == 0:
@@ -125,7 +128,7 @@ WHOLE_BUCKET = click.option(
 
 def _outside(st, rules: list[dict[str, typing.Any]], limit: int = 10) -> None:
     """Print (to stderr) what the rules would touch in the bucket that is not the registry's, from the preview."""
-    from forml_s3.ops import lifecycle as lc  # noqa: PLC0415
+    from forml_s3.ops import lifecycle as lc
 
     found = lc.outside(st, lc.preview(st, rules))
     if not found:
@@ -153,7 +156,7 @@ def plan(
     registry's rules: `forml-s3 lifecycle apply` merges them with the bucket's other rules. Reads the bucket's
     current rules (to refuse a registry nested with another) and, with --whole-bucket, previews the rules.
     """
-    from forml_s3.ops import lifecycle as lc  # noqa: PLC0415
+    from forml_s3.ops import lifecycle as lc
 
     policy = _policy(params)
     st = _s3_store(url, options, registry)
@@ -187,7 +190,7 @@ def apply(
     s3:GetLifecycleConfiguration and s3:PutLifecycleConfiguration on the bucket, and s3:GetObject,
     s3:PutObject and s3:DeleteObject on the lock object.
     """
-    from forml_s3.ops import lifecycle as lc  # noqa: PLC0415
+    from forml_s3.ops import lifecycle as lc
 
     policy = _policy(params)
     st = _s3_store(url, options, registry)
@@ -228,7 +231,7 @@ def remove(url: str | None, registry: str | None, options: tuple[str, ...], dry_
     Made under the same lock as `apply` and read back: the bucket's configuration is deleted only when no
     other rule is left in it.
     """
-    from forml_s3.ops import lifecycle as lc  # noqa: PLC0415
+    from forml_s3.ops import lifecycle as lc
 
     st = _s3_store(url, options, registry)
     with fatal_errors():
@@ -250,7 +253,7 @@ def remove(url: str | None, registry: str | None, options: tuple[str, ...], dry_
 
 
 def _describe_filter(rule: dict[str, typing.Any]) -> str:
-    from forml_s3.ops import lifecycle as lc  # noqa: PLC0415
+    from forml_s3.ops import lifecycle as lc
 
     found = lc.RuleFilter.of(rule)
     parts = [f'prefix {found.prefix!r}']
@@ -270,7 +273,7 @@ def show(url: str | None, registry: str | None, options: tuple[str, ...], as_jso
     Each rule is marked "forml-s3" (owned for this registry), "forml-s3, other registry" (owned for another
     prefix of the same bucket) or "foreign" (not forml-s3's; never changed by it).
     """
-    from forml_s3.ops import lifecycle as lc  # noqa: PLC0415
+    from forml_s3.ops import lifecycle as lc
 
     st = _s3_store(url, options, registry)
     with fatal_errors():
@@ -320,7 +323,7 @@ def preview(
     1,000 objects and one GetObjectTagging per object under a tag-filtered rule.
     """
     from forml_s3.ops import lifecycle as lc
-    from forml_s3.ops import snapshot as inspect  # noqa: PLC0415
+    from forml_s3.ops import snapshot as inspect
 
     policy = _policy(params)
     moment = _moment(at) or datetime.datetime.now(datetime.UTC)
@@ -392,7 +395,7 @@ def retire(
     Exit code 0: done; 2: bad usage (a --project or --release the registry does not hold), or it could not
     complete (the generations retired before the failure are listed).
     """
-    from forml_s3.model import layout  # noqa: PLC0415
+    from forml_s3.model import layout
     from forml_s3.runtime import retention
 
     if keep < 1:
@@ -419,7 +422,7 @@ def retire(
 def _existing(st, lay, project: str | None, release: str | None) -> list[tuple[str, str]]:
     """The (project, release) pairs to act on; a --project or --release the registry does not hold is an error
     (exit 2), so a typo never passes for "nothing to do"."""
-    from forml_s3.model import names  # noqa: PLC0415
+    from forml_s3.model import names
     from forml_s3.runtime import retention
 
     if project is None:
@@ -467,7 +470,7 @@ def pin(
 
     Exit code 0: done; 2: no such project, release or live generation (or the pin could not be stored).
     """
-    from forml_s3.model import layout  # noqa: PLC0415
+    from forml_s3.model import layout
     from forml_s3.runtime import retention
 
     st = open_store(url, options, registry)

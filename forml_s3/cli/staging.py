@@ -24,9 +24,9 @@ if typing.TYPE_CHECKING:
 def _root(path: pathlib.Path | None, registry: str | None) -> pathlib.Path:
     """The staging root to work on: PATH, else the staging path of the ForML config's registry (``--registry``, or
     the default one if it is forml-s3's), else the default of a registry configured without one."""
-    from forml_s3.runtime import staging  # noqa: PLC0415 - imports ForML: only when a command runs
+    from forml_s3.runtime import staging  # imports ForML: only when a command runs
 
-    from . import config  # noqa: PLC0415
+    from . import config
 
     _loglevel()
     root = path if path is not None else config.staging_root(registry) or staging.default_root()
@@ -55,7 +55,7 @@ def _age(epoch: float | None, now: float) -> str:
 
 
 def _human(size: int) -> str:
-    from forml_s3.ops.snapshot import human  # noqa: PLC0415
+    from forml_s3.ops.snapshot import human
 
     return human(size)
 
@@ -111,7 +111,7 @@ def ls(path: pathlib.Path | None, registry: str | None, as_json: bool) -> None:
       forml-s3 staging ls
       forml-s3 staging ls /mnt/shared/forml-staging --json | jq '.releases[].release'
     """
-    from forml_s3.runtime import staging as stagingmod  # noqa: PLC0415
+    from forml_s3.runtime import staging as stagingmod
 
     root = _root(path, registry)
     now = time.time()
@@ -195,7 +195,7 @@ def prune(path: pathlib.Path | None, registry: str | None, days: float, dry_run:
       forml-s3 staging prune --older-than 30 --dry-run
       forml-s3 staging prune /mnt/shared/forml-staging --older-than 30
     """
-    from forml_s3.runtime import staging as stagingmod  # noqa: PLC0415
+    from forml_s3.runtime import staging as stagingmod
 
     root = _root(path, registry)
     now = time.time()

@@ -64,9 +64,9 @@ def ui(
       forml-s3 ui s3://my-bucket/forml --inventory s3://my-bucket/apps
       FORML_HOME=demo/home forml-s3 ui
     """
-    import uvicorn  # noqa: PLC0415 - installed with forml[rest]
+    import uvicorn  # installed with forml[rest]
 
-    from forml_s3 import storage  # noqa: PLC0415
+    from forml_s3 import storage
     from forml_s3.ui import app, config, model
 
     _loglevel()

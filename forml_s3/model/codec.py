@@ -89,6 +89,43 @@ def loads(raw: bytes, key: str) -> dict[str, typing.Any]:
     return marker
 
 
+def project_marker(project: str) -> dict[str, typing.Any]:
+    """The content of a project marker (created after the project's first release marker)."""
+    return {'project': project, 'created': now(), 'writer': writer()}
+
+
+def release_marker(
+    project: str, release: str, manifest: dict[str, typing.Any], package: str, size: int, sha256: str
+) -> dict[str, typing.Any]:
+    """The content of a release marker: the package's manifest, and the package object's name (in the release's
+    directory), size and sha256."""
+    return {
+        'project': project,
+        'release': release,
+        'manifest': manifest,
+        'package': {'key': package, 'size': size, 'sha256': sha256},
+        'created': now(),
+        'writer': writer(),
+    }
+
+
+def pin_marker(project: str, release: str, generation: int, note: str) -> dict[str, typing.Any]:
+    """The content of a pin marker: the generation is never retired (``note`` says why)."""
+    return {
+        'project': project,
+        'release': release,
+        'generation': generation,
+        'pinned': now(),
+        'writer': writer(),
+        'note': note,
+    }
+
+
+def lease(releases: typing.Iterable[str], ttl: float) -> dict[str, typing.Any]:
+    """The content of a writer's lease: the releases it holds uncommitted uploads in, renewed within ``ttl``."""
+    return {'writer': writer(), 'releases': sorted(releases), 'ttl': ttl, 'renewed': now()}
+
+
 def generation_marker(
     project: str,
     release: str,

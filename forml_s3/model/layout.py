@@ -27,6 +27,7 @@ writer that still tries to commit that number loses the exclusive create instead
 """
 
 import dataclasses
+import enum
 import re
 import typing
 import uuid
@@ -36,9 +37,11 @@ from forml.io import asset
 from . import names
 
 MARKER = '.json'
+PACKAGE_PREFIX = 'package-'
 PACKAGE_SUFFIX = '.4ml'
 STATE_SUFFIX = '.bin'
 PACK_SUFFIX = '.pack'
+# folder names of the layout (see the module docstring)
 RELEASES = 'releases'
 GENERATIONS = 'generations'
 RETIRED = 'retired'
@@ -127,13 +130,23 @@ class Layout:
     def package(self, project: asset.Project.Key, release: asset.Release.Key, sha256: str) -> str:
         if not PACKAGE_DIGEST.fullmatch(sha256[:16]):
             raise asset.Level.Invalid(f'Invalid package digest {sha256!r}: expected a hex sha256')
-        return self.release_object(project, release, f'package-{sha256[:16]}{PACKAGE_SUFFIX}')
+        return self.release_object(project, release, f'{PACKAGE_PREFIX}{sha256[:16]}{PACKAGE_SUFFIX}')
 
     def release_object(self, project: asset.Project.Key, release: asset.Release.Key, name: str) -> str:
         """An object directly in a release's directory (the package, by the name its marker records)."""
         if '/' in name or name.startswith('.'):
             raise asset.Level.Invalid(f'Invalid object name {name!r} in release {project}-{release}')
         return self._join(names.project(project), str(names.release(release)), name)
+
+    @staticmethod
+    def object_name(key: str) -> str:
+        """The name of a release's object (what its marker records; :meth:`release_object` makes the key back)."""
+        return key.rsplit('/', 1)[-1]
+
+    @staticmethod
+    def pack_id(key: str) -> str:
+        """The id of a pack by its key (what a generation marker's ``packs`` names; :meth:`pack` makes the key)."""
+        return key.rsplit('/', 1)[-1].removesuffix(PACK_SUFFIX)
 
     def generation_marker(
         self, project: asset.Project.Key, release: asset.Release.Key, generation: asset.Generation.Key
@@ -205,8 +218,85 @@ class Layout:
         """The level names of the live markers among listed objects (basename -> size); other objects and
         tombstones (empty markers) are skipped."""
         for base, size in sizes.items():
-            if base.endswith(MARKER) and not base.startswith('.') and size > len(TOMBSTONE):
+            if base.endswith(MARKER) and not base.startswith('.') and live(size):
                 yield base[: -len(MARKER)]
+
+    @staticmethod
+    def tombstone_names(sizes: typing.Mapping[str, int]) -> typing.Iterator[str]:
+        """The level names of the tombstones (a retired generation's number, kept taken) among listed objects."""
+        for base, size in sizes.items():
+            if base.endswith(MARKER) and not base.startswith('.') and not live(size):
+                yield base[: -len(MARKER)]
+
+
+def live(size: int) -> bool:
+    """Whether a marker of ``size`` bytes is live: a tombstone is empty (see the module docstring)."""
+    return size > len(TOMBSTONE)
+
+
+class Kind(enum.Enum):
+    """What a key of the registry is."""
+
+    PROJECT_MARKER = 'project-marker'
+    RELEASE_MARKER = 'release-marker'
+    GENERATION_MARKER = 'generation-marker'
+    RETIRED_MARKER = 'retired-marker'
+    PIN_MARKER = 'pin-marker'
+    TOMBSTONE = 'tombstone'
+    PACKAGE = 'package'
+    STATE = 'state'
+    PACK = 'pack'
+    """Small states of one commit side by side."""
+    OTHER = 'other'
+
+
+STORED = (Kind.PACKAGE, Kind.STATE, Kind.PACK)
+"""Kinds of the objects markers name (the rest are markers or foreign)."""
+
+
+# parsing keys ---------------------------------------------------------------------------------------------
+def classify(lay: Layout, path: str) -> tuple[Kind, str | None, str | None, str | None]:
+    """What the key ``path`` is: (kind, project, release, name).
+
+    Candidate components are taken from the path's segments and accepted only if :class:`Layout` makes
+    exactly this key from them, so the layout stays the one authority (a key it would not make is ``OTHER``).
+    """
+    prefix = f'{lay.root}/' if lay.root else ''
+    if not path.startswith(prefix):
+        return Kind.OTHER, None, None, None
+    parts = path[len(prefix) :].split('/')
+    try:
+        if len(parts) == 1 and parts[0].endswith(MARKER):
+            project = parts[0][: -len(MARKER)]
+            if lay.project_marker(project) == path:
+                return Kind.PROJECT_MARKER, str(names.project(project)), None, None
+        elif len(parts) == 3:
+            project, middle, base = parts
+            if base.endswith(MARKER) and lay.release_marker(project, base[: -len(MARKER)]) == path:
+                return Kind.RELEASE_MARKER, project, str(names.release(base[: -len(MARKER)])), None
+            if (
+                base.startswith(PACKAGE_PREFIX)
+                and base.endswith(PACKAGE_SUFFIX)
+                and lay.package(project, middle, base[len(PACKAGE_PREFIX) : -len(PACKAGE_SUFFIX)]) == path
+            ):
+                return Kind.PACKAGE, str(names.project(project)), str(names.release(middle)), base
+        elif len(parts) == 4:
+            project, release, _, base = parts
+            stem = base.rsplit('.', 1)[0]
+            if base.endswith(MARKER) and stem.isdigit():
+                if lay.generation_marker(project, release, int(stem)) == path:
+                    return Kind.GENERATION_MARKER, project, str(names.release(release)), stem
+                if lay.retired_marker(project, release, int(stem)) == path:
+                    return Kind.RETIRED_MARKER, project, str(names.release(release)), stem
+                if lay.pin_marker(project, release, int(stem)) == path:
+                    return Kind.PIN_MARKER, project, str(names.release(release)), stem
+            if base.endswith(STATE_SUFFIX) and lay.state(project, release, stem) == path:
+                return Kind.STATE, project, str(names.release(release)), str(names.state(stem))
+            if base.endswith(PACK_SUFFIX) and lay.pack(project, release, stem) == path:
+                return Kind.PACK, project, str(names.release(release)), str(names.state(stem))
+    except (asset.Level.Invalid, ValueError):
+        pass
+    return Kind.OTHER, None, None, None
 
 
 DESCRIPTOR_SUFFIX = '.py'

@@ -33,6 +33,7 @@ from forml.io import asset
 from .. import storage
 from ..model import codec, layout, names
 from ..runtime import cache as cachemod
+from ..runtime import markers as markermod
 
 if typing.TYPE_CHECKING:
     from forml import project as prj
@@ -113,7 +114,7 @@ class PosixSide(Side):
     format = POSIX
 
     def __init__(self, path: str | os.PathLike):
-        from forml.provider.registry.filesystem import posix  # noqa: PLC0415 - only when a posix side is used
+        from forml.provider.registry.filesystem import posix  # only when a posix side is used
 
         path = pathlib.Path(path).expanduser().resolve()
         super().__init__(str(path))
@@ -140,7 +141,7 @@ class S3Side(Side):
     format = FORML_S3
 
     def __init__(self, url: str, storage_options: typing.Mapping[str, typing.Any] | None, workdir: pathlib.Path):
-        from ..registry import Registry  # noqa: PLC0415
+        from ..registry import Registry
 
         self.store = storage.open_store(url, storage_options)
         super().__init__(self.store.url)
@@ -152,7 +153,7 @@ class S3Side(Side):
 
     def _marker(self, key: str) -> dict[str, typing.Any]:
         if key not in self._markers:
-            self._markers[key] = codec.loads(self.store.read(key), self.store.uri(key))
+            self._markers[key] = markermod.read(self.store, key)
         return self._markers[key]
 
     def package_sha256(self, project: asset.Project.Key, release: asset.Release.Key) -> str | None:
@@ -161,7 +162,7 @@ class S3Side(Side):
 
     def tag(self, project: asset.Project.Key, release: asset.Release.Key, generation: int) -> asset.Tag:
         key = self.layout.generation_marker(project, release, generation)
-        return codec.tag_of(self._marker(key), self.store.uri(key))
+        return codec.tag_of(self._marker(key), self.store.url_of(key))
 
     def sums(self, project: asset.Project.Key, release: asset.Release.Key, generation: int) -> Sums:
         marker = self._marker(self.layout.generation_marker(project, release, generation))
@@ -170,18 +171,18 @@ class S3Side(Side):
     pinnable = True
 
     def pins(self, project: asset.Project.Key, release: asset.Release.Key) -> dict[int, str]:
-        from ..runtime import retention  # noqa: PLC0415
+        from ..runtime import retention
 
         numbers = retention.pins(self.store, self.layout, str(project), str(release))
         return {n: str(self._marker(self.layout.pin_marker(project, release, n)).get('note') or '') for n in numbers}
 
     def retired(self, project: asset.Project.Key, release: asset.Release.Key) -> set[int]:
         entries = self.store.listdir(self.layout.generations(project, release))
-        tombstones = {e.name[: -len(layout.MARKER)] for e in entries if e.size <= len(layout.TOMBSTONE)}
+        tombstones = layout.Layout.tombstone_names({e.name: e.size for e in entries})
         return {int(name) for name in tombstones if name.isdigit()}
 
     def pin(self, project: asset.Project.Key, release: asset.Release.Key, generation: int, note: str) -> None:
-        from ..runtime import retention  # noqa: PLC0415
+        from ..runtime import retention
 
         retention.pin(self.store, self.layout, str(project), str(release), generation, note)
 

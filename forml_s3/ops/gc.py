@@ -227,13 +227,13 @@ def collect(
         if any(x.covers(obj.project, obj.release) for x in live):
             done.leased.add(f'{obj.project}/{obj.release}')
             continue
-        LOGGER.info('Deleting orphan %s (%d bytes)', st.uri(obj.path), obj.size)
+        LOGGER.info('Deleting orphan %s (%d bytes)', st.url_of(obj.path), obj.size)
         delete(obj, done.objects, 'deleted')
     for obj in garbage.retired:
-        LOGGER.info('Deleting %s of a retired generation (%d bytes)', st.uri(obj.path), obj.size)
+        LOGGER.info('Deleting %s of a retired generation (%d bytes)', st.url_of(obj.path), obj.size)
         delete(obj, done.retired, 'expired')
     for upload in garbage.uploads:
-        LOGGER.info('Aborting multipart upload %s of %s', upload.upload_id, st.uri(upload.path))
+        LOGGER.info('Aborting multipart upload %s of %s', upload.upload_id, st.url_of(upload.path))
         st.abort_upload(upload.path, upload.upload_id)
         done.uploads.append(upload)
         tell('aborted', upload)

@@ -40,12 +40,14 @@ import math
 import time
 import typing
 import uuid
+import warnings
 
 import forml
 
 from .. import storage
 from ..model import codec, layout
 from ..runtime import transfers
+from . import policy as defaults
 
 LOGGER = logging.getLogger(__name__)
 
@@ -74,14 +76,21 @@ def _days(name: str, value: typing.Any) -> int | None:
 class Policy:
     """What the rules forml-s3 owns in a bucket should do, in days (``None``: no such rule)."""
 
-    expire_staging_after: int | None = 7
-    abort_multipart_after: int | None = 7
-    expire_retired_after: int | None = 30
+    expire_uncommitted_after: int | None = defaults.EXPIRE_UNCOMMITTED_AFTER
+    abort_multipart_after: int | None = defaults.ABORT_MULTIPART_AFTER
+    expire_retired_after: int | None = defaults.EXPIRE_RETIRED_AFTER
     transition_releases_after: int | None = None
-    storage_class: str = 'STANDARD_IA'
+    storage_class: str = defaults.STORAGE_CLASS
     noncurrent_versions_after: int | None = None
+    expire_staging_after: dataclasses.InitVar[int | None] = None
+    """Deprecated spelling of ``expire_uncommitted_after`` (it never meant the staging directory); warns."""
 
-    def __post_init__(self):
+    def __post_init__(self, expire_staging_after: int | None):
+        if expire_staging_after is not None:
+            warnings.warn(
+                'Policy(expire_staging_after=...) is deprecated: use expire_uncommitted_after', DeprecationWarning, 3
+            )
+            object.__setattr__(self, 'expire_uncommitted_after', expire_staging_after)
         for field in dataclasses.fields(self):
             if field.name != 'storage_class':
                 _days(field.name.replace('_', '-'), getattr(self, field.name))
@@ -134,8 +143,8 @@ def plan(st: storage.Store, policy: Policy) -> list[dict[str, typing.Any]]:
     def rule(purpose: str, tag: tuple[str, str] | None, **action: typing.Any) -> None:
         rules.append({'ID': f'{ident}{purpose}', 'Status': 'Enabled', 'Filter': _filter(prefix, tag), **action})
 
-    if policy.expire_staging_after:
-        rule('uncommitted', layout.UNCOMMITTED_TAG, Expiration={'Days': policy.expire_staging_after})
+    if policy.expire_uncommitted_after:
+        rule('uncommitted', layout.UNCOMMITTED_TAG, Expiration={'Days': policy.expire_uncommitted_after})
     if policy.abort_multipart_after:
         rule('multipart', None, AbortIncompleteMultipartUpload={'DaysAfterInitiation': policy.abort_multipart_after})
     if policy.expire_retired_after:
@@ -212,11 +221,7 @@ def outside(st: storage.Store, effects: list['Effect']) -> list[tuple['Effect', 
     """Per rule, what it matches that is not the registry's own (for a registry at the bucket root: other
     registries' and unrelated objects, versions and uploads). The registry's projects are those with a marker."""
     prefix = scope(st)
-    projects = {
-        e.name[: -len(layout.MARKER)]
-        for e in st.listdir(st.root)
-        if e.name.endswith(layout.MARKER) and not e.name.startswith('.') and e.size > len(layout.TOMBSTONE)
-    }
+    projects = set(layout.Layout.marker_names({e.name: e.size for e in st.listdir(st.root)}))
     found = []
     for effect in effects:
         foreign = [t for t in effect.matched if not owns_key(t.key, prefix, projects)]
@@ -258,7 +263,7 @@ def locked(st: storage.Store, ttl: float = LOCK_TTL, wait: float = LOCK_WAIT) ->
         if time.monotonic() > deadline:
             who = (holder or {}).get('holder', 'another process')
             raise forml.FailedError(
-                f'The lifecycle configuration of s3://{st.bucket} is being changed by {who} (lock {st.uri(key)}, '
+                f'The lifecycle configuration of s3://{st.bucket} is being changed by {who} (lock {st.url_of(key)}, '
                 f'held for up to {ttl:.0f}s); try again later'
             )
         time.sleep(delay)

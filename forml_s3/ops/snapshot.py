@@ -13,7 +13,6 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import datetime
-import enum
 import hashlib
 import logging
 import os
@@ -26,7 +25,9 @@ from forml.io import asset
 
 from .. import storage
 from ..model import codec, layout, names
+from ..model.layout import STORED, Kind, classify  # what a key is: the layout says
 from ..runtime import cache as cachemod
+from ..runtime import markers as markermod
 from ..runtime import staging
 from ..storage import probe as storage_probe
 
@@ -36,27 +37,6 @@ HASH_IN_MEMORY = 16 * 2**20
 """Objects up to this size are hashed in memory (one GET); larger ones are downloaded to a temp file first."""
 WORKERS = 8
 """Concurrent marker reads and checksum downloads."""
-PACKAGE_PREFIX = 'package-'
-
-
-class Kind(enum.Enum):
-    """What a key of the registry is."""
-
-    PROJECT_MARKER = 'project-marker'
-    RELEASE_MARKER = 'release-marker'
-    GENERATION_MARKER = 'generation-marker'
-    RETIRED_MARKER = 'retired-marker'
-    PIN_MARKER = 'pin-marker'
-    TOMBSTONE = 'tombstone'
-    PACKAGE = 'package'
-    STATE = 'state'
-    PACK = 'pack'
-    """Small states of one commit side by side."""
-    OTHER = 'other'
-
-
-STORED = (Kind.PACKAGE, Kind.STATE, Kind.PACK)
-"""Kinds of the objects markers name (the rest are markers or foreign)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,51 +139,6 @@ class Snapshot:
         )
 
 
-# classification ---------------------------------------------------------------------------------------------
-def classify(lay: layout.Layout, path: str) -> tuple[Kind, str | None, str | None, str | None]:
-    """What the key ``path`` is: (kind, project, release, name).
-
-    Candidate components are taken from the path's segments and accepted only if :class:`layout.Layout` makes
-    exactly this key from them, so the layout stays the one authority (a key it would not make is ``OTHER``).
-    """
-    prefix = f'{lay.root}/' if lay.root else ''
-    if not path.startswith(prefix):
-        return Kind.OTHER, None, None, None
-    parts = path[len(prefix) :].split('/')
-    try:
-        if len(parts) == 1 and parts[0].endswith(layout.MARKER):
-            project = parts[0][: -len(layout.MARKER)]
-            if lay.project_marker(project) == path:
-                return Kind.PROJECT_MARKER, str(names.project(project)), None, None
-        elif len(parts) == 3:
-            project, middle, base = parts
-            if base.endswith(layout.MARKER) and lay.release_marker(project, base[: -len(layout.MARKER)]) == path:
-                return Kind.RELEASE_MARKER, project, str(names.release(base[: -len(layout.MARKER)])), None
-            if (
-                base.startswith(PACKAGE_PREFIX)
-                and base.endswith(layout.PACKAGE_SUFFIX)
-                and lay.package(project, middle, base[len(PACKAGE_PREFIX) : -len(layout.PACKAGE_SUFFIX)]) == path
-            ):
-                return Kind.PACKAGE, str(names.project(project)), str(names.release(middle)), base
-        elif len(parts) == 4:
-            project, release, _, base = parts
-            stem = base.rsplit('.', 1)[0]
-            if base.endswith(layout.MARKER) and stem.isdigit():
-                if lay.generation_marker(project, release, int(stem)) == path:
-                    return Kind.GENERATION_MARKER, project, str(names.release(release)), stem
-                if lay.retired_marker(project, release, int(stem)) == path:
-                    return Kind.RETIRED_MARKER, project, str(names.release(release)), stem
-                if lay.pin_marker(project, release, int(stem)) == path:
-                    return Kind.PIN_MARKER, project, str(names.release(release)), stem
-            if base.endswith(layout.STATE_SUFFIX) and lay.state(project, release, stem) == path:
-                return Kind.STATE, project, str(names.release(release)), str(names.state(stem))
-            if base.endswith(layout.PACK_SUFFIX) and lay.pack(project, release, stem) == path:
-                return Kind.PACK, project, str(names.release(release)), str(names.state(stem))
-    except (asset.Level.Invalid, ValueError):
-        pass
-    return Kind.OTHER, None, None, None
-
-
 def listing(st: storage.Store) -> list[tuple[str, int, float | None, str]]:
     """Every object under the store root: (path, size, last modified, version); one LIST a page of 1,000 on S3."""
     return [(path, entry.size, entry.modified, entry.version) for path, entry in st.walk(st.root)]
@@ -212,9 +147,9 @@ def listing(st: storage.Store) -> list[tuple[str, int, float | None, str]]:
 # snapshot ---------------------------------------------------------------------------------------------------
 def _read_marker(st: storage.Store, path: str) -> tuple[dict[str, typing.Any] | None, str | None]:
     try:
-        return codec.loads(st.read(path), st.uri(path)), None
+        return markermod.read(st, path), None
     except FileNotFoundError:
-        return None, f'marker {st.uri(path)} disappeared while listing'
+        return None, f'marker {st.url_of(path)} disappeared while listing'
     except asset.Level.Invalid as err:
         return None, str(err)
 
@@ -225,7 +160,7 @@ def snapshot(st: storage.Store) -> Snapshot:
     objects: dict[str, Object] = {}
     for path, size, modified, version in listing(st):
         kind, project, release, name = classify(lay, path)
-        if kind is Kind.GENERATION_MARKER and size <= len(layout.TOMBSTONE):
+        if kind is Kind.GENERATION_MARKER and not layout.live(size):
             kind = Kind.TOMBSTONE  # a retired generation's number, kept taken; its retired marker describes it
         objects[path] = Object(path, size, modified, kind, project, release, name, version)
     markers = [
@@ -245,7 +180,7 @@ def snapshot(st: storage.Store) -> Snapshot:
             if isinstance(package, dict) and {'key', 'size', 'sha256'} <= set(package):
                 entry.package = package
             else:
-                entry.error = f'Corrupted release marker {st.uri(obj.path)}: no package key, size and sha256'
+                entry.error = f'Corrupted release marker {st.url_of(obj.path)}: no package key, size and sha256'
         releases[(obj.project, obj.release)] = entry
     for obj in (o for o in markers if o.kind in (Kind.GENERATION_MARKER, Kind.RETIRED_MARKER)):
         marker, error = read[obj.path]
@@ -253,7 +188,7 @@ def snapshot(st: storage.Store) -> Snapshot:
         if marker is not None:
             generation.created = marker.get('created')
             try:
-                generation.tag = codec.tag_of(marker, st.uri(obj.path))
+                generation.tag = codec.tag_of(marker, st.url_of(obj.path))
                 generation.states = {str(k): dict(v) for k, v in marker['states'].items()}
                 generation.packs = {str(k): dict(v) for k, v in (marker.get('packs') or {}).items()}
                 lay.stored(obj.project, obj.release, marker)  # a state in no pack the marker names: corrupted
@@ -447,13 +382,13 @@ def verify(
     for path, size, sha256, what in expected(st, snap):
         found = snap.objects.get(path)
         if found is None:
-            problems.append(Problem('missing', path, f'Missing {what}: {st.uri(path)} does not exist'))
+            problems.append(Problem('missing', path, f'Missing {what}: {st.url_of(path)} does not exist'))
         elif found.size != size:
             problems.append(
                 Problem(
                     'size-mismatch',
                     path,
-                    f'Size mismatch of {what}: {st.uri(path)} has {found.size} bytes, its marker records {size}',
+                    f'Size mismatch of {what}: {st.url_of(path)} has {found.size} bytes, its marker records {size}',
                 )
             )
         elif checksums:
@@ -466,7 +401,7 @@ def verify(
         try:
             got = _sha256(st, path, size)
         except FileNotFoundError:
-            return Problem('missing', path, f'Missing {what}: {st.uri(path)} disappeared while verifying')
+            return Problem('missing', path, f'Missing {what}: {st.url_of(path)} disappeared while verifying')
         finally:
             if progress:
                 progress(size)
@@ -474,7 +409,7 @@ def verify(
             return Problem(
                 'checksum-mismatch',
                 path,
-                f'Checksum mismatch of {what}: {st.uri(path)} has sha256 {got}, its marker records {sha256}',
+                f'Checksum mismatch of {what}: {st.url_of(path)} has sha256 {got}, its marker records {sha256}',
             )
         return None
 
@@ -487,7 +422,7 @@ def verify(
                 Problem(
                     'orphan',
                     obj.path,
-                    f'Orphan {what} {st.uri(obj.path)} ({human(obj.size)}, {_age(obj)}): no marker names it '
+                    f'Orphan {what} {st.url_of(obj.path)} ({human(obj.size)}, {_age(obj)}): no marker names it '
                     '(a training or push in progress, or abandoned: `forml-s3 gc` deletes old ones)',
                 )
             )
@@ -529,13 +464,10 @@ def verify_staging(snap: Snapshot, path: pathlib.Path) -> list[Problem]:
                 )
             )
     if path.is_dir():
+        interrupted = set(staging.leftovers(path))  # the rule `forml-s3 staging prune` deletes by
         for project in sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith('.')):
             for leftover in sorted(project.iterdir()):
-                if (
-                    leftover.is_dir()
-                    and leftover.name.startswith('.')
-                    and leftover.name.endswith(('.incomplete', '.trash'))
-                ):
+                if leftover in interrupted:
                     problems.append(
                         Problem(
                             'staging-orphan',

@@ -86,7 +86,7 @@ def who() -> str:
     try:
         user = getpass.getuser()
     except (KeyError, OSError):  # no passwd entry (containers) and no USER variable
-        import os  # noqa: PLC0415
+        import os
 
         user = f'uid{os.getuid()}'
     return f'{user}@{socket.gethostname()}'
@@ -107,7 +107,7 @@ class Aliases:
             raw, version = self._store.get(key)
         except FileNotFoundError:
             return None
-        doc = codec.loads(raw, self._store.uri(key))
+        doc = codec.loads(raw, self._store.url_of(key))
         try:
             return Alias(
                 project=str(doc['project']),
@@ -120,7 +120,7 @@ class Aliases:
             )
         except (KeyError, TypeError, ValueError, asset.Level.Invalid) as err:
             raise forml.InvalidError(
-                f'Corrupted alias {self._store.uri(key)}: {err!r}; set it again with `forml-s3 alias set`'
+                f'Corrupted alias {self._store.url_of(key)}: {err!r}; set it again with `forml-s3 alias set`'
             ) from None
 
     def get(self, project: str, name: str) -> Alias:
@@ -241,7 +241,7 @@ class Aliases:
         alias is stored: a retire that came in between is undone on the alias's side (it is moved back)."""
         key = self._layout.generation_marker(project, target.release, target.generation)
         try:
-            live = self._store.head(key)[0] > len(layout.TOMBSTONE)
+            live = layout.live(self._store.head(key)[0])
             what = 'is retired'
         except FileNotFoundError:
             live, what = False, 'does not exist'

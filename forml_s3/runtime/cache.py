@@ -46,6 +46,7 @@ import typing
 import forml
 
 from ..storage.base import local_failure
+from . import volatile
 
 LOGGER = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ _WARNED: set[str] = set()
 """Cache roots this process has warned about (once each)."""
 
 
-class BlobCache:
+class BlobCache(volatile.Volatile):
     """Blobs by sha256 under ``root`` with a size cap (see the module docs for when it is enforced).
 
     Thread-safe; pickles without its per-process state (the lock and the headroom), which starts afresh in the
@@ -122,6 +123,8 @@ class BlobCache:
         self.max_bytes: int = int(max_bytes)
         self._init_volatile()
 
+    VOLATILE = ('_pid', '_lock', '_headroom', 'scans', '_aside', '_why')
+
     def _init_volatile(self) -> None:
         self._pid: int = os.getpid()
         self._lock: threading.Lock = threading.Lock()
@@ -132,16 +135,6 @@ class BlobCache:
         self._aside: pathlib.Path | None = None
         """Where this process keeps what it fetches once the cache cannot be written (``None``: the cache works)."""
         self._why: str = ''
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        for volatile in ('_pid', '_lock', '_headroom', 'scans', '_aside', '_why'):
-            state.pop(volatile, None)
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._init_volatile()
 
     def __repr__(self):
         return f'BlobCache({self.root})'
@@ -455,9 +448,6 @@ class BlobCache:
                 found.append((used, path, stat))
         return [(path, stat) for _, path, stat in sorted(found, key=lambda item: item[0])]
 
-    def size(self) -> int:
-        return sum(stat.st_size for _, stat in self.blobs())
-
     def _added(self, size: int, keep: pathlib.Path) -> int:
         """Account for a blob of ``size`` bytes this process just stored at ``keep``: scan (and evict) once the
         bytes added since the last scan reach the rescan step; returns the bytes freed."""
@@ -465,12 +455,6 @@ class BlobCache:
             self._headroom -= size
             if self._headroom > 0:
                 return 0
-            return self._scan(keep)
-
-    def evict(self, keep: pathlib.Path | None = None) -> int:
-        """Scan now: if the cache is over ``max_bytes``, unlink the least recently used blobs (never ``keep``) down to
-        :data:`EVICT_TO_FRACTION` of it; returns the bytes freed."""
-        with self._volatile():
             return self._scan(keep)
 
     @contextlib.contextmanager

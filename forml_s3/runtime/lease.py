@@ -27,6 +27,7 @@ import uuid
 
 from .. import storage
 from ..model import codec, layout
+from . import markers as markermod
 
 LOGGER = logging.getLogger(__name__)
 
@@ -105,9 +106,7 @@ def held(st: storage.Store) -> str | None:
 
 
 def _body(lessee: _Lessee, releases: frozenset[str]) -> bytes:
-    return codec.dumps(
-        {'writer': codec.writer(), 'releases': sorted(releases), 'ttl': lessee.ttl, 'renewed': codec.now()}
-    )
+    return codec.dumps(codec.lease(releases, lessee.ttl))
 
 
 def _serve(lessee: _Lessee) -> None:
@@ -124,14 +123,14 @@ def _serve(lessee: _Lessee) -> None:
     try:
         if not releases:
             lessee.store.delete(key)
-            LOGGER.debug('Dropped lease %s', lessee.store.uri(key))
+            LOGGER.debug('Dropped lease %s', lessee.store.url_of(key))
             with _lock:
                 if lessee.key == key:
                     lessee.key, lessee.written = None, frozenset()
             return
         key = key or lessee.layout.lease(f'{codec.writer().replace(":", "-")}-{uuid.uuid4().hex[:8]}')
         lessee.store.write(key, _body(lessee, releases))
-        LOGGER.debug('Lease %s renewed for %s', lessee.store.uri(key), sorted(releases))
+        LOGGER.debug('Lease %s renewed for %s', lessee.store.url_of(key), sorted(releases))
         with _lock:
             lessee.key, lessee.written, lessee.renewed = key, releases, time.monotonic()
     except Exception as err:  # the next tick tries again; gc may meanwhile judge these releases unleased
@@ -169,18 +168,18 @@ def _release_all() -> None:
 
 def _started() -> None:
     """Start this process's lease thread and exit hook (anew after a fork)."""
-    global _pid  # noqa: PLW0603 - one table per process by design
+    global _pid  # one table per process by design
     with _lock:
         if _pid == os.getpid():
             return
-        threading._register_atexit(_release_all)  # noqa: SLF001 - before s3fs's loop can no longer start threads
+        threading._register_atexit(_release_all)  # before s3fs's loop can no longer start threads
         threading.Thread(target=_run, name='forml-s3-lease', daemon=True).start()
         _pid = os.getpid()
 
 
 def _forget_after_fork() -> None:
     """In a forked child: the parent's uploads and leases are the parent's."""
-    global _lock, _pid  # noqa: PLW0603
+    global _lock, _pid
     _lock = threading.Condition()
     _lessees.clear()
     _pid = None
@@ -219,11 +218,11 @@ def leases(st: storage.Store) -> list[Lease]:
             continue
         path = f'{lay.leases()}/{entry.name}'
         try:
-            body = codec.loads(st.read(path), st.uri(path))
+            body = markermod.read(st, path)
             releases, ttl, writer = frozenset(map(str, body['releases'])), float(body['ttl']), str(body['writer'])
         except FileNotFoundError:
             continue  # dropped meanwhile
-        except Exception as err:  # noqa: BLE001 - an unreadable lease protects everything while it is fresh
+        except Exception as err:  # an unreadable lease protects everything while it is fresh
             LOGGER.warning('Unreadable lease %s (%s): sparing the whole registry while it is fresh', path, err)
             releases, ttl, writer = None, TTL, '?'
         expires = None if entry.modified is None else entry.modified + ttl

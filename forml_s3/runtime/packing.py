@@ -59,7 +59,7 @@ _pid: int | None = None
 
 def hold(url: str, data: bytes, sha256: str, upload: typing.Callable[[], None]) -> transfers.Pending:
     """Hold a small state for a commit to claim; returns its pending record (also in the transfers table)."""
-    global _held_bytes  # noqa: PLW0603 - one table per process by design
+    global _held_bytes  # one table per process by design
     _started()
     held = Held(url, data, sha256, upload, concurrent.futures.Future(), time.monotonic() + LINGER)
     pending = transfers.record(url, transfers.Pending(held.future, len(data), sha256))
@@ -83,7 +83,7 @@ def claim(urls: typing.Iterable[str]) -> dict[str, Held]:
 
     The caller owns them from now on: it must complete (or fail) each one's future.
     """
-    global _held_bytes  # noqa: PLW0603
+    global _held_bytes
     claimed = {}
     with _lock:
         if _pid != os.getpid():
@@ -98,7 +98,7 @@ def claim(urls: typing.Iterable[str]) -> dict[str, Held]:
 def restore(states: typing.Iterable[Held]) -> None:
     """Hold claimed states again (their commit failed): a re-run of the commit claims them anew, or they are sent
     on their own when their new linger runs out - either way they stay committable, as an uploaded state does."""
-    global _held_bytes  # noqa: PLW0603
+    global _held_bytes
     with _lock:
         for held in states:
             if held.url in _held or held.future.done():
@@ -147,7 +147,7 @@ def flush() -> None:
 def _take(everything: bool = False, overflow_only: bool = False, limit: int | None = None) -> list[Held]:
     """Remove and return the oldest states due to be sent on their own: lingered too long, or over the byte cap
     (only those with ``overflow_only``; all of them with ``everything``), at most ``limit`` of them."""
-    global _held_bytes  # noqa: PLW0603
+    global _held_bytes
     now = time.monotonic()
     due = []
     with _lock:
@@ -179,12 +179,12 @@ def _sender() -> None:
 
 def _started() -> None:
     """Start this process's sender thread and exit hook (anew after a fork: threads do not survive it)."""
-    global _pid  # noqa: PLW0603
+    global _pid
     with _lock:
         if _pid == os.getpid():
             return
         transfers.pool()  # registers the pool's own exit hook first, so that ours runs before it (LIFO)
-        threading._register_atexit(flush)  # noqa: SLF001 - runs before the pool stops taking work
+        threading._register_atexit(flush)  # runs before the pool stops taking work
         threading.Thread(target=_sender, name='forml-s3-packing', daemon=True).start()
         _pid = os.getpid()
 
@@ -192,7 +192,7 @@ def _started() -> None:
 def _forget_after_fork() -> None:
     """In a forked child: drop the parent's held states (the parent sends them) and a lock a parent's thread may
     have held at the fork; the child's first ``hold`` starts its own sender."""
-    global _lock, _held_bytes, _pid  # noqa: PLW0603
+    global _lock, _held_bytes, _pid
     _lock = threading.Condition()
     _held.clear()
     _held_bytes = 0

@@ -37,10 +37,12 @@ from forml.io import asset
 from .. import storage
 from ..model import codec, layout, names
 from . import aliases, transfers
+from . import markers as markermod
 
 LOGGER = logging.getLogger(__name__)
 
-RETIRED = dict([layout.RETIRED_TAG])
+RETIRED_TAGS = dict([layout.RETIRED_TAG])
+"""The object tags of a retired generation's objects (lifecycle expires them; not the `retired/` folder)."""
 
 MarkerReader = typing.Callable[[str, storage.Entry], dict[str, typing.Any]]
 """Reads the marker at a key given its listing entry (lets a registry serve it from its cache)."""
@@ -110,7 +112,7 @@ def retire(
     if dry_run or not todo.retired:
         return todo.retired
     done = []
-    read = read or (lambda key, _: codec.loads(st.read(key), st.uri(key)))
+    read = read or (lambda key, _: markermod.read(st, key))
     markers = dict(
         zip(
             todo.kept + todo.retired,
@@ -121,7 +123,7 @@ def retire(
         )
     )
     shared = {key for g in todo.kept for key in _stored(lay, project, release, markers[g])}
-    tags = RETIRED if st.object_tags else None
+    tags = RETIRED_TAGS if st.object_tags else None
     keys = {g: (lay.retired_marker(project, release, g), lay.generation_marker(project, release, g)) for g in markers}
     for generation in todo.retired:
         copy, key = keys[generation]
@@ -141,7 +143,7 @@ def retire(
             continue
         if tags:
             stored = [k for k in _stored(lay, project, release, markers[generation]) if k not in shared]
-            transfers.run_all(lambda k: st.set_tags(k, RETIRED), stored)
+            transfers.run_all(lambda k: st.set_tags(k, RETIRED_TAGS), stored)
         done.append(generation)
         LOGGER.info('Retired generation %d of %s-%s', generation, project, release)
     return done
@@ -177,14 +179,7 @@ def pin(st: storage.Store, lay: layout.Layout, project: str, release: str, gener
     project, release = str(names.project(project)), stem(st, lay, project, release)
     generation = int(names.generation(generation))
     _require_live(st, lay, project, release, generation)
-    marker = {
-        'project': project,
-        'release': release,
-        'generation': generation,
-        'pinned': codec.now(),
-        'writer': codec.writer(),
-        'note': note,
-    }
+    marker = codec.pin_marker(project, release, generation, note)
     st.write(lay.pin_marker(project, release, generation), codec.dumps(marker))
     try:
         _require_live(st, lay, project, release, generation, meanwhile=True)

@@ -64,7 +64,7 @@ _written: 'collections.OrderedDict[str, str]' = collections.OrderedDict()
 
 def pool(workers: int = DEFAULT_WORKERS) -> concurrent.futures.ThreadPoolExecutor:
     """The process's transfer pool (created anew after a fork: threads do not survive it)."""
-    global _pool, _pool_pid, _inflight, _budget  # noqa: PLW0603 - one pool per process by design
+    global _pool, _pool_pid, _inflight, _budget  # one pool per process by design
     with _lock:
         if _pool is None or _pool_pid != os.getpid():
             _pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix='forml-s3')

@@ -67,13 +67,13 @@ def open_store(
                 f'{", ".join(sorted(s + "://" for s in SCHEMES))}); set single_writer = true to use it anyway, '
                 'with no protection against concurrent writers'
             )
-        from .unguarded import UnguardedStore  # noqa: PLC0415
+        from .unguarded import UnguardedStore
 
         store = UnguardedStore(url, storage_options)
         store.single_writer = True
         return store
     if scheme == 'file':
-        import os  # noqa: PLC0415
+        import os
 
         root = os.path.abspath(os.path.expanduser(parsed.netloc + parsed.path))
     else:
@@ -82,7 +82,7 @@ def open_store(
             raise forml.InvalidError(f'Invalid registry url {url!r}: expected {scheme}://bucket[/prefix]')
     module, _, name = target.partition(':')
     if module == 's3':
-        from . import options  # noqa: PLC0415 - imports s3fs: only for an S3 URL
+        from . import options  # imports s3fs: only for an S3 URL
 
         options.check_s3(storage_options or {})
     try:

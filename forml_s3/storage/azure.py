@@ -63,7 +63,7 @@ class AzureStore(base.Store):
     )
 
     def _connect(self) -> typing.Any:
-        from adlfs import AzureBlobFileSystem  # noqa: PLC0415 - the optional extra, imported when an az:// URL is used
+        from adlfs import AzureBlobFileSystem  # the optional extra, imported when an az:// URL is used
 
         # the SDK logs every request and response at INFO, which ForML's logging prints: keep it to warnings unless
         # the user set a level for it
@@ -79,7 +79,7 @@ class AzureStore(base.Store):
 
     def _run(self, call: typing.Callable[..., typing.Awaitable[typing.Any]], *args: typing.Any) -> typing.Any:
         """Run one coroutine of the SDK on adlfs's event loop (where its client's connections live)."""
-        from fsspec.asyn import sync  # noqa: PLC0415
+        from fsspec.asyn import sync
 
         return sync(self.fs.loop, call, *args)
 
@@ -159,14 +159,7 @@ class AzureStore(base.Store):
 
         self._run(upload)
 
-    def write(
-        self,
-        path: str,
-        data: bytes | pathlib.Path,
-        *,
-        tags: typing.Mapping[str, str] | None = None,
-        metadata: typing.Mapping[str, str] | None = None,
-    ) -> None:
+    def write(self, path: str, data: base.Data, *, tags: base.Labels = None, metadata: base.Labels = None) -> None:
         """One PUT up to 64 MiB; above, blocks in parallel and one block list commit (the blob appears whole).
         ``tags`` and ``metadata`` travel in the same request (the commit of a large one)."""
         extra: dict[str, typing.Any] = {}
@@ -183,7 +176,7 @@ class AzureStore(base.Store):
             self._upload(path, data, False)
 
     def delete(self, path: str) -> None:
-        from azure.core import exceptions  # noqa: PLC0415
+        from azure.core import exceptions
 
         async def delete() -> None:
             async with self._blob(path) as blob:
@@ -211,7 +204,7 @@ class AzureStore(base.Store):
         if version is None:
             self.create(path, data)
             return
-        from azure.core import MatchConditions, exceptions  # noqa: PLC0415
+        from azure.core import MatchConditions, exceptions
 
         async def swap() -> None:
             async with self._blob(path) as blob:
@@ -222,7 +215,7 @@ class AzureStore(base.Store):
                 except (exceptions.ResourceModifiedError, exceptions.ResourceNotFoundError) as err:
                     if _code(err) == 'ContainerNotFound':
                         raise
-                    raise base.Changed(errno.EEXIST, f'{self.uri(path)} changed meanwhile') from err
+                    raise base.Changed(errno.EEXIST, f'{self.url_of(path)} changed meanwhile') from err
 
         with self._boundary('update', path):
             self._run(swap)
@@ -252,35 +245,35 @@ class AzureStore(base.Store):
 
     # errors ---------------------------------------------------------------------------------------------------
     def _translate(self, err: Exception, action: str, path: str) -> BaseException | None:
-        from azure.core import exceptions  # noqa: PLC0415
+        from azure.core import exceptions
 
         if isinstance(err, exceptions.ResourceExistsError):
             if _code(err) == 'BlobAlreadyExists':
-                return FileExistsError(f'{self.uri(path)} exists')
+                return FileExistsError(f'{self.url_of(path)} exists')
             return None
         if isinstance(err, exceptions.ResourceNotFoundError):
             if _code(err) == 'ContainerNotFound':
                 return forml.MissingError(
-                    f'Container {path.partition("/")[0]!r} does not exist (while trying to {action} {self.uri(path)}):'
-                    ' create it or fix the url in the config section'
+                    f'Container {path.partition("/")[0]!r} does not exist (while trying to {action} '
+                    f'{self.url_of(path)}): create it or fix the url in the config section'
                 )
-            return FileNotFoundError(f'{self.uri(path)} does not exist')
+            return FileNotFoundError(f'{self.url_of(path)} does not exist')
         if isinstance(err, exceptions.ClientAuthenticationError) or getattr(err, 'status_code', None) == 403:
             return forml.InvalidError(
-                f'Access denied while trying to {action} {self.uri(path)}: {self.denied_hint} ({_code(err) or err})'
+                f'Access denied while trying to {action} {self.url_of(path)}: {self.denied_hint} ({_code(err) or err})'
             )
         if isinstance(err, exceptions.ServiceRequestError) and getattr(self.fs, 'connect_retries', None) is not None:
             endpoint = urllib.parse.urlsplit(self.fs.service_client.url)
             return forml.FailedError(
                 reach.message(
-                    f'{endpoint.scheme}://{endpoint.netloc}', f'{action} {self.uri(path)}', self.fs.connect_retries,
+                    f'{endpoint.scheme}://{endpoint.netloc}', f'{action} {self.url_of(path)}', self.fs.connect_retries,
                     'Azure', 'the connection_string (or account_name)', 'connect_retries',
                 )
             )  # fmt: skip
         transient = isinstance(err, exceptions.ServiceRequestError | exceptions.ServiceResponseError)
         if transient or isinstance(err, asyncio.TimeoutError) or getattr(err, 'status_code', 0) in (429, 500, 503):
             return forml.FailedError(
-                f'Could not {action} {self.uri(path)}, retries exhausted ({_code(err) or err}): the registry is '
+                f'Could not {action} {self.url_of(path)}, retries exhausted ({_code(err) or err}): the registry is '
                 'unchanged by this step; check the endpoint and try again'
             )
         return None
@@ -291,7 +284,7 @@ def _fail_fast(client: typing.Any, retries: int) -> None:
     retry policy waits 15 s, 18 s, 24 s between attempts, over a minute of silence before an unreachable endpoint is
     reported. Other failures keep the SDK's backoff. (The policy is reached through the client's pipeline, a private
     attribute: where an SDK version lays it out otherwise, its own retries stay.)"""
-    from azure.core.exceptions import ServiceRequestError  # noqa: PLC0415
+    from azure.core.exceptions import ServiceRequestError
 
     endpoint = urllib.parse.urlsplit(client.url)
     where = f'{endpoint.scheme}://{endpoint.netloc}'

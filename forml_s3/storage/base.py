@@ -34,6 +34,11 @@ if typing.TYPE_CHECKING:
 
 LOGGER = logging.getLogger(__name__)
 
+Data = bytes | pathlib.Path
+"""What :meth:`Store.write` stores: the bytes, or a local file to upload."""
+Labels = typing.Mapping[str, str] | None
+"""Object tags or user metadata of a write (``None``: none)."""
+
 
 class Changed(FileExistsError):
     """A compare-and-swap lost: the object is no longer the version it was read at (or exists already)."""
@@ -102,7 +107,7 @@ class Store:
         """The store root as a URL (never carries credentials)."""
         return f'{self.protocol}://{self.root}'
 
-    def uri(self, path: str) -> str:
+    def url_of(self, path: str) -> str:
         """The URL of a path (for messages)."""
         return f'{self.protocol}://{path}'
 
@@ -123,7 +128,7 @@ class Store:
         return self._fs
 
     def _connect(self) -> 'fsspec.AbstractFileSystem':
-        import fsspec  # noqa: PLC0415 - lazy: keeps `forml-s3 --help` and provider loading fast
+        import fsspec  # lazy: keeps `forml-s3 --help` and provider loading fast
 
         return fsspec.filesystem(self.protocol, **self._options)
 
@@ -140,7 +145,8 @@ class Store:
                 raise  # the local disk's (a download's target), for the caller to name: not the store's doing
             if isinstance(err, PermissionError):
                 raise forml.InvalidError(
-                    f'Access denied while trying to {action} {self.uri(path)}: {self.denied_hint} ({self._reason(err)})'
+                    f'Access denied while trying to {action} {self.url_of(path)}: {self.denied_hint} '
+                    f'({self._reason(err)})'
                 ) from None
             translated = self._translate(err, action, path)
             if translated is None:
@@ -204,14 +210,7 @@ class Store:
         return True
 
     # writing ------------------------------------------------------------------------------------------
-    def write(
-        self,
-        path: str,
-        data: bytes | pathlib.Path,
-        *,
-        tags: typing.Mapping[str, str] | None = None,
-        metadata: typing.Mapping[str, str] | None = None,
-    ) -> None:
+    def write(self, path: str, data: Data, *, tags: Labels = None, metadata: Labels = None) -> None:
         """Store the object whole or not at all (bytes, or a local file to upload); overwrites.
 
         ``tags`` and ``metadata`` are stored where the backend keeps them (see the capability flags) and ignored

@@ -77,7 +77,7 @@ class Follower:
                         raise EOFError(f'File shorter than reported: nothing at {self.hashed}')
                     self._digest.update(view[:count])  # releases the GIL: overlaps the download
                     self.hashed += count
-        except BaseException as err:  # noqa: BLE001 - handed to the caller by hexdigest()
+        except BaseException as err:  # handed to the caller by hexdigest()
             self._error = err
 
     def hexdigest(self) -> str:

@@ -66,10 +66,10 @@ def client(fs: 'fsspec.AbstractFileSystem', bucket: str, kwargs: typing.Mapping[
     if not honoured(kwargs):
         return None
     try:
-        from obstore.store import S3Store  # noqa: PLC0415 - optional, and lazy
+        from obstore.store import S3Store  # optional, and lazy
     except ImportError:
         return None
-    from fsspec.asyn import sync  # noqa: PLC0415
+    from fsspec.asyn import sync
 
     botocore = fs.s3  # the connected client (s3fs makes it on first use)
     credentials = getattr(getattr(botocore, '_request_signer', None), '_credentials', None)
@@ -111,8 +111,8 @@ def download(
 ) -> None:
     """Ranged GETs of ``part_size``, ``parallel`` in flight, streamed into ``fd`` at their offsets and reported to
     ``follower`` as they land. Raises FileNotFoundError (no such object), :class:`Shorter`, or OSError."""
-    import obstore  # noqa: PLC0415
-    from obstore import exceptions  # noqa: PLC0415
+    import obstore
+    from obstore import exceptions
 
     def part(start: int) -> None:
         end = min(start + part_size, size)

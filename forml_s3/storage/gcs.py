@@ -73,7 +73,7 @@ class GCSStore(base.Store):
                 )
             except FileNotFoundError:  # listing a prefix never 404s: only a missing bucket does
                 raise forml.MissingError(
-                    f'Bucket {bucket!r} does not exist (while trying to list {self.uri(prefix)}): create it or fix '
+                    f'Bucket {bucket!r} does not exist (while trying to list {self.url_of(prefix)}): create it or fix '
                     'the url in the config section'
                 ) from None
             for item in page.get('items', ()):
@@ -106,14 +106,7 @@ class GCSStore(base.Store):
             return int(item['size']), dict(item.get('metadata') or {})
 
     # writing ------------------------------------------------------------------------------------------------
-    def write(
-        self,
-        path: str,
-        data: bytes | pathlib.Path,
-        *,
-        tags: typing.Mapping[str, str] | None = None,
-        metadata: typing.Mapping[str, str] | None = None,
-    ) -> None:
+    def write(self, path: str, data: base.Data, *, tags: base.Labels = None, metadata: base.Labels = None) -> None:
         """One multipart upload below 50 MiB, a resumable upload (finalized whole) above; ``tags`` are not kept
         (GCS has none: :attr:`object_tags` is off)."""
         with self._boundary('write', path):
@@ -155,28 +148,30 @@ class GCSStore(base.Store):
                     data=body,
                 )
             except FileExistsError as err:  # gcsfs raises a 412 so
-                raise base.Changed(errno.EEXIST, f'{self.uri(path)} changed meanwhile') from err
+                raise base.Changed(errno.EEXIST, f'{self.url_of(path)} changed meanwhile') from err
             except FileNotFoundError as err:  # gone since it was read: not the version expected either
-                raise base.Changed(errno.EEXIST, f'{self.uri(path)} was deleted meanwhile') from err
+                raise base.Changed(errno.EEXIST, f'{self.url_of(path)} was deleted meanwhile') from err
 
     # errors ---------------------------------------------------------------------------------------------------
     def _translate(self, err: Exception, action: str, path: str) -> BaseException | None:
-        from gcsfs import retry  # noqa: PLC0415
+        from gcsfs import retry
 
         if isinstance(err, reach.Unreachable):
             retries = self.fs.connect_retries
-            where, setting = f'{action} {self.uri(path)}', 'endpoint_url (or STORAGE_EMULATOR_HOST)'
+            where, setting = f'{action} {self.url_of(path)}', 'endpoint_url (or STORAGE_EMULATOR_HOST)'
             tuning = 'connect_retries and requests_timeout'
             return forml.FailedError(reach.message(err.endpoint, where, retries, 'GCS', setting, tuning))
         code = getattr(err, 'code', None)
         if (isinstance(err, OSError) and str(err).startswith('Forbidden')) or code == 401:
             return forml.InvalidError(
-                f'Access denied while trying to {action} {self.uri(path)}: {self.denied_hint} ({err})'.splitlines()[0]
+                f'Access denied while trying to {action} {self.url_of(path)}: {self.denied_hint} ({err})'.splitlines()[
+                    0
+                ]
             )
         transient = isinstance(err, retry.HttpError) and (code == 429 or (code or 0) >= 500)
         if transient or _is_transport_error(err):
             return forml.FailedError(
-                f'Could not {action} {self.uri(path)}, retries exhausted ({err}): the registry is unchanged by this '
+                f'Could not {action} {self.url_of(path)}, retries exhausted ({err}): the registry is unchanged by this '
                 'step; check the endpoint and try again'
             )
         return None
@@ -192,9 +187,9 @@ def _file_system() -> type:
     gcsfs never retries. Other failures keep gcsfs's own retries."""
     if _CLASS:
         return _CLASS[0]
-    import aiohttp  # noqa: PLC0415 - the optional extra's dependencies, imported when a gs:// URL is used
-    from gcsfs import retry  # noqa: PLC0415
-    from gcsfs.core import GCSFileSystem  # noqa: PLC0415
+    import aiohttp  # the optional extra's dependencies, imported when a gs:// URL is used
+    from gcsfs import retry
+    from gcsfs.core import GCSFileSystem
 
     once = GCSFileSystem._request.__wrapped__  # one request, without gcsfs's retry loop
 

@@ -45,14 +45,7 @@ class LocalStore(base.Store):
             if not entry.name.startswith(HIDDEN):
                 yield path, entry
 
-    def write(
-        self,
-        path: str,
-        data: bytes | pathlib.Path,
-        *,
-        tags: typing.Mapping[str, str] | None = None,
-        metadata: typing.Mapping[str, str] | None = None,
-    ) -> None:
+    def write(self, path: str, data: base.Data, *, tags: base.Labels = None, metadata: base.Labels = None) -> None:
         with self._boundary('write', path):
             _write(path, data, exclusive=False)
 
@@ -79,7 +72,7 @@ class LocalStore(base.Store):
                 except FileNotFoundError:
                     current = None
                 if current != version:
-                    raise base.Changed(errno.EEXIST, f'{self.uri(path)} exists or changed meanwhile')
+                    raise base.Changed(errno.EEXIST, f'{self.url_of(path)} exists or changed meanwhile')
                 _write(path, data, exclusive=False)
             finally:
                 os.close(fd)  # releases the lock

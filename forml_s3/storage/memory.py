@@ -20,7 +20,7 @@ class MemoryStore(base.Store):
     def create(self, path: str, data: bytes) -> None:
         with self._boundary('create', path), _LOCK:
             if self.fs.exists(path):
-                raise FileExistsError(errno.EEXIST, f'{self.uri(path)} exists')
+                raise FileExistsError(errno.EEXIST, f'{self.url_of(path)} exists')
             self.fs.pipe_file(path, data)
 
     def get(self, path: str) -> tuple[bytes, str]:
@@ -35,5 +35,5 @@ class MemoryStore(base.Store):
             except FileNotFoundError:
                 current = None
             if current != version:
-                raise base.Changed(errno.EEXIST, f'{self.uri(path)} exists or changed meanwhile')
+                raise base.Changed(errno.EEXIST, f'{self.url_of(path)} exists or changed meanwhile')
             self.fs.pipe_file(path, data)

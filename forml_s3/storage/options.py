@@ -92,10 +92,10 @@ def check_s3(storage_options: typing.Mapping[str, typing.Any]) -> None:
 
 def _s3fs_arguments() -> list[str]:
     """The keywords ``S3FileSystem`` takes by name, and those it hands to its ``AioSession`` (``profile``, ...)."""
-    import inspect  # noqa: PLC0415
+    import inspect
 
-    import aiobotocore.session  # noqa: PLC0415 - lazy: only when an S3 store is opened
-    import s3fs  # noqa: PLC0415
+    import aiobotocore.session  # lazy: only when an S3 store is opened
+    import s3fs
 
     names = []
     for function in (s3fs.S3FileSystem.__init__, aiobotocore.session.AioSession.__init__):
@@ -106,9 +106,9 @@ def _s3fs_arguments() -> list[str]:
 
 def _default_type(key: str) -> type | None:
     """The type of an ``S3FileSystem`` keyword whose default says it (``anon=False``: bool), else ``None``."""
-    import inspect  # noqa: PLC0415
+    import inspect
 
-    import s3fs  # noqa: PLC0415
+    import s3fs
 
     param = inspect.signature(s3fs.S3FileSystem.__init__).parameters.get(key)
     default = None if param is None else param.default

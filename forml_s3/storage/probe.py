@@ -241,9 +241,9 @@ def checksums(store: base.Store, prefix: str) -> Check:
     """What the client sends by default (botocore >= 1.36 adds CRC32 checksums to PUTs) is accepted and stored."""
     if not _speaks_s3(store):
         return Check('checksum headers', None, f'not an S3 store ({store.protocol}): not checked', required=False)
-    import base64  # noqa: PLC0415
+    import base64
 
-    import botocore  # noqa: PLC0415
+    import botocore
 
     fs: typing.Any = store.fs
     bucket, _, root = prefix.partition('/')
@@ -292,7 +292,7 @@ def _guarded(name: str, required: bool, check: typing.Callable[[], Check]) -> Ch
     """A check's outcome; an error it raises fails it, with the server's error code."""
     try:
         return check()
-    except Exception as err:  # noqa: BLE001 - any failure is the finding
+    except Exception as err:  # any failure is the finding
         error = error_of(err)
         code = f'{error.get("HTTPStatusCode")} {error.get("Code")}: ' if error else ''
         LOGGER.debug('Probe %s failed', name, exc_info=True)
@@ -301,6 +301,6 @@ def _guarded(name: str, required: bool, check: typing.Callable[[], Check]) -> Ch
 
 def _speaks_s3(store: base.Store) -> bool:
     """The store is an S3 store (the multipart and checksum checks call the S3 API itself)."""
-    from .s3 import S3Store  # noqa: PLC0415
+    from .s3 import S3Store
 
     return isinstance(store, S3Store)

@@ -28,7 +28,7 @@ CONNECT_RETRIES = 2
 
 def unreachable(err: BaseException | None) -> bool:
     """Whether an error means no connection to the endpoint could be made (nothing was sent)."""
-    from botocore import exceptions  # noqa: PLC0415
+    from botocore import exceptions
 
     return isinstance(err, exceptions.EndpointConnectionError | exceptions.ConnectTimeoutError)
 
@@ -88,7 +88,7 @@ class S3FileSystem(s3fs.S3FileSystem):
 
     def __init__(self, *args: typing.Any, connect_retries: int = CONNECT_RETRIES, **kwargs: typing.Any):
         if isinstance(connect_retries, bool) or not isinstance(connect_retries, int) or connect_retries < 0:
-            import forml  # noqa: PLC0415
+            import forml
 
             raise forml.InvalidError(
                 f'Invalid storage option connect_retries={connect_retries!r}: expected a whole number >= 0'

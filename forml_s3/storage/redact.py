@@ -66,7 +66,7 @@ class Redacting(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         try:
             message = record.getMessage()
-        except Exception:  # noqa: BLE001 - a malformed record is the logging module's to report, not ours
+        except Exception:  # a malformed record is the logging module's to report, not ours
             return True
         clean = scrub(message)
         if clean != message:

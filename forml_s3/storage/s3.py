@@ -55,7 +55,7 @@ _WARNED: set[tuple[str, str]] = set()
 
 
 def _after_fork() -> None:
-    global _VERIFYING  # noqa: PLW0603 - a lock another thread held at fork time would never be released in the child
+    global _VERIFYING  # a lock another thread held at fork time would never be released in the child
     _VERIFYING = threading.Lock()
 
 
@@ -75,7 +75,7 @@ class S3Store(base.Store):
     conditional_write = True
 
     def _connect(self) -> 'fsspec.AbstractFileSystem':
-        from . import reach  # noqa: PLC0415 - lazy: keeps `forml-s3 --help` and provider loading fast
+        from . import reach  # lazy: keeps `forml-s3 --help` and provider loading fast
 
         kwargs = optmod.s3_kwargs(self._options)
         retries = optmod.s3fs_retries(self._options)
@@ -107,11 +107,11 @@ class S3Store(base.Store):
         """One message per cause, naming what to fix: a missing bucket, an endpoint that cannot be reached, missing
         credentials, an unknown profile, access denied (also a 403 without a body, as HEAD gets), a request the server
         refused (4xx: never retried), and only then a failure that outlived the retries (5xx, dropped connections)."""
-        from botocore import exceptions  # noqa: PLC0415
+        from botocore import exceptions
 
-        from . import reach  # noqa: PLC0415
+        from . import reach
 
-        code, where = _code(err), f'{action} {self.uri(path)}'
+        code, where = _code(err), f'{action} {self.url_of(path)}'
         if isinstance(err, FileNotFoundError):
             if code == 'NoSuchBucket':
                 return forml.MissingError(
@@ -133,7 +133,7 @@ class S3Store(base.Store):
         if code in ('PreconditionFailed', 'ConditionalRequestConflict') or 'Precondition' in str(err):
             # any 412 on a conditional write means "exists" / "changed": some S3-compatible servers omit <Condition>;
             # AWS answers 409 ConditionalRequestConflict to the loser of two concurrent conditional writes
-            return base.Changed(errno.EEXIST, f'{self.uri(path)} exists or changed meanwhile')
+            return base.Changed(errno.EEXIST, f'{self.url_of(path)} exists or changed meanwhile')
         answer = probe.error_of(err)
         status = int(answer.get('HTTPStatusCode') or 0)
         if status == 403:  # a HEAD's 403 has no body: s3fs cannot tell it is AccessDenied
@@ -234,14 +234,7 @@ class S3Store(base.Store):
             return int(response['ContentLength']), dict(response.get('Metadata') or {})
 
     # writing ------------------------------------------------------------------------------------------
-    def write(
-        self,
-        path: str,
-        data: bytes | pathlib.Path,
-        *,
-        tags: typing.Mapping[str, str] | None = None,
-        metadata: typing.Mapping[str, str] | None = None,
-    ) -> None:
+    def write(self, path: str, data: base.Data, *, tags: base.Labels = None, metadata: base.Labels = None) -> None:
         """Store the object whole or not at all: one PUT, or a multipart upload from :data:`MULTIPART_FROM` up;
         ``tags`` and ``metadata`` travel in the same PUT (or CreateMultipartUpload)."""
         with self._boundary('write', path):
@@ -348,7 +341,7 @@ class S3Store(base.Store):
         ``ChecksumAlgorithm='CRC32'`` and the completion names every part's checksum, as S3 requires then. Over
         HTTPS botocore streams the body unsigned with a trailing checksum computed as it sends; a checksum given
         up front would make it sign the whole body with SHA-256 on the event loop instead, so it is left alone."""
-        from fsspec.asyn import sync  # noqa: PLC0415
+        from fsspec.asyn import sync
 
         bucket, key = self._bucket_key(path)
         count = -(-size // PART_SIZE)
@@ -416,14 +409,14 @@ class S3Store(base.Store):
         """Ranged GETs of :data:`PART_SIZE`, up to :data:`PART_CONCURRENCY` in flight; each body is streamed into the
         file at its offset in chunks of :data:`_CHUNK` as they arrive (no part is held whole), while a
         :class:`~forml_s3.storage.digest.Follower` hashes the landed prefix in order. Returns the sha256 of the file."""
-        from fsspec.asyn import sync  # noqa: PLC0415
+        from fsspec.asyn import sync
 
         bucket, key = self._bucket_key(path)
 
         def shorter() -> forml.InvalidError:
             return forml.InvalidError(
-                f'Object {self.uri(path)} is corrupted: shorter than the {size} bytes its marker records; restore it '
-                'or retrain (`forml-s3 verify`)'
+                f'Object {self.url_of(path)} is corrupted: shorter than the {size} bytes its marker records; '
+                'restore it or retrain (`forml-s3 verify`)'
             )
 
         async def part(fd: int, start: int, slots: asyncio.Semaphore, follower: digest.Follower) -> None:
@@ -701,7 +694,7 @@ def _is_transport_error(err: BaseException) -> bool:
 
 def _sync_read(fs: 'fsspec.AbstractFileSystem', body: typing.Any) -> bytes:
     """Read an aiobotocore streaming body from sync code, on the file system's loop."""
-    from fsspec.asyn import sync  # noqa: PLC0415
+    from fsspec.asyn import sync
 
     async def _read() -> bytes:
         try:

@@ -23,7 +23,7 @@ class UnguardedStore(base.Store):
     exclusive_create = False
 
     def __init__(self, url: str, storage_options: typing.Mapping[str, typing.Any] | None = None):
-        import fsspec  # noqa: PLC0415 - only this (rare) store needs fsspec's registry at construction
+        import fsspec  # only this (rare) store needs fsspec's registry at construction
 
         self.protocol = url.partition('://')[0].lower()
         try:
@@ -48,5 +48,5 @@ class UnguardedStore(base.Store):
     def create(self, path: str, data: bytes) -> None:
         with self._boundary('create', path), _LOCK:
             if self.fs.exists(path):
-                raise FileExistsError(errno.EEXIST, f'{self.uri(path)} exists')
+                raise FileExistsError(errno.EEXIST, f'{self.url_of(path)} exists')
             self.fs.pipe_file(path, data)

@@ -147,7 +147,7 @@ def create_app(
         checked = browser.verify(p, r, n) if verify else None
         for key, _, message in checked or ():
             if message:
-                LOGGER.warning('Verify %s: %s', st.uri(key), message)
+                LOGGER.warning('Verify %s: %s', st.url_of(key), message)
         return render(request, 'generation.html', project=p, release=r, row=row, retired=retired, states=states,
                       checked=checked, aliases=browser.aliases(p))  # fmt: skip
 

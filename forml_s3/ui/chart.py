@@ -12,14 +12,19 @@ import typing
 from . import model
 
 WIDTH, HEIGHT = 720, 260
+"""The SVG's size in pixels."""
 LEFT, RIGHT, TOP, BOTTOM = 64, 16, 16, 52
+"""Margins around the plot (the axis labels live in the left and bottom ones)."""
 LANE = 18
-PAD = 12
 """Height of the bottom lane holding generations without a known score."""
+PAD = 12
+"""Horizontal room between the axis and the first and last points."""
 
 
 @dataclasses.dataclass(frozen=True)
 class Point:
+    """One generation on the chart: its number, where it is drawn, and its score (``None``: not known)."""
+
     number: int
     x: float
     y: float

@@ -23,6 +23,7 @@ from .. import storage
 from ..model import codec, layout, names
 from ..ops import snapshot as inspect
 from ..runtime import aliases as aliasmod
+from ..runtime import markers as markermod
 from ..runtime import retention
 
 LOGGER = logging.getLogger(__name__)
@@ -160,7 +161,7 @@ class Browser:
             if memo is not None:
                 self._markers.move_to_end((key, entry.version))
                 return memo
-        found = codec.loads(self.store.read(key), self.store.uri(key))
+        found = markermod.read(self.store, key)
         with self._lock:
             self._markers[(key, entry.version)] = found
             while len(self._markers) > MEMO:
@@ -310,7 +311,7 @@ class Browser:
     def _tag(self, row: Row, project: str, release: str) -> None:
         try:
             row.tag = codec.tag_of(
-                row.marker, self.store.uri(self.layout.generation_marker(project, release, row.number))
+                row.marker, self.store.url_of(self.layout.generation_marker(project, release, row.number))
             )
         except asset.Level.Invalid as err:
             row.error = str(err)
