@@ -29,7 +29,7 @@ from . import settings, storage
 from .model import codec, layout, names
 from .runtime import aliases as aliasmod
 from .runtime import cache as cachemod
-from .runtime import lease, packing, staging, transfers
+from .runtime import lease, packing, retention, staging, transfers
 
 LOGGER = logging.getLogger(__name__)
 
@@ -124,10 +124,12 @@ class Registry(asset.Registry, alias='s3', metaclass=settings.Checked):
         self._lock = threading.Lock()
         self._listings: dict[str, tuple[float, dict[str, storage.Entry]]] = {}
         self._markers: dict[tuple[str, str], dict[str, typing.Any]] = {}
+        self._committed: dict[str, dict[str, typing.Any]] = {}
+        """Generation markers by key, read once (see :meth:`_generation_marker`)."""
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        for volatile in ('_lock', '_listings', '_markers'):
+        for volatile in ('_lock', '_listings', '_markers', '_committed'):
             state.pop(volatile, None)
         return state
 
@@ -160,17 +162,23 @@ class Registry(asset.Registry, alias='s3', metaclass=settings.Checked):
     # listings -------------------------------------------------------------------------------------------
     def _list(self, prefix: str, fresh: bool = False) -> dict[str, storage.Entry]:
         """Markers under ``prefix`` by level name: one LIST per page, reused for ``listing_ttl`` seconds."""
-        now = time.monotonic()
-        with self._lock:
-            cached = self._listings.get(prefix)
-        if cached and not fresh and now - cached[0] < self._listing_ttl:
-            return cached[1]
+        cached = None if fresh else self._cached(prefix)
+        if cached is not None:
+            return cached
         entries = {e.name: e for e in self._store.listdir(prefix)}
         sizes = {name: entry.size for name, entry in entries.items()}
         found = {name: entries[name + layout.MARKER] for name in layout.Layout.marker_names(sizes)}
-        with self._lock:
-            self._listings[prefix] = (now, found)
+        with self._lock:  # aged from when the listing finished: one of many pages may outlast listing_ttl
+            self._listings[prefix] = (time.monotonic(), found)
         return found
+
+    def _cached(self, prefix: str) -> dict[str, storage.Entry] | None:
+        """The listing of ``prefix`` if one younger than ``listing_ttl`` is at hand (no request), else None."""
+        with self._lock:
+            cached = self._listings.get(prefix)
+        if cached and time.monotonic() - cached[0] < self._listing_ttl:
+            return cached[1]
+        return None
 
     def _stem(self, project: asset.Project.Key, release: asset.Release.Key | str) -> str:
         """The name a release is stored under: its marker's name as listed - the canonical key of its version
@@ -236,7 +244,7 @@ class Registry(asset.Registry, alias='s3', metaclass=settings.Checked):
     def _marker(self, key: str, entry: storage.Entry) -> dict[str, typing.Any]:
         """A marker by key and version: from memory, else the local cache, else one GET (then cached)."""
         with self._lock:
-            memo = self._markers.get((key, entry.version))
+            memo = self._markers.get((key, entry.version)) or self._committed.get(key)
         if memo is not None:
             return memo
         local = self._cache.root / 'markers' / hashlib.sha256(f'{self.url}|{key}|{entry.version}'.encode()).hexdigest()
@@ -265,12 +273,38 @@ class Registry(asset.Registry, alias='s3', metaclass=settings.Checked):
     def _generation_marker(
         self, project: asset.Project.Key, release: asset.Release.Key, generation: asset.Generation.Key
     ) -> dict[str, typing.Any] | None:
-        name = str(int(names.generation(generation)))
-        release, found = self._generations_of(project, release)
-        entry = found.get(name) or self._generations_of(project, release, fresh=True)[1].get(name)
-        if entry is None:
+        """A committed generation's marker (None if it has none: never committed, or retired) without listing the
+        release's generations: from memory, else by its entry in a listing at hand, else one GET of its key.
+
+        A generation number is never committed twice (the exclusive create, and the retirement floor of
+        :mod:`forml_s3.retention`), so a marker read once stays true for the life of the process."""
+        project, canonical = names.project(project), names.canonical(release)
+        known = self._stems.get((str(project), canonical))
+        for stem in (known,) if known is not None else (canonical, None):
+            stem = stem or self._stem(project, release)  # not under its canonical name: an older spelling
+            key = self._layout.generation_marker(project, stem, generation)
+            with self._lock:
+                memo = self._committed.get(key)
+            if memo is not None:
+                return memo
+            entry = (self._cached(self._layout.generations(project, stem)) or {}).get(str(int(generation)))
+            marker = self._marker(key, entry) if entry is not None else self._read_marker(key)
+            if marker is not None:
+                with self._lock:
+                    self._stems.setdefault((str(project), canonical), stem)  # generations only in a committed release
+                    self._committed[key] = marker
+                return marker
+            if known is None and self._stem(project, release) == canonical:
+                break  # stored under its canonical name after all: no generation of that number
+        return None
+
+    def _read_marker(self, key: str) -> dict[str, typing.Any] | None:
+        """A marker by one GET of its key; None if there is none (or only a tombstone of an older retirement)."""
+        try:
+            raw = self._store.read(key)
+        except FileNotFoundError:
             return None
-        return self._marker(self._layout.generation_marker(project, release, generation), entry)
+        return codec.loads(raw, self._store.uri(key)) if len(raw) > len(layout.TOMBSTONE) else None
 
     # releases -------------------------------------------------------------------------------------------
     def push(self, package: 'prj.Package') -> None:
@@ -500,8 +534,18 @@ class Registry(asset.Registry, alias='s3', metaclass=settings.Checked):
                 codec.writer(),
                 packs={pack.name: {'size': len(pack.body), 'sha256': pack.sha256}} if pack else None,
             )
+            key = self._layout.generation_marker(project, release, generation)
             try:
-                self._create_marker(self._layout.generation_marker(project, release, generation), codec.dumps(marker))
+                self._create_marker(key, codec.dumps(marker))
+                floor = retention.floor(self._store, self._layout, str(project), release)
+                if int(generation) < floor:  # a retired number whose marker was moved away: never committed twice
+                    self._store.delete(key)
+                    self._uncommit_tags(stored)
+                    raise Conflict(
+                        f'Generation {generation} of {project}-{release} was committed and retired meanwhile '
+                        f'({self.url}: no generation below {floor} is committed any more); your states were not '
+                        'committed. Train again to build on the newest generation.'
+                    )
             except FileExistsError:
                 self._uncommit_tags(stored)
                 raise self._conflict(project, release, generation) from None
@@ -536,8 +580,6 @@ class Registry(asset.Registry, alias='s3', metaclass=settings.Checked):
     def _retire(self, project: str, release: str) -> None:
         """Apply ``keep_generations`` after a commit; a failure here never undoes the commit."""
         try:
-            from .runtime import retention  # noqa: PLC0415 - only registries with a retention setting need it
-
             retired = retention.retire(
                 self._store, self._layout, project, release, self._keep_generations, read=self._marker
             )
@@ -547,6 +589,9 @@ class Registry(asset.Registry, alias='s3', metaclass=settings.Checked):
         finally:
             self._invalidate(self._layout.generations(project, release))
         if retired:
+            with self._lock:  # own retirement: hidden from this process at once, as from listings
+                for generation in retired:
+                    self._committed.pop(self._layout.generation_marker(project, release, generation), None)
             LOGGER.info('Retired generations %s of %s-%s', retired, project, release)
 
     def _conflict(self, project: str, release: str, generation: int) -> Conflict:

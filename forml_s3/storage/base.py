@@ -250,6 +250,13 @@ class Store:
         with self._boundary('delete', path), contextlib.suppress(FileNotFoundError):
             self.fs.rm_file(path)
 
+    def delete_many(self, paths: typing.Iterable[str]) -> None:
+        """Delete objects (missing ones are fine): in batches where the backend has a batch delete, else in
+        parallel."""
+        from ..runtime import transfers  # noqa: PLC0415 - the pool lives with the transfers
+
+        transfers.run_all(self.delete, paths)
+
     def delete_if_unchanged(self, path: str, version: str) -> bool:
         """Delete the object if it is still ``version`` (its listing's :attr:`Entry.version`); ``False`` if it
         changed. Unconditional where the backend has no conditional delete (see :attr:`conditional_delete`)."""
