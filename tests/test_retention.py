@@ -347,6 +347,19 @@ def test_retire_reuses_the_registrys_marker_cache(s3server, counted, url, seven)
     assert lists == 6  # the generations, the pins, the aliases, the floors; the pins and the aliases again
 
 
+def test_preview_reads_the_tags_only_of_objects_that_can_carry_them(s3server, counted, url, seven):
+    """States, packs, packages and retired markers carry tags; project, release and generation markers, pins and
+    floors never do: their tags are not read."""
+    assert run_cli('retire', url, '--keep', '5', *s3_options(s3server)).exit_code == 0
+    assert run_cli('pin', url, PROJECT, '0.1', '6', *s3_options(s3server)).exit_code == 0
+    counted.reset_counts()
+    preview = run_cli('lifecycle', 'preview', url, '--planned', '--json', *s3_options(s3server))
+    assert preview.exit_code == 0, preview.output
+    tag_reads = [r.path.rsplit('/', 2)[-2] for r in counted.requests if r.method == 'GET' and 'tagging' in r.query]
+    assert sorted(set(tag_reads)) == ['0.1', 'retired', 'states']  # the package, retired markers, states
+    assert len(tag_reads) == 1 + 2 + 7 * 2
+
+
 def test_preview_shows_abandoned_uploads_and_incomplete_multipart_uploads(s3server, bucket, url, seven):
     registry, _ = seven
     client = s3server.client()

@@ -76,6 +76,29 @@ def test_list_open_and_read_the_newest_is_pages_plus_3(embedded_server, long_his
     assert (lists(embedded_server), len(embedded_server.requests)) == (0, 2)
 
 
+def test_ls_summary_and_gc_dry_run_cost_list_pages_only(embedded_server, long_history):
+    """Nothing is old enough to collect, and a summary needs no marker: the listing (7 pages of the 6,003
+    objects) is all either reads."""
+    pages = 7
+    embedded_server.reset_counts()
+    summary = run_cli('ls', '--summary', '--json', long_history.url, *s3_options(embedded_server))
+    assert summary.exit_code == 0, summary.output
+    release = json.loads(summary.stdout)['projects'][0]['releases'][0]
+    counts = (release['generations'], release['newest'], release['objects'])
+    assert counts == (GENERATIONS, GENERATIONS, GENERATIONS + 1)  # a pack each, and the package
+    assert len(embedded_server.requests) == lists(embedded_server) == pages
+
+    embedded_server.reset_counts()
+    dry = run_cli('gc', long_history.url, '--older-than', '7', '--dry-run', *s3_options(embedded_server))
+    assert dry.exit_code == 0, dry.output
+    marker_reads = embedded_server.count(
+        method='GET', path_prefix=f'/{long_history.url[5:]}/{PROJECT}/0.1/generations/'
+    )
+    assert marker_reads == 0
+    print(f'gc --dry-run of {GENERATIONS}: {len(embedded_server.requests)} requests')
+    assert len(embedded_server.requests) <= pages + 3  # + the leases and the multipart uploads
+
+
 def test_retire_keep_10_costs_3_requests_a_generation_and_leaves_one_page(embedded_server, long_history):
     """Runs last in the module: it retires what the others read."""
     embedded_server.reset_counts()
