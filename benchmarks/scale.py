@@ -19,7 +19,8 @@ import time
 import typing
 import uuid
 
-from forml_s3 import codec, layout, storage
+from forml_s3 import storage
+from forml_s3.model import codec, layout
 
 PROJECT = 'scale-proj'
 RELEASE = '0.1'
@@ -105,9 +106,10 @@ def run(count: int, work: pathlib.Path, out: typing.TextIO) -> list[tuple[str, i
     """Build a release of ``count`` generations on a fresh embedded server and measure each operation."""
     from forml import project as prj  # noqa: PLC0415
 
-    from forml_s3 import embedded, packing  # noqa: PLC0415
     from forml_s3.cli import main as cli  # noqa: PLC0415
+    from forml_s3.demo import endpoint as embedded  # noqa: PLC0415
     from forml_s3.registry import Registry  # noqa: PLC0415
+    from forml_s3.runtime import packing  # noqa: PLC0415
 
     rows = []
     with embedded.Server() as server:

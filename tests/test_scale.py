@@ -9,8 +9,9 @@ import pytest
 from forml.io import asset
 
 from benchmarks import scale
-from forml_s3 import embedded, packing, retention
+from forml_s3.demo import endpoint as embedded
 from forml_s3.registry import Conflict, Registry
+from forml_s3.runtime import packing, retention
 
 from .conftest import new_bucket
 from .helpers import PROJECT, PackageFactory, commit, run_cli, s3_options
