@@ -112,7 +112,7 @@ def test_write_and_close_cost(s3server, s3registry, package_factory, monkeypatch
     """100 small states written, then closed at once: one pack (or one object each), tag clears, one LIST confirming
     them, one marker."""
     monkeypatch.setattr(packing, 'LINGER', 60.0)  # held until close however slow the machine is
-    registry = s3registry(pack_states=pack_states)
+    registry = s3registry(pack_states=pack_states, listing_ttl=600)  # however long 100 writes take here
     registry.push(package_factory('0.1'))
     list(registry.releases(PROJECT))  # ForML lists both levels before it closes: those LISTs are not close's
     list(registry.generations(PROJECT, '0.1'))
