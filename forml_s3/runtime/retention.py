@@ -56,6 +56,7 @@ from . import aliases, transfers
 LOGGER = logging.getLogger(__name__)
 
 RETIRED = dict([layout.RETIRED_TAG])
+PACKED = layout.PACK_SUFFIX
 
 MarkerReader = typing.Callable[[str, storage.Entry], dict[str, typing.Any]]
 """Reads the marker at a key given its listing entry (lets a registry serve it from its cache)."""
@@ -177,9 +178,13 @@ def retire(
         tell(1)
         return marker
 
-    kept = transfers.run_all(lambda g: read(lay.generation_marker(project, release, g), entries[g]), todo.kept)
-    shared = {key for marker in kept for key in _stored(lay, project, release, marker)}
     markers = dict(zip(todo.retired, transfers.run_all(put_aside, todo.retired), strict=True))
+    shared: set[str] = set()
+    alone = [k for g in todo.retired for k in _stored(lay, project, release, markers[g]) if not k.endswith(PACKED)]
+    if alone:
+        # a state on its own may be named by a kept generation too; a pack never is (each commit makes its own)
+        kept = transfers.run_all(lambda g: read(lay.generation_marker(project, release, g), entries[g]), todo.kept)
+        shared = {key for marker in kept for key in _stored(lay, project, release, marker)}
     st.delete_many(lay.generation_marker(project, release, g) for g in todo.retired)
     # after the markers are gone (see the module docs): pinned or aliased meanwhile?
     protected = set(_numbers(st, lay.pinned(project, release))) | set(
