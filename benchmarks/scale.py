@@ -102,8 +102,11 @@ def measure(server: Counter, what: typing.Callable[[], typing.Any]) -> tuple[int
     return server.count(), server.count(method='GET', query_contains='list-type=2'), seconds, result
 
 
-def run(count: int, work: pathlib.Path, out: typing.TextIO) -> list[tuple[str, int, int, float, str]]:
-    """Build a release of ``count`` generations on a fresh embedded server and measure each operation."""
+def run(
+    count: int, work: pathlib.Path, out: typing.TextIO, only: typing.Collection[str] = ()
+) -> list[tuple[str, int, int, float, str]]:
+    """Build a release of ``count`` generations on a fresh embedded server and measure each operation (or those
+    whose names start with one of ``only``)."""
     from forml import project as prj  # noqa: PLC0415
 
     from forml_s3.cli import main as cli  # noqa: PLC0415
@@ -138,6 +141,8 @@ def run(count: int, work: pathlib.Path, out: typing.TextIO) -> list[tuple[str, i
         print(f'built {count} generations ({written} objects) in {time.perf_counter() - start:.0f} s', file=out)
 
         def row(name: str, what: typing.Callable[[], typing.Any], note: str = '') -> None:
+            if only and not any(name.startswith(prefix) for prefix in only):
+                return
             try:
                 requests, lists, seconds, _ = measure(server, what)
             except Exception as err:  # noqa: BLE001 - an operation this version lacks: recorded as such
@@ -205,11 +210,13 @@ def main(argv: typing.Sequence[str] | None = None) -> int:
     parser.add_argument('--scale', action='store_true', help=argparse.SUPPRESS)
     parser.add_argument('--generations', default='10000', help='comma-separated release sizes (default: 10000)')
     parser.add_argument('--docs', type=pathlib.Path, help='write the table into this page (its Scale section)')
+    parser.add_argument('--only', default='', help='comma-separated operations to measure (name prefixes)')
     args = parser.parse_args(argv)
     results = {}
     with tempfile.TemporaryDirectory(prefix='forml-s3-scale-') as temp:
         for count in (int(n) for n in args.generations.split(',')):
-            results[count] = run(count, pathlib.Path(temp) / str(count), sys.stderr)
+            only = [o.strip() for o in args.only.split(',') if o.strip()]
+            results[count] = run(count, pathlib.Path(temp) / str(count), sys.stderr, only)
     text = table(results)
     print(text)
     if args.docs:

@@ -114,6 +114,16 @@ def plan(st: storage.Store, lay: layout.Layout, project: str, release: str, keep
     return Plan(str(project), str(release), kept, retired=retired, tombstones=tombstones, entries=entries, **protected)
 
 
+def retired(st: storage.Store, lay: layout.Layout, project: str, release: str) -> set[int]:
+    """The numbers of a release's retired generations whose ``retired/`` markers remain (one LIST a page)."""
+    return set(_numbers(st, lay.retired(project, release)))
+
+
+def tombstones(st: storage.Store, lay: layout.Layout, project: str, release: str) -> list[int]:
+    """The numbers an earlier version's retire left a tombstone of in the level (one LIST a page)."""
+    return _listed(st, lay.generations(project, release))[1]
+
+
 def floor(st: storage.Store, lay: layout.Layout, project: str, release: str) -> int:
     """The lowest generation number the release may still commit (0 if nothing was retired): one LIST."""
     return max(_numbers(st, lay.floors(project, release)), default=0)
