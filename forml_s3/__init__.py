@@ -1,7 +1,8 @@
 """forml-s3: ForML registry and inventory providers over object storage (S3 first, any fsspec URL).
 
 Package map (each layer imports only from the layers listed before it):
-    model     - names a user types, the key layout (makes and parses keys), marker JSON (codec)
+    model     - names a user types, the key layout (makes and parses keys), marker JSON (codec);
+    settings  - beside it: the providers' settings, checked once up front (one line per typo)
     storage   - where bytes move: one store interface with capability flags, one class per backend, options
     runtime   - what runs behind ForML's calls: uploads, packs, leases, the marker reader, cache, staging,
                 aliases, retention

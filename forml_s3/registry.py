@@ -211,12 +211,28 @@ class Registry(commit.Protocol, asset.Registry, alias='s3', metaclass=settings.C
     def _generation_marker(
         self, project: asset.Project.Key, release: asset.Release.Key, generation: asset.Generation.Key
     ) -> dict[str, typing.Any] | None:
-        name = str(int(names.generation(generation)))
-        release, found = self._generations_of(project, release)
-        entry = found.get(name) or self._generations_of(project, release, fresh=True)[1].get(name)
-        if entry is None:
-            return None
-        return self._marker(self._layout.generation_marker(project, release, generation), entry)
+        """A committed generation's marker (None if it has none: never committed, or retired) without listing the
+        release's generations: from memory, else by its entry in a listing at hand, else one GET of its key.
+
+        A generation number is never committed twice (the exclusive create, and the retirement floor of
+        :mod:`forml_s3.runtime.retention`), so a marker read once stays true for the life of the process."""
+        project, canonical = names.project(project), names.canonical(release)
+        known = self._stems.get((str(project), canonical))
+        for stem in (known,) if known is not None else (canonical, None):
+            stem = stem or self._stem(project, release)  # not under its canonical name: an older spelling
+            key = self._layout.generation_marker(project, stem, generation)
+            memo = self._reader.committed(key)
+            if memo is not None:
+                return memo
+            entry = (self._reader.cached(self._layout.generations(project, stem)) or {}).get(str(int(generation)))
+            marker = self._marker(key, entry) if entry is not None else self._reader.optional(key)
+            if marker is not None:
+                self._stems.setdefault((str(project), canonical), stem)  # generations only in a committed release
+                self._reader.remember(key, marker)
+                return marker
+            if known is None and self._stem(project, release) == canonical:
+                break  # stored under its canonical name after all: no generation of that number
+        return None
 
     # releases -------------------------------------------------------------------------------------------
     def push(self, package: 'prj.Package') -> None:

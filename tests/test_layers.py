@@ -12,7 +12,7 @@ import pytest
 PACKAGE = pathlib.Path(__file__).parent.parent / 'forml_s3'
 
 LAYERS = (
-    ('model',),
+    ('model', 'settings'),
     ('storage',),
     ('runtime',),
     ('registry', 'inventory', 'selector'),

@@ -427,8 +427,8 @@ def test_gc_spares_states_a_generation_commits_between_its_listings(
     sid = uuid.UUID(state.rsplit('/', 1)[1][: -len(layout.STATE_SUFFIX)])
     original = inspect.snapshot
 
-    def snapshot_then_commit(st):
-        taken = original(st)
+    def snapshot_then_commit(st, *args):
+        taken = original(st, *args)
         if not getattr(snapshot_then_commit, 'done', False):
             snapshot_then_commit.done = True
             committed.close(helpers.PROJECT, '0.2', 2, helpers.tag([sid]))  # a trainer commits meanwhile

@@ -65,7 +65,8 @@ def test_immutable_objects_are_fetched_once_per_machine(s3server, s3registry, pa
     _, sids = commit(writer, 1, payloads=(b'x' * 5000, b'y' * 7000))
 
     s3server.reset_counts()
-    first = s3registry()  # a serving process on another machine (empty cache dir)
+    first = s3registry()  # a serving process on another machine (empty cache dir), as ForML does it: list, open
+    assert list(first.generations(PROJECT, '0.1')) == [1]
     first.open(PROJECT, '0.1', 1)
     assert [first.read(PROJECT, '0.1', 1, s) for s in sids] == [b'x' * 5000, b'y' * 7000]
     state_gets = s3server.count(method='GET', path_prefix=f'/{s3registry.bucket}/forml/{PROJECT}/0.1/states/')
@@ -74,9 +75,17 @@ def test_immutable_objects_are_fetched_once_per_machine(s3server, s3registry, pa
 
     s3server.reset_counts()
     second = s3registry()  # a second process on the same machine: same cache dir
+    assert list(second.generations(PROJECT, '0.1')) == [1]
     second.open(PROJECT, '0.1', 1)
     assert [second.read(PROJECT, '0.1', 1, s) for s in sids] == [b'x' * 5000, b'y' * 7000]
     assert s3server.count(method='GET') == lists(s3server) == 1  # one LIST, no object fetched again
+
+    s3server.reset_counts()
+    third = s3registry()  # one that opens a known number without listing: its marker tells it, nothing else
+    third.open(PROJECT, '0.1', 1)
+    assert [third.read(PROJECT, '0.1', 1, s) for s in sids] == [b'x' * 5000, b'y' * 7000]
+    marker_gets = s3server.count(method='GET', path_prefix=f'/{s3registry.bucket}/forml/{PROJECT}/0.1/generations/1')
+    assert len(s3server.requests) == marker_gets == 1  # no listing to tell the marker's version by: one small GET
 
 
 def test_second_mount_transfers_no_package_bytes(s3server, s3registry, package_factory):
@@ -103,7 +112,7 @@ def test_write_and_close_cost(s3server, s3registry, package_factory, monkeypatch
     """100 small states written, then closed at once: one pack (or one object each), tag clears, one LIST confirming
     them, one marker."""
     monkeypatch.setattr(packing, 'LINGER', 60.0)  # held until close however slow the machine is
-    registry = s3registry(pack_states=pack_states)
+    registry = s3registry(pack_states=pack_states, listing_ttl=600)  # however long 100 writes take here
     registry.push(package_factory('0.1'))
     list(registry.releases(PROJECT))  # ForML lists both levels before it closes: those LISTs are not close's
     list(registry.generations(PROJECT, '0.1'))
@@ -116,8 +125,10 @@ def test_write_and_close_cost(s3server, s3registry, package_factory, monkeypatch
     untag = s3server.count(method='DELETE', query_contains='tagging')
     markers = s3server.count(method='PUT', path_prefix=f'/{s3registry.bucket}/forml/{PROJECT}/0.1/generations/')
     assert (puts, untag, markers) == expected
-    assert lists(s3server) == 1  # close confirms every state is stored: one LIST of the states, not a HEAD each
-    assert len(s3server.requests) == sum(expected) + 1  # no lease: the commit came within lease_after
+    # close confirms every state is stored: one LIST of the states, not a HEAD each; after its marker, one LIST of
+    # the release's retirement floor (a retired number is never committed again, see forml_s3.retention)
+    assert lists(s3server) == 2
+    assert len(s3server.requests) == sum(expected) + 2  # no lease: the commit came within lease_after
 
 
 def test_a_level_past_one_page_costs_one_list_per_1000(s3server, s3registry, package_factory):

@@ -245,11 +245,47 @@ def test_a_stale_writer_cannot_resurrect_a_retired_number(s3server, url, seven):
     stale = fresh(registry, s3server)
     sid = uuid.uuid4()
     stale.write(PROJECT, '0.1', sid, b'late')
-    with pytest.raises(Conflict, match='Generation 4 of demo-proj-0.1 was committed by another writer'):
+    with pytest.raises(Conflict, match='Generation 4 of demo-proj-0.1 was committed and retired meanwhile'):
         stale.close(PROJECT, '0.1', 4, tag([sid]))
     assert sorted(fresh(registry, s3server).generations(PROJECT, '0.1')) == [5, 6, 7]
     with pytest.raises(asset.Level.Listing.Empty):
         fresh(registry, s3server).open(PROJECT, '0.1', 4)
+    retired = json.loads(registry._store.read(registry._layout.retired_marker(PROJECT, '0.1', 4)))
+    assert sid.hex not in json.dumps(retired) and str(sid) not in retired['states']  # the retired one is untouched
+
+
+def test_old_tombstones_still_hide_and_the_next_retire_moves_them_out(make_registry, package_factory):
+    """A registry retired by an earlier version holds empty markers in the level: they are skipped as before, and
+    the next retire raises the floor above them and deletes them, so no stale writer can take their numbers."""
+    registry = make_registry()
+    registry.push(package_factory('0.1'))
+    for generation in range(1, 6):
+        commit(registry, generation, payloads=(bytes([generation]),))
+    store, lay = registry._store, registry._layout
+    for generation in (1, 2):  # what retire wrote before the floor existed
+        marker = store.read(lay.generation_marker(PROJECT, '0.1', generation))
+        store.write(lay.retired_marker(PROJECT, '0.1', generation), marker)
+        store.write(lay.generation_marker(PROJECT, '0.1', generation), layout.TOMBSTONE)
+    reader = make_registry()
+    assert sorted(reader.generations(PROJECT, '0.1')) == [3, 4, 5]
+    with pytest.raises(asset.Level.Listing.Empty):
+        reader.open(PROJECT, '0.1', 1)
+    todo = retention.plan(store, lay, PROJECT, '0.1', 3)
+    assert (todo.retired, todo.tombstones) == ([], [1, 2])
+
+    assert retention.retire(store, lay, PROJECT, '0.1', 3) == []
+    assert not store.exists(lay.generation_marker(PROJECT, '0.1', 1))
+    assert retention.floor(store, lay, PROJECT, '0.1') == 3
+    assert sorted(make_registry().generations(PROJECT, '0.1')) == [3, 4, 5]
+    stale = make_registry()
+    with pytest.raises(Conflict, match='Generation 2 of demo-proj-0.1 was committed and retired meanwhile'):
+        commit(stale, 2, payloads=(b'late',))
+    assert not store.exists(lay.generation_marker(PROJECT, '0.1', 2))
+    assert retention.retire(store, lay, PROJECT, '0.1', 1) == [3, 4]
+    assert retention.floor(store, lay, PROJECT, '0.1') == 5
+    assert [e.name for e in store.listdir(lay.floors(PROJECT, '0.1'))] == ['5.json']  # lower floors cleared
+    commit(registry, 6, payloads=(b'six',))  # above the floor: commits as ever
+    assert sorted(make_registry().generations(PROJECT, '0.1')) == [5, 6]
 
 
 def test_a_retire_that_died_before_tagging_leaks_but_never_expires_live_states(s3server, bucket, url, seven):
@@ -291,8 +327,9 @@ def test_keep_generations_setting_retires_after_each_commit(make_registry, packa
         (1, True),
         (2, True),
     ]
-    tombstone = other._layout.generation_marker(PROJECT, '0.1', 1)
-    assert snap.objects[tombstone].kind is inspect.Kind.TOMBSTONE
+    moved = other._layout.generation_marker(PROJECT, '0.1', 1)
+    assert moved not in snap.objects  # the level holds live generations only
+    assert retention.floor(other._store, other._layout, PROJECT, '0.1') == 3
     with pytest.raises(forml.InvalidError, match='at least 1'):
         make_registry(keep_generations=0)
 
@@ -307,7 +344,20 @@ def test_retire_reuses_the_registrys_marker_cache(s3server, counted, url, seven)
     marker_gets = [r for r in counted.requests if r.method == 'GET' and r.path.endswith(layout.MARKER)]
     assert marker_gets == []
     lists = counted.count(method='GET', query_contains='list-type=2')
-    assert lists == 5  # the generations, the pins and the aliases; the pins and the aliases again after the tombstones
+    assert lists == 6  # the generations, the pins, the aliases, the floors; the pins and the aliases again
+
+
+def test_preview_reads_the_tags_only_of_objects_that_can_carry_them(s3server, counted, url, seven):
+    """States, packs, packages and retired markers carry tags; project, release and generation markers, pins and
+    floors never do: their tags are not read."""
+    assert run_cli('retire', url, '--keep', '5', *s3_options(s3server)).exit_code == 0
+    assert run_cli('pin', url, PROJECT, '0.1', '6', *s3_options(s3server)).exit_code == 0
+    counted.reset_counts()
+    preview = run_cli('lifecycle', 'preview', url, '--planned', '--json', *s3_options(s3server))
+    assert preview.exit_code == 0, preview.output
+    tag_reads = [r.path.rsplit('/', 2)[-2] for r in counted.requests if r.method == 'GET' and 'tagging' in r.query]
+    assert sorted(set(tag_reads)) == ['0.1', 'retired', 'states']  # the package, retired markers, states
+    assert len(tag_reads) == 1 + 2 + 7 * 2
 
 
 def test_preview_shows_abandoned_uploads_and_incomplete_multipart_uploads(s3server, bucket, url, seven):

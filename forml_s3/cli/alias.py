@@ -31,6 +31,23 @@ def _aliases(url: str | None, registry: str | None, options: tuple[str, ...]):
     return aliases.Aliases(st, layout.Layout(st.root))
 
 
+def _on_alias(json_help: str, *arguments: typing.Callable, expect: str | None = None) -> typing.Callable:
+    """The parameters of a command on alias NAME of PROJECT, in this order: PROJECT, NAME, ``arguments``,
+    ``--expect`` (with this metavar) when given, and ``--json`` (with this help)."""
+
+    def decorate(command: typing.Callable) -> typing.Callable:
+        command = click.option('--json', 'as_json', is_flag=True, help=json_help)(command)
+        if expect:
+            command = click.option('--expect', metavar=expect, help='Fail (exit 1) unless the alias points there now.')(
+                command
+            )
+        for argument in reversed((click.argument('project'), click.argument('name'), *arguments)):
+            command = argument(command)
+        return command
+
+    return decorate
+
+
 def _run(action: typing.Callable[[], typing.Any]) -> typing.Any:
     """Run an alias operation: a lost swap exits 1, any other ForML error 2, each with its one-line message."""
     import forml
@@ -79,12 +96,12 @@ def alias() -> None:
 
 
 @registry_command(alias, name='set')
-@click.argument('project')
-@click.argument('name')
-@click.argument('release')
-@click.argument('generation', type=click.IntRange(min=1))
-@click.option('--expect', metavar='RELEASE#GENERATION|none', help='Fail (exit 1) unless the alias points there now.')
-@click.option('--json', 'as_json', is_flag=True, help='Print the alias as JSON.')
+@_on_alias(
+    'Print the alias as JSON.',
+    click.argument('release'),
+    click.argument('generation', type=click.IntRange(min=1)),
+    expect='RELEASE#GENERATION|none',
+)
 def set_(project, name, release, generation, expect, as_json, url, registry, options) -> None:
     """Point alias NAME of PROJECT to GENERATION of RELEASE (which must be live)."""
     aliases = _aliases(url, registry, options)
@@ -92,9 +109,7 @@ def set_(project, name, release, generation, expect, as_json, url, registry, opt
 
 
 @registry_command(alias)
-@click.argument('project')
-@click.argument('name')
-@click.option('--json', 'as_json', is_flag=True, help='Print the alias as JSON.')
+@_on_alias('Print the alias as JSON.')
 def get(project, name, as_json, url, registry, options) -> None:
     """What alias NAME of PROJECT points to."""
     aliases = _aliases(url, registry, options)
@@ -115,10 +130,7 @@ def ls(project, as_json, url, registry, options) -> None:
 
 
 @registry_command(alias)
-@click.argument('project')
-@click.argument('name')
-@click.option('--expect', metavar='RELEASE#GENERATION', help='Fail (exit 1) unless the alias points there now.')
-@click.option('--json', 'as_json', is_flag=True, help='Print the removed alias as JSON.')
+@_on_alias('Print the removed alias as JSON.', expect='RELEASE#GENERATION')
 def rm(project, name, expect, as_json, url, registry, options) -> None:
     """Remove alias NAME of PROJECT (its history is kept; `set` brings it back)."""
     aliases = _aliases(url, registry, options)
@@ -126,9 +138,7 @@ def rm(project, name, expect, as_json, url, registry, options) -> None:
 
 
 @registry_command(alias)
-@click.argument('project')
-@click.argument('name')
-@click.option('--json', 'as_json', is_flag=True, help='Print the changes as JSON lines.')
+@_on_alias('Print the changes as JSON lines.')
 def history(project, name, as_json, url, registry, options) -> None:
     """Every change of alias NAME of PROJECT, oldest first: from, to, when, by whom."""
     from forml_s3.runtime import aliases as aliasmod

@@ -189,14 +189,19 @@ def progress_bar(length: int, label: str, **kwargs: typing.Any):
 # ls ---------------------------------------------------------------------------------------------------------
 @registry_command()
 @click.option('--json', 'as_json', is_flag=True, help='Print the tree as JSON (for scripts).')
+@click.option(
+    '--summary', is_flag=True, help='Counts per release only (live, newest, retired): one LIST per 1,000 objects.'
+)
 @ALLOW_EMPTY
-def ls(url: str | None, registry: str | None, options: tuple[str, ...], as_json: bool, allow_empty: bool) -> None:
+def ls(
+    url: str | None, registry: str | None, options: tuple[str, ...], as_json: bool, summary: bool, allow_empty: bool
+) -> None:
     """Tree of the projects, releases and generations at URL, with sizes and timestamps.
 
     URL is a forml-s3 registry root: s3://bucket/prefix, file:///path, or any fsspec URL; without it, the
     registry of the ForML config ($FORML_HOME/config.toml; --registry NAME for another section). Costs one LIST
-    request per 1,000 objects and one GET per marker. Exits 2 if nothing at URL is a registry's (a mistyped
-    URL), unless --allow-empty.
+    request per 1,000 objects and one GET per marker (in parallel); with --summary no GET at all. Exits 2 if
+    nothing at URL is a registry's (a mistyped URL), unless --allow-empty.
 
     \b
     Examples:
@@ -207,13 +212,20 @@ def ls(url: str | None, registry: str | None, options: tuple[str, ...], as_json:
 
     st = open_store(url, options, registry)
     with fatal_errors():
-        snap = inspect.snapshot(st)
-    _no_registry(snap, allow_empty)
-    data = inspect.tree(snap)
+        if summary:
+            data = inspect.summary(st)
+        else:
+            snap = inspect.snapshot(st)
+    if summary:
+        if not (allow_empty or data['projects']):
+            raise Fatal(f'No registry at {st.url}: check the URL (and --registry), or pass --allow-empty')
+    else:
+        _no_registry(snap, allow_empty)
+        data = inspect.tree(snap)
     if as_json:
         click.echo(json.dumps(data, indent=1))
     else:
-        for line in inspect.render(data):
+        for line in (inspect.render_summary if summary else inspect.render)(data):
             click.echo(line)
 
 

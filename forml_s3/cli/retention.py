@@ -14,7 +14,7 @@ import typing
 import click
 
 from ..ops import policy as defaults
-from .ops import Fatal, fatal_errors, open_store, registry_command
+from .ops import Fatal, fatal_errors, open_store, progress_bar, registry_command
 
 
 def _days(name: str, default: int, text: str, **extra: typing.Any) -> typing.Callable:
@@ -406,9 +406,13 @@ def retire(
     with fatal_errors():
         for name, version in _existing(st, lay, project, release):
             todo = retention.plan(st, lay, name, version, keep)
+            if dry_run or not (todo.retired or todo.tombstones):
+                retired = todo.retired
+            else:
+                with progress_bar(2 * len(todo.retired), f'Retiring {name}-{version}') as bar:
+                    retired = retention.retire(st, lay, name, version, keep, planned=todo, progress=bar.update)
             if not todo.retired:
                 continue
-            retired = todo.retired if dry_run else retention.retire(st, lay, name, version, keep)
             meanwhile = sorted(set(todo.retired) - set(retired))  # pinned or aliased while this ran: kept
             total += len(retired)
             verb = 'would retire' if dry_run else 'retired'

@@ -8,6 +8,7 @@ Paths are relative to the registry root (the configured URL)::
     <project>/<release>/generations/<n>.json        generation marker: tag + each state's size, sha256
     <project>/<release>/retired/<n>.json            marker of a retired generation (hidden from listings)
     <project>/<release>/pinned/<n>.json             pin: the generation is never retired
+    <project>/<release>/floor/<n>.json              retirement floor: no generation below n is committed any more
     <project>/<release>/states/<sid>.bin            states, written once, uncommitted until a marker names them
     <project>/<release>/states/<pack-id>.pack       small states of one commit side by side (forml_s3.runtime.packing)
     <project>/aliases/<name>.json                   alias: a named pointer to one generation, with its history
@@ -21,9 +22,13 @@ Markers of one level sit side by side under a prefix that holds nothing else, so
 returns the whole level (up to 1,000 entries a page) and shows only what is committed. The package key
 carries the content hash, so two writers racing for one version never write the same object.
 
-Retiring a generation replaces its marker in ``generations/`` by an empty object, a *tombstone*: listings skip
-empty markers (the size comes with the LIST, so this costs no request), while the key stays taken, so a stale
-writer that still tries to commit that number loses the exclusive create instead of resurrecting it.
+Retiring a generation moves its marker from ``generations/`` to ``retired/``, so the level lists only live
+generations however long the history. No number is ever committed twice: retiring first raises the release's
+*floor* (``floor/<n>.json``, the highest one counts), and a writer whose exclusive create of a number below the
+floor succeeded (its marker was moved away) deletes its marker again and loses (see :mod:`forml_s3.retention`).
+Registries retired by earlier versions hold an empty object, a *tombstone*, in place of each retired marker:
+listings skip empty markers (the size comes with the LIST, so this costs no request), and the next retire of the
+release moves them out (raising the floor above them first).
 """
 
 import dataclasses
@@ -46,6 +51,7 @@ RELEASES = 'releases'
 GENERATIONS = 'generations'
 RETIRED = 'retired'
 PINNED = 'pinned'
+FLOOR = 'floor'
 STATES = 'states'
 LEASES = '.leases'
 ALIASES = 'aliases'
@@ -94,6 +100,10 @@ class Layout:
     def pinned(self, project: asset.Project.Key, release: asset.Release.Key) -> str:
         """Prefix listing the pins of a release's generations."""
         return self._join(names.project(project), str(names.release(release)), PINNED)
+
+    def floors(self, project: asset.Project.Key, release: asset.Release.Key) -> str:
+        """Prefix listing the retirement floors of a release (the highest counts; see the module docs)."""
+        return self._join(names.project(project), str(names.release(release)), FLOOR)
 
     def states(self, project: asset.Project.Key, release: asset.Release.Key) -> str:
         """Prefix holding the state objects of a release."""
@@ -162,6 +172,9 @@ class Layout:
         self, project: asset.Project.Key, release: asset.Release.Key, generation: asset.Generation.Key
     ) -> str:
         return f'{self.pinned(project, release)}/{int(names.generation(generation))}{MARKER}'
+
+    def floor_marker(self, project: asset.Project.Key, release: asset.Release.Key, below: int) -> str:
+        return f'{self.floors(project, release)}/{int(below)}{MARKER}'
 
     def state(self, project: asset.Project.Key, release: asset.Release.Key, sid: uuid.UUID) -> str:
         return f'{self.states(project, release)}/{names.state(sid)}{STATE_SUFFIX}'
@@ -242,6 +255,8 @@ class Kind(enum.Enum):
     GENERATION_MARKER = 'generation-marker'
     RETIRED_MARKER = 'retired-marker'
     PIN_MARKER = 'pin-marker'
+    FLOOR = 'floor'
+    """A release's retirement floor (see :mod:`forml_s3.runtime.retention`)."""
     TOMBSTONE = 'tombstone'
     PACKAGE = 'package'
     STATE = 'state'
@@ -290,6 +305,8 @@ def classify(lay: Layout, path: str) -> tuple[Kind, str | None, str | None, str 
                     return Kind.RETIRED_MARKER, project, str(names.release(release)), stem
                 if lay.pin_marker(project, release, int(stem)) == path:
                     return Kind.PIN_MARKER, project, str(names.release(release)), stem
+                if lay.floor_marker(project, release, int(stem)) == path:
+                    return Kind.FLOOR, project, str(names.release(release)), stem
             if base.endswith(STATE_SUFFIX) and lay.state(project, release, stem) == path:
                 return Kind.STATE, project, str(names.release(release)), str(names.state(stem))
             if base.endswith(PACK_SUFFIX) and lay.pack(project, release, stem) == path:

@@ -177,9 +177,11 @@ class S3Side(Side):
         return {n: str(self._marker(self.layout.pin_marker(project, release, n)).get('note') or '') for n in numbers}
 
     def retired(self, project: asset.Project.Key, release: asset.Release.Key) -> set[int]:
-        entries = self.store.listdir(self.layout.generations(project, release))
-        tombstones = layout.Layout.tombstone_names({e.name: e.size for e in entries})
-        return {int(name) for name in tombstones if name.isdigit()}
+        """Those with a ``retired/`` marker, and those an earlier version left a tombstone of (two LISTs)."""
+        from ..runtime import retention
+
+        moved = retention.retired(self.store, self.layout, str(project), str(release))
+        return moved | set(retention.tombstones(self.store, self.layout, str(project), str(release)))
 
     def pin(self, project: asset.Project.Key, release: asset.Release.Key, generation: int, note: str) -> None:
         from ..runtime import retention

@@ -46,9 +46,8 @@ LEASE_RECHECK = 10.0
 """Seconds between re-listings of the leases while deleting."""
 
 
-@dataclasses.dataclass(frozen=True)
-class Upload:
-    """An incomplete multipart upload of one of the registry's objects."""
+class Upload(typing.NamedTuple):
+    """An incomplete multipart upload of one of the registry's objects (what ListMultipartUploads says of it)."""
 
     path: str
     upload_id: str
@@ -152,6 +151,26 @@ def uploads(st: storage.Store, snap: inspect.Snapshot, older_than: datetime.time
     return sorted(found, key=lambda u: (u.path, u.upload_id))
 
 
+def _aged(
+    older_than: datetime.timedelta, retired_older_than: datetime.timedelta | None, now: float
+) -> inspect.Releases:
+    """The releases worth reading the markers of: those holding a package, state or pack (or, with
+    ``retired_older_than``, a retired marker) old enough to be judged, by the ages the listing gave. A registry
+    with nothing that old costs its LIST pages and nothing more."""
+
+    def aged(objects: typing.Iterable[inspect.Object]) -> set[tuple[str | None, str | None]]:
+        limits = {kind: now - older_than.total_seconds() for kind in inspect.STORED}
+        if retired_older_than is not None:
+            limits[inspect.Kind.RETIRED_MARKER] = now - retired_older_than.total_seconds()
+        return {
+            (o.project, o.release)
+            for o in objects
+            if o.kind in limits and (o.modified is None or o.modified < limits[o.kind])
+        }
+
+    return aged
+
+
 def judge(
     st: storage.Store,
     older_than: datetime.timedelta,
@@ -162,9 +181,10 @@ def judge(
     """What a collection would delete now: the garbage of two listings, less what live leases protect (and, with
     ``retired_older_than``, the objects of generations retired that long ago)."""
     now = time.time() if now is None else now
-    snap = snap or inspect.snapshot(st)
+    aged = _aged(older_than, retired_older_than, now)
+    snap = snap or inspect.snapshot(st, aged)
     first = candidates(snap, older_than, now)
-    second = inspect.snapshot(st) if first else snap
+    second = inspect.snapshot(st, aged) if first else snap
     again = {o.path: o for o in candidates(second, older_than, now)} if first else {}
     pending = uploads(st, second, older_than, now)
     found = lease.leases(st)

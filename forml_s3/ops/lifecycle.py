@@ -48,6 +48,7 @@ from .. import storage
 from ..model import codec, layout
 from ..runtime import transfers
 from . import policy as defaults
+from . import snapshot as inspect
 
 LOGGER = logging.getLogger(__name__)
 
@@ -489,7 +490,7 @@ def preview(
     objects = [(p.partition('/')[2], e) for p, e in st.walk(st.root)] if populations & {'current', 'transition'} else []
 
     tagged = [f.prefix for f in map(RuleFilter.of, active) if f.tags]
-    wanted = [key for key, _ in objects if any(key.startswith(p) for p in tagged)]
+    wanted = [key for key, _ in objects if any(key.startswith(p) for p in tagged) and _may_carry_tags(st, key)]
 
     def tags_of(key: str) -> dict[str, str]:
         try:
@@ -502,6 +503,22 @@ def preview(
     versions = st.versions(st.root) if 'noncurrent' in populations else []
     uploads = st.multipart_uploads(st.root) if 'uploads' in populations else []
     return [_effect(rule, st, at, objects, tags, versions, uploads) for rule in active]
+
+
+UNTAGGED = (
+    inspect.Kind.PROJECT_MARKER,
+    inspect.Kind.RELEASE_MARKER,
+    inspect.Kind.GENERATION_MARKER,
+    inspect.Kind.PIN_MARKER,
+    inspect.Kind.FLOOR,
+)
+"""Kinds of registry objects forml-s3 never tags (tombstones are generation markers): their tags are not read."""
+
+
+def _may_carry_tags(st: storage.Store, key: str) -> bool:
+    """Whether an object of the bucket may carry tags: anything but a marker forml-s3 never tags (states, packs,
+    packages, retired markers and foreign objects may)."""
+    return inspect.classify(layout.Layout(st.root), f'{st.bucket}/{key}')[0] not in UNTAGGED
 
 
 def _effect(
@@ -541,7 +558,11 @@ def _effect(
         if selector.tags:
             effect.note = 'tag filters on noncurrent versions are not previewed'
         successor: dict[str, datetime.datetime] = {}  # a version becomes noncurrent when its successor is written
-        for version in sorted(versions, key=lambda v: (v['Key'], _timestamp(v['LastModified'])), reverse=True):
+        # newest first; within one second (S3 times are whole seconds) the latest version is the successor
+        newest_first = sorted(
+            versions, key=lambda v: (v['Key'], _timestamp(v['LastModified']), bool(v.get('IsLatest'))), reverse=True
+        )
+        for version in newest_first:
             key, size = version['Key'], int(version.get('Size') or 0)
             if not version.get('DeleteMarker') and key in successor and selector.selects(key, size, selector.tags):
                 add(key, size, successor[key], version.get('VersionId'))

@@ -35,8 +35,8 @@ LOGGER = logging.getLogger(__name__)
 
 HASH_IN_MEMORY = 16 * 2**20
 """Objects up to this size are hashed in memory (one GET); larger ones are downloaded to a temp file first."""
-WORKERS = 8
-"""Concurrent marker reads and checksum downloads."""
+WORKERS = 32
+"""Concurrent marker reads and checksum downloads (a marker is a small GET: latency, not bandwidth, bounds them)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,8 +154,13 @@ def _read_marker(st: storage.Store, path: str) -> tuple[dict[str, typing.Any] | 
         return None, str(err)
 
 
-def snapshot(st: storage.Store) -> Snapshot:
-    """List the registry at ``st`` and read all its release, generation and retired markers."""
+Releases = typing.Callable[[typing.Iterable['Object']], typing.Collection[tuple[str | None, str | None]]]
+"""Given every listed object, the (project, release) pairs whose generation and retired markers to read."""
+
+
+def snapshot(st: storage.Store, releases: Releases | None = None) -> Snapshot:
+    """List the registry at ``st`` and read its release markers and the generation and retired markers of every
+    release (or of those ``releases`` picks from the listing: the others' generations are left out)."""
     lay = layout.Layout(st.root)
     objects: dict[str, Object] = {}
     for path, size, modified, version in listing(st):
@@ -163,8 +168,15 @@ def snapshot(st: storage.Store) -> Snapshot:
         if kind is Kind.GENERATION_MARKER and not layout.live(size):
             kind = Kind.TOMBSTONE  # a retired generation's number, kept taken; its retired marker describes it
         objects[path] = Object(path, size, modified, kind, project, release, name, version)
+    picked = None if releases is None else set(releases(objects.values()))
     markers = [
-        o for o in objects.values() if o.kind in (Kind.RELEASE_MARKER, Kind.GENERATION_MARKER, Kind.RETIRED_MARKER)
+        o
+        for o in objects.values()
+        if o.kind is Kind.RELEASE_MARKER
+        or (
+            o.kind in (Kind.GENERATION_MARKER, Kind.RETIRED_MARKER)
+            and (picked is None or (o.project, o.release) in picked)
+        )
     ]
     with concurrent.futures.ThreadPoolExecutor(WORKERS) as pool:
         read = dict(zip([o.path for o in markers], pool.map(lambda o: _read_marker(st, o.path), markers), strict=True))
@@ -212,6 +224,49 @@ def snapshot(st: storage.Store) -> Snapshot:
 
 
 # ls ---------------------------------------------------------------------------------------------------------
+def summary(st: storage.Store) -> dict[str, typing.Any]:
+    """Per release: live, newest, retired and pinned generations, stored objects and bytes - from the listing
+    alone (``forml-s3 ls --summary``: one LIST per 1,000 objects, no marker read)."""
+    lay = layout.Layout(st.root)
+    releases: dict[tuple[str, str], dict[str, typing.Any]] = {}
+    for path, size, _, _ in listing(st):
+        kind, project, release, name = classify(lay, path)
+        if project is None or release is None:
+            continue
+        entry = releases.setdefault(
+            (project, release),
+            {'release': release, 'committed': False, 'live': [], 'retired': 0, 'pinned': 0, 'objects': 0, 'bytes': 0},
+        )
+        if kind is Kind.RELEASE_MARKER:
+            entry['committed'] = True
+        elif kind is Kind.GENERATION_MARKER and size > len(layout.TOMBSTONE):
+            entry['live'].append(int(name))
+        elif kind in (Kind.RETIRED_MARKER, Kind.PIN_MARKER):
+            entry['retired' if kind is Kind.RETIRED_MARKER else 'pinned'] += 1
+        elif kind in STORED:
+            entry['objects'] += 1
+            entry['bytes'] += size
+    projects: dict[str, list[dict[str, typing.Any]]] = {}
+    for (project, _), entry in sorted(releases.items(), key=lambda i: (i[0][0], names.release(i[0][1]))):
+        live = entry.pop('live')
+        projects.setdefault(project, []).append({**entry, 'generations': len(live), 'newest': max(live, default=None)})
+    return {'url': st.url, 'projects': [{'project': p, 'releases': r} for p, r in projects.items()]}
+
+
+def render_summary(data: dict[str, typing.Any]) -> list[str]:
+    """The summary of :func:`summary` as text lines."""
+    lines = [data['url']]
+    for project in data['projects']:
+        lines.append(f'  {project["project"]}')
+        for r in project['releases']:
+            newest = f', newest {r["newest"]}' if r['newest'] is not None else ''
+            lines.append(
+                f'    {r["release"]}{"" if r["committed"] else " (uncommitted)"}: {r["generations"]} live{newest}, '
+                f'{r["retired"]} retired, {r["pinned"]} pinned; {r["objects"]} objects, {human(r["bytes"])}'
+            )
+    return lines
+
+
 def tree(snap: Snapshot) -> dict[str, typing.Any]:
     """The JSON-ready tree of a snapshot (``forml-s3 ls --json``)."""
 

@@ -243,8 +243,9 @@ class Aliases:
         try:
             live = layout.live(self._store.head(key)[0])
             what = 'is retired'
-        except FileNotFoundError:
-            live, what = False, 'does not exist'
+        except FileNotFoundError:  # never committed, or retired (its marker moved to retired/)
+            retired = self._layout.retired_marker(project, target.release, target.generation)
+            live, what = False, 'is retired' if self._store.exists(retired) else 'does not exist'
         if live:
             return
         if after is not None:

@@ -25,7 +25,7 @@ from forml.io import asset
 
 from .. import storage
 from ..model import codec, layout, names
-from . import lease, packing, transfers
+from . import lease, packing, retention, transfers
 from . import markers as markermod
 
 LOGGER = logging.getLogger(__name__)
@@ -141,8 +141,18 @@ class Protocol:
                 codec.writer(),
                 packs={pack.name: {'size': len(pack.body), 'sha256': pack.sha256}} if pack else None,
             )
+            key = self._layout.generation_marker(project, release, generation)
             try:
-                self._create_marker(self._layout.generation_marker(project, release, generation), codec.dumps(marker))
+                self._create_marker(key, codec.dumps(marker))
+                floor = retention.floor(self._store, self._layout, str(project), release)
+                if int(generation) < floor:  # a retired number whose marker was moved away: never committed twice
+                    self._store.delete(key)
+                    self._uncommit_tags(stored)
+                    raise Conflict(
+                        f'Generation {generation} of {project}-{release} was committed and retired meanwhile '
+                        f'({self._store.url}: no generation below {floor} is committed any more); your states were not '
+                        'committed. Train again to build on the newest generation.'
+                    )
             except FileExistsError:
                 self._uncommit_tags(stored)
                 raise self._conflict(project, release, generation) from None
@@ -177,8 +187,6 @@ class Protocol:
     def _retire(self, project: str, release: str) -> None:
         """Apply ``keep_generations`` after a commit; a failure here never undoes the commit."""
         try:
-            from . import retention  # only registries with a retention setting need it
-
             retired = retention.retire(
                 self._store, self._layout, project, release, self._keep_generations, read=self._reader.marker
             )
@@ -187,7 +195,8 @@ class Protocol:
             return
         finally:
             self._reader.invalidate(self._layout.generations(project, release))
-        if retired:
+        if retired:  # own retirement: hidden from this process at once, as from listings
+            self._reader.forget(*(self._layout.generation_marker(project, release, g) for g in retired))
             LOGGER.info('Retired generations %s of %s-%s', retired, project, release)
 
     def _conflict(self, project: str, release: str, generation: int) -> Conflict:

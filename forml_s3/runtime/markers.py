@@ -25,7 +25,7 @@ def read(st: storage.Store, key: str) -> dict[str, typing.Any]:
 class Markers(volatile.Volatile):
     """Listings and marker contents of one registry, cached for this process (pickles without them)."""
 
-    VOLATILE = ('_lock', '_listings', '_memo')
+    VOLATILE = ('_lock', '_listings', '_memo', '_committed')
 
     def __init__(self, st: storage.Store, blobs: cachemod.BlobCache, listing_ttl: float):
         self._store: storage.Store = st
@@ -37,20 +37,29 @@ class Markers(volatile.Volatile):
         self._lock = threading.Lock()
         self._listings: dict[str, tuple[float, dict[str, storage.Entry]]] = {}
         self._memo: dict[tuple[str, str], dict[str, typing.Any]] = {}
+        self._committed: dict[str, dict[str, typing.Any]] = {}
+        """Generation markers by key, read once: a generation number is never committed twice (the exclusive
+        create, and the retirement floor of :mod:`forml_s3.runtime.retention`), so one stays true for the process."""
 
     def listing(self, prefix: str, fresh: bool = False) -> dict[str, storage.Entry]:
         """Markers under ``prefix`` by level name: one LIST per page, reused for ``listing_ttl`` seconds."""
-        now = time.monotonic()
-        with self._lock:
-            cached = self._listings.get(prefix)
-        if cached and not fresh and now - cached[0] < self._listing_ttl:
-            return cached[1]
+        cached = None if fresh else self.cached(prefix)
+        if cached is not None:
+            return cached
         entries = {e.name: e for e in self._store.listdir(prefix)}
         sizes = {name: entry.size for name, entry in entries.items()}
         found = {name: entries[name + layout.MARKER] for name in layout.Layout.marker_names(sizes)}
-        with self._lock:
-            self._listings[prefix] = (now, found)
+        with self._lock:  # aged from when the listing finished: one of many pages may outlast listing_ttl
+            self._listings[prefix] = (time.monotonic(), found)
         return found
+
+    def cached(self, prefix: str) -> dict[str, storage.Entry] | None:
+        """The listing of ``prefix`` if one younger than ``listing_ttl`` is at hand (no request), else None."""
+        with self._lock:
+            cached = self._listings.get(prefix)
+        if cached and time.monotonic() - cached[0] < self._listing_ttl:
+            return cached[1]
+        return None
 
     def known(self, prefix: str) -> dict[str, storage.Entry]:
         """The markers under ``prefix`` as last listed by this process, however old (empty if never listed)."""
@@ -70,7 +79,7 @@ class Markers(volatile.Volatile):
     def marker(self, key: str, entry: storage.Entry) -> dict[str, typing.Any]:
         """A marker by key and version: from memory, else the local cache, else one GET (then cached)."""
         with self._lock:
-            memo = self._memo.get((key, entry.version))
+            memo = self._memo.get((key, entry.version)) or self._committed.get(key)
         if memo is not None:
             return memo
         name = hashlib.sha256(f'{self._store.url}|{key}|{entry.version}'.encode()).hexdigest()
@@ -85,3 +94,27 @@ class Markers(volatile.Volatile):
         with self._lock:
             self._memo[(key, entry.version)] = marker
         return marker
+
+    def committed(self, key: str) -> dict[str, typing.Any] | None:
+        """The generation marker at ``key`` if this process has read it as committed (no request), else None."""
+        with self._lock:
+            return self._committed.get(key)
+
+    def remember(self, key: str, marker: dict[str, typing.Any]) -> None:
+        """Keep a committed generation's marker for the life of the process (see ``_committed``)."""
+        with self._lock:
+            self._committed[key] = marker
+
+    def forget(self, *keys: str) -> None:
+        """Drop generation markers this process retired itself: hidden from it at once, as from listings."""
+        with self._lock:
+            for key in keys:
+                self._committed.pop(key, None)
+
+    def optional(self, key: str) -> dict[str, typing.Any] | None:
+        """A marker by one GET of its key; None if there is none (or only a tombstone of an older retirement)."""
+        try:
+            raw = self._store.read(key)
+        except FileNotFoundError:
+            return None
+        return codec.loads(raw, self._store.url_of(key)) if len(raw) > len(layout.TOMBSTONE) else None

@@ -17,6 +17,7 @@ disk refusing a download (:func:`local_failure`) passes unchanged: the cache or 
 ``FileNotFoundError`` for a missing key and ``FileExistsError`` for a lost exclusive create pass through.
 """
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import datetime
@@ -33,6 +34,9 @@ if typing.TYPE_CHECKING:
     import fsspec
 
 LOGGER = logging.getLogger(__name__)
+
+DELETE_WORKERS = 16
+"""Concurrent deletes where a backend has no batch delete (storage keeps no pool of its own)."""
 
 Data = bytes | pathlib.Path
 """What :meth:`Store.write` stores: the bytes, or a local file to upload."""
@@ -248,6 +252,17 @@ class Store:
         """Delete an object (missing is fine)."""
         with self._boundary('delete', path), contextlib.suppress(FileNotFoundError):
             self.fs.rm_file(path)
+
+    def delete_many(self, paths: typing.Iterable[str]) -> None:
+        """Delete objects (missing ones are fine): in batches where the backend has a batch delete, else in
+        parallel."""
+        paths = list(paths)
+        if len(paths) <= 1:
+            for path in paths:
+                self.delete(path)
+            return
+        with concurrent.futures.ThreadPoolExecutor(DELETE_WORKERS, thread_name_prefix='forml-s3-delete') as pool:
+            list(pool.map(self.delete, paths))  # the first failure is raised
 
     def delete_if_unchanged(self, path: str, version: str) -> bool:
         """Delete the object if it is still ``version`` (its listing's :attr:`Entry.version`); ``False`` if it

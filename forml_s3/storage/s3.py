@@ -38,6 +38,10 @@ PART_CONCURRENCY = 8
 
 _CHUNK = 2**20
 """How much of a ranged GET's body is read and written to the file at a time."""
+
+BATCH_DELETE = 1000
+"""Keys per ``DeleteObjects`` request (the S3 limit)."""
+
 _CRC_CHUNK = 2**20
 """How much of a file a part's CRC32 reads at a time (the part itself is never held whole)."""
 
@@ -287,6 +291,26 @@ class S3Store(base.Store):
         with self._boundary('delete', path), contextlib.suppress(FileNotFoundError):
             self.fs.rm_file(path)
 
+    def delete_many(self, paths: typing.Iterable[str]) -> None:
+        """``DeleteObjects``: one request per 1,000 keys (a missing key counts as deleted)."""
+        by_bucket: dict[str, list[str]] = {}
+        for path in paths:
+            bucket, key = self._bucket_key(path)
+            by_bucket.setdefault(bucket, []).append(key)
+        for bucket, keys in by_bucket.items():
+            for start in range(0, len(keys), BATCH_DELETE):
+                batch = keys[start : start + BATCH_DELETE]
+                with self._boundary('delete', f'{bucket}/{batch[0]}'):
+                    response = self.fs.call_s3(
+                        'delete_objects', Bucket=bucket, Delete={'Objects': [{'Key': k} for k in batch], 'Quiet': True}
+                    )
+                if errors := response.get('Errors'):
+                    first = errors[0]
+                    raise forml.FailedError(
+                        f'Could not delete {len(errors)} of {len(batch)} objects, e.g. '
+                        f'{self.url_of(bucket + "/" + first.get("Key", ""))} ({first.get("Code")}): run it again'
+                    )
+
     def delete_if_unchanged(self, path: str, version: str) -> bool:
         """``DeleteObject`` with ``If-Match`` on the ETag (AWS, moto: 412 if it changed). A server answering 501 to
         the condition (LocalStack) gets a plain delete from then on; one ignoring it (Ceph RGW) cannot be told."""
@@ -457,7 +481,9 @@ class S3Store(base.Store):
                 except FileNotFoundError:
                     raise
                 except OSError as err:  # e.g. a redirect botocore follows and obstore does not: aiobotocore once more
-                    LOGGER.warning('Download of %s through obstore failed (%s): using aiobotocore', self.uri(path), err)
+                    LOGGER.warning(
+                        'Download of %s through obstore failed (%s): using aiobotocore', self.url_of(path), err
+                    )
                     self._fast = (os.getpid(), None)
                     os.ftruncate(fd, 0)
             with digest.Follower(fd, size) as follower:
