@@ -118,14 +118,16 @@ def check(config: dict[str, typing.Any]) -> dict[str, typing.Any]:
     uploads = store.multipart_uploads(store.root) if store.multipart else []
 
     # the scheduled gc runs during the load took nothing a marker names
-    runs = [e for e in logs(pathlib.Path(config['logs']), 'gc') if e['phase'] != 'begin']
+    runs = [e for e in logs(pathlib.Path(config['logs']), 'gc') if e['phase'] not in ('begin', 'killed')]
+    killed = sum(e['phase'] == 'killed' for e in logs(pathlib.Path(config['logs']), 'gc'))
     uris = {store.url_of(p) for p in named}
     for entry in runs:
         violations += [
             f'scheduled gc run {entry["run"]} deleted committed object {u}' for u in entry['deleted'] if u in uris
         ]
     scheduled = {
-        'runs': len(runs),
+        'runs': len(runs) + killed,
+        'killed': killed,
         'completed': sum(e['phase'] == 'acked' for e in runs),
         'failed': sum(e['phase'] == 'failed' for e in runs),
         'deleted': sum(len(e['deleted']) for e in runs),
