@@ -182,6 +182,7 @@ def test_a_killed_soak_leaves_no_server_or_worker_behind(tmp_path):
         [sys.executable, '-m', 'benchmarks.soak', '--backend', 'moto', '--duration', '300', '--writers', '2']
         + ['--readers', '1', '--keep-logs', str(tmp_path)],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, 'TMPDIR': str(tmp_path)},  # a killed soak cannot remove its work directory
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 120
