@@ -1,18 +1,21 @@
-"""A fault-injecting HTTP proxy for the soak: sits between S3 clients and an S3 server on ``127.0.0.1``.
+"""A fault-injecting HTTP proxy for the soak: sits between clients and an object store's server on ``127.0.0.1``.
 
 Every request is forwarded to the upstream server unless the proxy, drawing from one seeded random generator,
 decides to fail it. Faults come in two families, because they mean different things to a client:
 
-* **before** the server sees the request (nothing happened): an S3 error response (``500 InternalError``,
-  ``503 ServiceUnavailable``, ``503 SlowDown``, with S3's XML error body), or the connection reset while the
-  request is being received (mid-request);
+* **before** the server sees the request (nothing happened): an error response (``500``, ``503``, and the
+  store's "slow down": S3's ``503 SlowDown``, GCS's ``429 rateLimitExceeded``, Azure's ``503 ServerBusy``), in the
+  store's own error format (:data:`DIALECTS`: S3's XML body, the GCS JSON API's JSON body, Azure's XML body with
+  its ``x-ms-error-code`` header), or the connection reset while the request is being received (mid-request);
 * **after** the server has applied it (something happened, the client cannot know): a ``500 InternalError``
   instead of the real answer, the connection reset before any response byte or in the middle of the body, or
   the body truncated (headers promise the full length, the connection closes early).
 
 A delay (the response held back for up to a second) is drawn on its own. The proxy speaks plain HTTP/1.1 with
 keep-alive, answers ``Expect: 100-continue`` itself, and reads request bodies by ``Content-Length`` or chunked
-encoding; one thread per client connection, one upstream connection per client connection.
+encoding; one thread per client connection, one upstream connection per client connection. A ``Location``
+header naming the upstream server (a GCS resumable upload's session URL) is rewritten to name the proxy, so the
+rest of the upload comes through it too.
 
 With many clients the order in which requests draw from the generator depends on scheduling, so a seed replays
 the same fault mix and rates, not the same fault on the same request.
@@ -24,6 +27,7 @@ import collections
 import contextlib
 import dataclasses
 import http.client
+import json
 import random
 import socket
 import socketserver
@@ -36,6 +40,19 @@ ERRORS = {
     'error-500': (500, 'InternalError', 'We encountered an internal error. Please try again.'),
     'error-503': (503, 'ServiceUnavailable', 'Service is unable to handle request.'),
     'slowdown': (503, 'SlowDown', 'Please reduce your request rate.'),
+}
+"""The injected error responses by fault kind: status, S3 error code, message."""
+DIALECTS = ('s3', 'gcs', 'azure')
+"""The error formats the proxy speaks (the clients parse them: a wrong one is a different failure)."""
+_GCS_ERRORS = {
+    'error-500': (500, 'backendError'),
+    'error-503': (503, 'backendError'),
+    'slowdown': (429, 'rateLimitExceeded'),
+}
+_AZURE_ERRORS = {
+    'error-500': (500, 'InternalError'),
+    'error-503': (503, 'ServerBusy'),
+    'slowdown': (503, 'ServerBusy'),
 }
 BEFORE = (*ERRORS, 'reset-request')
 """Faults injected before the request reaches the server."""
@@ -67,9 +84,13 @@ class Proxy:
         seed: int,
         rates: Rates = Rates(),
         force: typing.Callable[[str, str], str | None] | None = None,
+        dialect: str = 's3',
     ):
+        if dialect not in DIALECTS:
+            raise ValueError(f'dialect must be one of {DIALECTS}, not {dialect!r}')
         host, _, port = upstream.removeprefix('http://').rstrip('/').partition(':')
         self.upstream = (host, int(port or 80))
+        self.dialect = dialect
         self.rates = rates
         self.force = force
         """Given a request's method and target, a fault kind to inject for certain (tests), or None to draw."""
@@ -158,7 +179,7 @@ class Proxy:
                 body = _read_body(reader, headers)
                 if kind in ERRORS:
                     self._count(kind)
-                    client.sendall(_error(*ERRORS[kind]))
+                    client.sendall(self._error(kind))
                     continue
                 if upstream is None:
                     upstream = http.client.HTTPConnection(*self.upstream, timeout=120)
@@ -167,14 +188,15 @@ class Proxy:
                 except (OSError, http.client.HTTPException):
                     upstream.close()
                     upstream = None
-                    client.sendall(_error(502, 'BadGateway', 'Upstream connection failed.'))
+                    client.sendall(self._error('bad-gateway'))
                     continue
+                response_headers = self._relocated(response_headers)
                 if delay:
                     self._count('delay')
                     time.sleep(delay)
                 if kind == 'error-after':
                     self._count(kind)
-                    client.sendall(_error(*ERRORS['error-500']))
+                    client.sendall(self._error('error-500'))
                     continue
                 if kind == 'reset-response':
                     self._count(kind)
@@ -198,6 +220,29 @@ class Proxy:
                 upstream.close()
             with contextlib.suppress(OSError):
                 reader.close()
+
+    def _relocated(self, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """The response headers with a ``Location`` at the upstream server pointing at the proxy instead."""
+        upstream = f'{self.upstream[0]}:{self.upstream[1]}'
+        proxy = self.endpoint.removeprefix('http://')
+        return [(n, v.replace(upstream, proxy) if n.lower() == 'location' else v) for n, v in headers]
+
+    def _error(self, kind: str) -> bytes:
+        """An injected error response of ``kind`` (or ``bad-gateway``) in the format of the proxy's store."""
+        status, code, message = ERRORS.get(kind, (502, 'BadGateway', 'Upstream connection failed.'))
+        if self.dialect == 'gcs':
+            status, reason = _GCS_ERRORS.get(kind, (status, 'badGateway'))
+            error = {'code': status, 'message': message, 'errors': [{'reason': reason, 'message': message}]}
+            return _response(status, 'application/json; charset=UTF-8', json.dumps({'error': error}).encode())
+        extra = ()
+        if self.dialect == 'azure':
+            status, code = _AZURE_ERRORS.get(kind, (status, code))
+            extra = (('x-ms-error-code', code),)
+        body = (
+            '<?xml version="1.0" encoding="UTF-8"?>\n'
+            f'<Error><Code>{code}</Code><Message>{message}</Message><RequestId>chaos</RequestId></Error>'
+        ).encode()
+        return _response(status, 'application/xml', body, extra)
 
 
 def _read_head(reader: typing.BinaryIO) -> tuple[str, str, dict[str, str]] | None:
@@ -280,17 +325,11 @@ def _response_head(status: int, reason: str, headers: list[tuple[str, str]], len
     return ('\r\n'.join(lines) + '\r\n\r\n').encode('latin-1')
 
 
-def _error(status: int, code: str, message: str) -> bytes:
-    body = (
-        '<?xml version="1.0" encoding="UTF-8"?>\n'
-        f'<Error><Code>{code}</Code><Message>{message}</Message><RequestId>chaos</RequestId></Error>'
-    ).encode()
+def _response(status: int, content_type: str, body: bytes, extra: typing.Iterable[tuple[str, str]] = ()) -> bytes:
     reason = http.client.responses.get(status, 'Error')
-    head = (
-        f'HTTP/1.1 {status} {reason}\r\nContent-Type: application/xml\r\nContent-Length: {len(body)}\r\n'
-        'Connection: keep-alive\r\n\r\n'
-    )
-    return head.encode() + body
+    head = [f'HTTP/1.1 {status} {reason}', f'Content-Type: {content_type}', f'Content-Length: {len(body)}']
+    head += [f'{name}: {value}' for name, value in extra]
+    return ('\r\n'.join([*head, 'Connection: keep-alive']) + '\r\n\r\n').encode() + body
 
 
 def _reset(client: socket.socket) -> None:

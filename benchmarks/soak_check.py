@@ -11,16 +11,16 @@ What it holds the registry to, given the writers' logs (what each writer was tol
   generation its own marker holds;
 * no committed object carries the ``uncommitted`` tag (the lifecycle rule would expire it);
 * every orphan left by killed writers is tagged ``uncommitted`` (expirable) or is removed by ``forml-s3 gc``,
-  and ``gc`` removes nothing a marker names: ``verify`` after ``gc`` finds the same commits whole and no orphan.
+  and ``gc`` removes nothing a marker names: ``verify`` after ``gc`` finds the same commits whole and no orphan;
+* nothing the scheduled ``gc`` runs deleted during the load (``gc-*.jsonl``) is named by a marker: no commit
+  was made of, or kept, an object gc took.
 """
 
 from __future__ import annotations
 
 import collections
 import json
-import os
 import pathlib
-import subprocess
 import sys
 import tempfile
 import typing
@@ -29,9 +29,9 @@ import uuid
 from benchmarks import soak_roles
 
 
-def logs(folder: pathlib.Path) -> list[dict[str, typing.Any]]:
+def logs(folder: pathlib.Path, role: str = 'writer') -> list[dict[str, typing.Any]]:
     entries = []
-    for path in sorted(folder.glob('writer-*.jsonl')):
+    for path in sorted(folder.glob(f'{role}-*.jsonl')):
         for line in path.read_text().splitlines():
             if line.endswith('}'):  # a line cut by SIGKILL mid-write has no closing brace
                 entries.append({**json.loads(line), 'log': path.name})
@@ -117,17 +117,36 @@ def check(config: dict[str, typing.Any]) -> dict[str, typing.Any]:
     expirable = [o for o in orphans if store.object_tags and store.get_tags(o.path).get(layout.UNCOMMITTED_TAG[0])]
     uploads = store.multipart_uploads(store.root) if store.multipart else []
 
-    # gc: removes the orphans, nothing committed
-    cli = pathlib.Path(sys.executable).with_name('forml-s3')
-    gc = subprocess.run(
-        [str(cli), 'gc', config['url'], *config['cli_options'], *config['gc_args']],
-        capture_output=True, text=True, timeout=600, env={**os.environ, 'PYTHONUNBUFFERED': '1'},
-    )  # fmt: skip
-    deleted = [line.split()[1] for line in gc.stdout.splitlines() if line.startswith('deleted ')]
-    if gc.returncode:
-        violations.append(f'forml-s3 gc exited {gc.returncode}: {gc.stderr.strip()[-500:]}')
+    # the scheduled gc runs during the load took nothing a marker names
+    runs = [e for e in logs(pathlib.Path(config['logs']), 'gc') if e['phase'] not in ('begin', 'killed')]
+    killed = sum(e['phase'] == 'killed' for e in logs(pathlib.Path(config['logs']), 'gc'))
+    uris = {store.url_of(p) for p in named}
+    for entry in runs:
+        violations += [
+            f'scheduled gc run {entry["run"]} deleted committed object {u}' for u in entry['deleted'] if u in uris
+        ]
+    scheduled = {
+        'runs': len(runs) + killed,
+        'killed': killed,
+        'completed': sum(e['phase'] == 'acked' for e in runs),
+        'failed': sum(e['phase'] == 'failed' for e in runs),
+        'deleted': sum(len(e['deleted']) for e in runs),
+        'aborted': sum(e['aborted'] for e in runs),
+        'dropped': sum(e['dropped'] for e in runs),
+        'spared': sum(len(e['spared']) for e in runs),
+    }
+
+    # gc: removes the orphans, nothing committed. Releases a killed writer's lease still names are spared until
+    # the lease expires (its ttl, 10 minutes): every writer is dead by now, so the leases are dropped as their
+    # expiry would, and a second gc must take the rest.
+    deleted, spared = gc(config, violations)
+    leases = [path for path, _ in store.walk(lay.leases())] if spared else []
+    for path in leases:
+        store.delete(path)
+    if spared:
+        deleted += gc(config, violations)[0]
     for uri in deleted:
-        if uri in {store.url_of(p) for p in named}:
+        if uri in uris:
             violations.append(f'forml-s3 gc deleted committed object {uri}')
     after, problems = inspect.verify(store, checksums=False, orphans=True)
     violations += [f'after gc: {p.kind}: {p.message}' for p in problems]
@@ -150,9 +169,25 @@ def check(config: dict[str, typing.Any]) -> dict[str, typing.Any]:
         'orphan_bytes': sum(o.size for o in orphans),
         'multipart_uploads_left': len(uploads),
         'gc_deleted': len(deleted),
+        'gc_spared_for_killed_writers_leases': len(spared),
+        'killed_writers_leases': len(leases),
+        'scheduled_gc': scheduled,
         'committed_tagged_uncommitted': len(tagged),
         'violations': violations,
     }
+
+
+def gc(config: dict[str, typing.Any], violations: list[str]) -> tuple[list[str], list[str]]:
+    """Run ``forml-s3 gc`` (straight at the server): the URIs it deleted, and the releases it spared (leased).
+    The command runs in this process (already a fresh one, and one interpreter start less per run)."""
+    from tests.helpers import run_cli  # noqa: PLC0415
+
+    done = run_cli('gc', config['url'], *config['cli_options'], *config['gc_args'])
+    if done.exit_code:
+        violations.append(f'forml-s3 gc exited {done.exit_code}: {done.stderr.strip()[-500:]}')
+    deleted = [line.split()[1] for line in done.stdout.splitlines() if line.startswith('deleted ')]
+    spared = [line.split()[1].rstrip(':') for line in done.stderr.splitlines() if line.startswith('spared ')]
+    return deleted, spared
 
 
 def _marker_writer(store: typing.Any, lay: typing.Any, release: str, number: int) -> str:

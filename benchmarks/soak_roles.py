@@ -75,6 +75,8 @@ def registry(config: dict[str, typing.Any], cache: pathlib.Path, **kwargs: typin
     from forml_s3.registry import Registry  # imported after the fork-free start
 
     staging = kwargs.pop('staging', cache / 'staging')
+    if 'lease_after' in config:
+        kwargs.setdefault('lease_after', config['lease_after'])
     return Registry(config['url'], storage_options=config['options'], cache_dir=cache, staging=staging, **kwargs)
 
 
@@ -300,7 +302,12 @@ ROLES: dict[str, type] = {'writer': Writer, 'reader': Reader}
 
 
 def start(role: str, config: dict[str, typing.Any]) -> None:
-    """A role's process body (forked by the soak's forkserver): its stderr goes to ``config['stderr']``."""
+    """A role's process body (forked by the soak's forkserver): its stderr goes to ``config['stderr']``. It dies
+    with the forkserver, which ends when the soak does: a killed soak leaves no worker behind."""
+    from tests import servers  # noqa: PLC0415
+
+    servers.die_with_parent()
+    threading.Thread(target=_watch, args=(config['parent'],), name='watch-soak', daemon=True).start()
     err = os.open(config['stderr'], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     os.dup2(err, 2)
     sys.stderr = open(2, 'w', buffering=1, closefd=False)  # noqa: SIM115 - the process's stderr, never closed
@@ -310,6 +317,16 @@ def start(role: str, config: dict[str, typing.Any]) -> None:
     worker = ROLES[role](config)
     pathlib.Path(config['log'] + '.ready').touch()  # the parent starts the clock when every worker is ready
     worker.run()
+
+
+def _watch(parent: int) -> None:
+    """End this worker once the soak process is gone (its forkserver may outlive it)."""
+    while True:
+        time.sleep(1)
+        try:
+            os.kill(parent, 0)
+        except ProcessLookupError:
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def main() -> None:

@@ -38,7 +38,7 @@ class SeaweedFS:
         port = soak._free_port()
         self._metrics = f'http://127.0.0.1:{port}/metrics'
         self.work.mkdir(parents=True, exist_ok=True)
-        self.endpoint = self._stack.enter_context(soak.seaweedfs(self.work, [f'-metricsPort={port}']))
+        self.endpoint = self._stack.enter_context(soak.seaweedfs(self.work, [f'-metricsPort={port}'])).endpoint
         return self
 
     def __exit__(self, *exc: object) -> None:

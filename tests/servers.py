@@ -12,16 +12,19 @@ for tests that count requests instead of timing them.
 """
 
 import contextlib
+import ctypes
 import dataclasses
 import json
 import pathlib
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+import typing
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -53,6 +56,25 @@ class Request:
     target: str
     """Path and query string, as sent (percent-encoded)."""
     status: int
+
+
+def _prctl() -> typing.Any:
+    with contextlib.suppress(OSError, AttributeError):
+        return ctypes.CDLL(None, use_errno=True).prctl
+    return None
+
+
+_PRCTL = _prctl() if sys.platform.startswith('linux') else None
+"""libc's ``prctl``, looked up before any fork (a child between fork and exec must not load libraries)."""
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """``preexec_fn`` of a server process: the kernel SIGKILLs it when the thread that started it ends (its
+    process killed, even by SIGKILL), so a killed test run or soak leaves no server behind. Linux only (a no-op
+    elsewhere); start servers from a thread that lives as long as they should."""
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def free_port() -> int:
@@ -88,7 +110,12 @@ class _Process:
         self._log = pathlib.Path(self._dir.name) / 'server.log'
         with self._log.open('wb') as log:
             self._proc = subprocess.Popen(
-                command, cwd=self._dir.name, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+                command,
+                cwd=self._dir.name,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=die_with_parent,
             )
 
     def output(self) -> str:
@@ -354,7 +381,9 @@ class SeaweedFS:
             '-volume.preStopSeconds=0',
         ]
         log = (self.dir / 'weed.log').open('wb')
-        self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent
+        )
         log.close()
         self.endpoint = f'http://127.0.0.1:{s3}'
         self._wait()

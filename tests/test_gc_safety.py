@@ -1,15 +1,17 @@
 """``gc`` racing real writers (issue 22): no interleaving leaves a listed generation naming a missing state.
 
-Writers are separate processes (``tests/workers.py``) holding uncommitted states while ``forml-s3 gc`` runs as
-its own process; the test process owns moto's server and inspects the bucket.
+Writers are separate processes (``tests/workers.py``) holding uncommitted states while ``forml-s3 gc`` runs (in
+this process, or as its own as cron runs it); the test process owns the server and inspects the bucket. The
+real-process races run on moto's S3 server and on the GCS and Azure emulators (:class:`Target`).
 """
 
+import dataclasses
 import json
-import os
 import pathlib
 import subprocess
 import sys
 import time
+import typing
 import uuid
 
 import forml
@@ -28,6 +30,50 @@ from .test_concurrency import Crowd
 
 FORML_S3 = pathlib.Path(sys.executable).with_name('forml-s3')
 SHORT = ('--older-than', '0', '--allow-short-grace')
+BACKENDS = ('s3', 'gcs', 'azure')
+
+
+@dataclasses.dataclass
+class Target:
+    """A fresh registry root on one backend's server: its URL, storage options, and the test's own look at it."""
+
+    backend: str
+    server: typing.Any
+    bucket: str
+    root: str = 'forml'
+
+    @property
+    def url(self) -> str:
+        return f's3://{self.bucket}/{self.root}' if self.backend == 's3' else self.server.url(self.bucket, self.root)
+
+    @property
+    def options(self) -> dict:
+        return self.server.storage_options()
+
+    def keys(self, prefix: str = '') -> set[str]:
+        """Every object name in the bucket under ``<root>/<prefix>``, listed straight at the server."""
+        if self.backend != 's3':
+            return set(self.server.keys(self.bucket, f'{self.root}/{prefix}'))
+        pages = (
+            self.server.client()
+            .get_paginator('list_objects_v2')
+            .paginate(Bucket=self.bucket, Prefix=f'{self.root}/{prefix}')
+        )
+        return {o['Key'] for page in pages for o in page.get('Contents', ())}
+
+    def uri(self, path: str) -> str:
+        """The URI gc prints for a store path (``bucket/key``)."""
+        return f'{self.url.partition("://")[0]}://{path}'
+
+
+@pytest.fixture(params=BACKENDS)
+def target(request) -> Target:
+    if request.param == 'gcs' and request.node.callspec.params.get('tag_uncommitted'):
+        pytest.skip('GCS objects have no tags: tag_uncommitted changes nothing there (the untagged case runs)')
+    if request.param == 's3':
+        return Target('s3', request.getfixturevalue('s3server'), request.getfixturevalue('bucket'))
+    server = request.getfixturevalue(f'{request.param}_server')
+    return Target(request.param, server, server.create_bucket(f'test-{uuid.uuid4().hex[:12]}'))
 
 
 @pytest.fixture
@@ -35,24 +81,32 @@ def s3url(s3server, bucket):
     return f's3://{bucket}/forml', s3server.storage_options()
 
 
-@pytest.fixture
-def reader(s3url, tmp_path, package_factory):
+def registry_with_a_release(url: str, options: dict, cache: pathlib.Path, package_factory) -> Registry:
     """The test's own registry (fresh listings), with release 0.1 pushed."""
-    url, options = s3url
-    registry = Registry(url, storage_options=options, cache_dir=tmp_path / 'reader', listing_ttl=0)
+    registry = Registry(url, storage_options=options, cache_dir=cache, listing_ttl=0)
     registry.push(package_factory('0.1'))
     return registry
 
 
-def gc(s3server, url: str, *args: str, process: bool = False) -> subprocess.CompletedProcess:
+@pytest.fixture
+def reader(s3url, tmp_path, package_factory):
+    return registry_with_a_release(*s3url, tmp_path / 'reader', package_factory)
+
+
+@pytest.fixture
+def treader(target, tmp_path, package_factory):
+    """:func:`reader` on the parametrized backend."""
+    return registry_with_a_release(target.url, target.options, tmp_path / 'reader', package_factory)
+
+
+def gc(server, url: str, *args: str, process: bool = False) -> subprocess.CompletedProcess:
     """``forml-s3 gc``: in this process (the writers are the processes that matter), or as its own process as an
-    operator's cron job runs it (the endpoint from the environment)."""
+    operator's cron job runs it."""
     if not process:
-        done = run('gc', url, *args, *s3_options(s3server))
+        done = run('gc', url, *args, *s3_options(server))
         return subprocess.CompletedProcess(['forml-s3', 'gc'], done.exit_code, done.stdout, done.stderr)
-    env = {**os.environ, **s3server.client_env()}
     return subprocess.run(
-        [FORML_S3, 'gc', url, *args], env=env, capture_output=True, text=True, timeout=120, check=False
+        [FORML_S3, 'gc', url, *args, *s3_options(server)], capture_output=True, text=True, timeout=120, check=False
     )
 
 
@@ -67,12 +121,6 @@ def ready(crowd: Crowd, name: str, timeout: float = 120) -> list[str]:
     return path.read_text().split(',')
 
 
-def stored(s3server, url: str, prefix: str = '') -> set[str]:
-    bucket, _, root = url.removeprefix('s3://').partition('/')
-    pages = s3server.client().get_paginator('list_objects_v2').paginate(Bucket=bucket, Prefix=f'{root}/{prefix}')
-    return {o['Key'] for page in pages for o in page.get('Contents', ())}
-
-
 def assert_complete(reader: Registry) -> None:
     """Every listed generation reads whole (the invariant gc must never break)."""
     for generation in reader.generations(PROJECT, '0.1'):
@@ -80,55 +128,51 @@ def assert_complete(reader: Registry) -> None:
         assert all(reader.read(PROJECT, '0.1', generation, sid) for sid in tag.states)
 
 
-def wait_unleased(s3server, url: str, timeout: float = 30) -> None:
+def wait_unleased(target: Target, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
-    while stored(s3server, url, f'{layout.LEASES}/'):
+    while target.keys(f'{layout.LEASES}/'):
         assert time.monotonic() < deadline, 'the lease was never dropped'
         time.sleep(0.1)
 
 
 @pytest.mark.parametrize('pack_states', [True, False], ids=['packs', 'no-packs'])
 @pytest.mark.parametrize('tag_uncommitted', [True, False], ids=['tagged', 'untagged'])
-def test_gc_spares_a_training_between_its_last_write_and_close(
-    s3server, s3url, reader, tmp_path, tag_uncommitted, pack_states
-):
-    crowd = Crowd(tmp_path, *s3url)
+def test_gc_spares_a_training_between_its_last_write_and_close(target, treader, tmp_path, tag_uncommitted, pack_states):
+    crowd = Crowd(tmp_path, target.url, target.options)
     settings = {'tag_uncommitted': tag_uncommitted, 'pack_states': pack_states, 'lease_after': 0.2}
     crowd.spawn('write-then-close', 'trainer', '--settings', json.dumps(settings), '--await-lease')
     sids = ready(crowd, 'trainer')
-    states = stored(s3server, s3url[0], f'{PROJECT}/0.1/states/')
+    states = target.keys(f'{PROJECT}/0.1/states/')
     assert len(states) == 3
 
-    collected = gc(s3server, s3url[0], *SHORT)
+    collected = gc(target.server, target.url, *SHORT)
     assert collected.returncode == 0, collected.stderr
     assert f'spared {PROJECT}/0.1: a live writer holds uncommitted uploads there' in collected.stderr
     assert collected.stdout.startswith('0 uncommitted objects older than 0 days deleted')
-    assert stored(s3server, s3url[0], f'{PROJECT}/0.1/states/') == states
+    assert target.keys(f'{PROJECT}/0.1/states/') == states
 
     crowd.go.touch()
     [result] = crowd.results()
     assert result['won'], result
-    assert [str(s) for s in reader.open(PROJECT, '0.1', 1).states] == sids
-    assert_complete(reader)
-    wait_unleased(s3server, s3url[0])  # committed: the lease is dropped
+    assert [str(s) for s in treader.open(PROJECT, '0.1', 1).states] == sids
+    assert_complete(treader)
+    wait_unleased(target)  # committed: the lease is dropped
 
 
 @pytest.mark.parametrize('tag_uncommitted', [True, False], ids=['tagged', 'untagged'])
-def test_close_refuses_states_gc_deleted_before_the_writer_took_a_lease(
-    s3server, s3url, reader, tmp_path, tag_uncommitted
-):
+def test_close_refuses_states_gc_deleted_before_the_writer_took_a_lease(target, treader, tmp_path, tag_uncommitted):
     """A writer not leased yet (its first lease_after seconds) loses its states to a short-grace gc: its close
     then refuses to commit them, naming them, and nothing is listed."""
-    url, options = s3url
-    crowd = Crowd(tmp_path, url, {**options, 'max_attempts': 1})  # moto answers 500 to untagging a missing key
+    options = {**target.options, 'max_attempts': 1} if target.backend == 's3' else target.options
+    crowd = Crowd(tmp_path, target.url, options)  # moto answers 500 to untagging a missing key: no retries there
     settings = {'tag_uncommitted': tag_uncommitted, 'pack_states': False, 'lease_after': 150}
     crowd.spawn('write-then-close', 'trainer', '--settings', json.dumps(settings))
     sids = ready(crowd, 'trainer')
 
-    collected = gc(s3server, s3url[0], *SHORT)
+    collected = gc(target.server, target.url, *SHORT)
     assert collected.returncode == 0, collected.stderr
-    assert collected.stdout.count('deleted s3://') == 3
-    assert stored(s3server, s3url[0], f'{PROJECT}/0.1/states/') == set()
+    assert collected.stdout.count(f'deleted {target.uri("")}') == 3
+    assert target.keys(f'{PROJECT}/0.1/states/') == set()
 
     crowd.go.touch()
     [result] = crowd.results()
@@ -136,56 +180,55 @@ def test_close_refuses_states_gc_deleted_before_the_writer_took_a_lease(
     assert 'Cannot commit generation 1 of demo-proj-0.1' in result['error']
     assert all(f'state {sid} (missing)' in result['error'] for sid in sids)
     assert 'nothing was committed' in result['error']
-    assert list(reader.generations(PROJECT, '0.1')) == []
+    assert list(treader.generations(PROJECT, '0.1')) == []
 
 
-def test_dask_worker_states_wait_for_another_process_close(s3server, s3url, reader, tmp_path):
-    crowd = Crowd(tmp_path, *s3url)
+def test_dask_worker_states_wait_for_another_process_close(target, treader, tmp_path):
+    crowd = Crowd(tmp_path, target.url, target.options)
     crowd.spawn('write-and-wait', 'worker', '--settings', json.dumps({'lease_after': 0.2}), '--await-lease')
     sids = ready(crowd, 'worker')
 
-    collected = gc(s3server, s3url[0], *SHORT, process=True)
+    collected = gc(target.server, target.url, *SHORT, process=True)
     assert collected.returncode == 0 and f'spared {PROJECT}/0.1' in collected.stderr, collected.stderr
-    assert len(stored(s3server, s3url[0], f'{PROJECT}/0.1/states/')) == 3
+    assert len(target.keys(f'{PROJECT}/0.1/states/')) == 3
 
     (tmp_path / 'driver').mkdir()
-    driver = Crowd(tmp_path / 'driver', *s3url)
+    driver = Crowd(tmp_path / 'driver', target.url, target.options)
     driver.spawn('close-only', 'driver', '--sids', ','.join(sids), wait=False)
     assert driver.results()[0]['won']
-    assert_complete(reader)
+    assert_complete(treader)
     crowd.go.touch()
     crowd.results()
-    wait_unleased(s3server, s3url[0])  # the worker dropped its lease at exit
+    wait_unleased(target)  # the worker dropped its lease at exit
 
 
-def test_gc_dry_run_lists_exactly_what_a_real_run_deletes(s3server, s3url, reader, tmp_path):
-    url, options = s3url
-    bucket, root = url.removeprefix('s3://').split('/', 1)
-    client = s3server.client()
-    helpers.commit(reader, 1)
-    lay = reader._layout
-    # garbage: an abandoned state, an abandoned package, a killed multipart upload, an expired lease
+def test_gc_dry_run_lists_exactly_what_a_real_run_deletes(target, treader):
+    url, store, lay = target.url, treader._store, treader._layout
+    helpers.commit(treader, 1)
+    # garbage: an abandoned state, an abandoned package, an expired lease, (S3) a killed multipart upload
     orphan = lay.state(PROJECT, '0.1', uuid.uuid4())
-    reader._store.write(orphan, b'abandoned')
+    store.write(orphan, b'abandoned')
     package = lay.package(PROJECT, '0.1', 'cd' * 32)
-    reader._store.write(package, b'a package whose marker never came')
-    killed = lay.state(PROJECT, '0.1', uuid.uuid4()).partition('/')[2]
-    upload = client.create_multipart_upload(Bucket=bucket, Key=killed)['UploadId']
-    client.upload_part(Bucket=bucket, Key=killed, UploadId=upload, PartNumber=1, Body=b'part')
+    store.write(package, b'a package whose marker never came')
     expired = lay.lease('deadhost-1-abc')
-    reader._store.write(expired, b'{"format": "forml-s3/1", "writer": "deadhost:1", "releases": [], "ttl": 0.5}')
+    store.write(expired, b'{"format": "forml-s3/1", "writer": "deadhost:1", "releases": [], "ttl": 0.5}')
+    if target.backend == 's3':  # GCS and Azure expire abandoned upload sessions and uncommitted blocks themselves
+        client = target.server.client()
+        killed = lay.state(PROJECT, '0.1', uuid.uuid4()).partition('/')[2]
+        upload = client.create_multipart_upload(Bucket=target.bucket, Key=killed)['UploadId']
+        client.upload_part(Bucket=target.bucket, Key=killed, UploadId=upload, PartNumber=1, Body=b'part')
     # not ours to delete: a user's file named like a package, states of a project without any marker
-    backup = f'{root}/{PROJECT}/0.1/package-backup.4ml'
-    stray = f'{root}/nomarker/0.1/states/{uuid.uuid4()}.bin'
-    for key in (backup, stray):
-        client.put_object(Bucket=bucket, Key=key, Body=b'not forml-s3 garbage')
+    backup = f'{target.bucket}/{target.root}/{PROJECT}/0.1/package-backup.4ml'
+    stray = f'{target.bucket}/{target.root}/nomarker/0.1/states/{uuid.uuid4()}.bin'
+    for path in (backup, stray):
+        store.write(path, b'not forml-s3 garbage')
     time.sleep(1)  # the lease expires
-    before = stored(s3server, url)
+    before = target.keys()
 
-    dry = run('gc', url, *SHORT, '--dry-run', *s3_options(s3server))
+    dry = run('gc', url, *SHORT, '--dry-run', *s3_options(target.server))
     assert dry.exit_code == 0, dry.output
-    assert stored(s3server, url) == before
-    done = run('gc', url, *SHORT, *s3_options(s3server))
+    assert target.keys() == before
+    done = run('gc', url, *SHORT, *s3_options(target.server))
     assert done.exit_code == 0, done.output
 
     past = {'would delete': 'deleted', 'would abort': 'aborted', 'would drop': 'dropped'}
@@ -193,21 +236,21 @@ def test_gc_dry_run_lists_exactly_what_a_real_run_deletes(s3server, s3url, reade
         past[line[: line.index(' ', 6)]] + line[line.index(' ', 6) :] for line in dry.stdout.splitlines()[:-1]
     )
     assert would == sorted(done.stdout.splitlines()[:-1])
-    assert len(would) == 4
-    assert f'deleted s3://{orphan} (9 B)' in would and any(f's3://{package}' in line for line in would)
-    assert f'aborted multipart upload {upload} of s3://{bucket}/{killed}' in would
-    assert f'dropped expired lease s3://{expired} of deadhost:1' in would
+    assert f'deleted {target.uri(orphan)} (9 B)' in would and any(target.uri(package) in line for line in would)
+    assert f'dropped expired lease {target.uri(expired)} of deadhost:1' in would
+    uploads = 0
+    if target.backend == 's3':
+        assert f'aborted multipart upload {upload} of s3://{target.bucket}/{killed}' in would
+        assert client.list_multipart_uploads(Bucket=target.bucket).get('Uploads') is None
+        uploads = 1
+    assert len(would) == 3 + uploads
     assert done.stdout.splitlines()[-1] == (
-        '2 uncommitted objects older than 0 days deleted (42 B), 1 multipart uploads aborted, 1 expired leases dropped'
+        f'2 uncommitted objects older than 0 days deleted (42 B), {uploads} multipart uploads aborted, '
+        '1 expired leases dropped'
     )
-    assert stored(s3server, url) == before - {
-        orphan.partition('/')[2],
-        package.partition('/')[2],
-        expired.partition('/')[2],
-    }
-    assert {backup, stray} <= stored(s3server, url)
-    assert client.list_multipart_uploads(Bucket=bucket).get('Uploads') is None
-    assert_complete(reader)
+    assert target.keys() == before - {path.partition('/')[2] for path in (orphan, package, expired)}
+    assert {path.partition('/')[2] for path in (backup, stray)} <= target.keys()
+    assert_complete(treader)
 
 
 def test_gc_refuses_a_short_grace_without_the_flag(s3server, s3url, reader):

@@ -212,10 +212,30 @@ class S3Store(base.Store):
 
     # reading ------------------------------------------------------------------------------------------
     def read(self, path: str) -> bytes:
+        """The whole object. botocore retries a request until its response headers arrive, not the body after
+        them: a body cut short (connection reset, closed early) is asked for again here, as many times as the
+        retry policy's ``max_attempts``, instead of failing the read on one dropped connection."""
+        from fsspec.asyn import sync  # noqa: PLC0415
+
         with self._boundary('read', path):
             bucket, key = self._bucket_key(path)
-            response = self.fs.call_s3('get_object', Bucket=bucket, Key=key)
-            return _sync_read(self.fs, response['Body'])
+            return sync(self.fs.loop, self._get, Bucket=bucket, Key=key)[0]
+
+    async def _get(self, **params: typing.Any) -> tuple[bytes, dict[str, typing.Any]]:
+        """One GET's whole body and its response, the GET repeated (up to ``max_attempts``) while the body comes
+        cut short."""
+        attempts = max(1, optmod.s3_kwargs(self._options)['config_kwargs']['retries']['max_attempts'])
+        for attempt in range(1, attempts + 1):
+            response = await self.fs._call_s3('get_object', **params)
+            try:
+                return await response['Body'].read(), response
+            except Exception as err:
+                if attempt >= attempts or not _is_cut_body(err):
+                    raise
+                LOGGER.debug('Body of %s cut short (%s), reading it again', params['Key'], err)
+            finally:
+                response['Body'].close()
+        raise AssertionError('not reached')
 
     def download(self, path: str, target: pathlib.Path, size: int | None = None) -> str | None:
         """Download the object to a local file.
@@ -337,10 +357,12 @@ class S3Store(base.Store):
     """Set once the server refused the conditional delete (501)."""
 
     def get(self, path: str) -> tuple[bytes, str]:
+        from fsspec.asyn import sync  # noqa: PLC0415
+
         with self._boundary('read', path):
             bucket, key = self._bucket_key(path)
-            response = self.fs.call_s3('get_object', Bucket=bucket, Key=key)
-            return _sync_read(self.fs, response['Body']), response.get('ETag', '').strip('"')
+            data, response = sync(self.fs.loop, self._get, Bucket=bucket, Key=key)
+            return data, response.get('ETag', '').strip('"')
 
     def replace(self, path: str, data: bytes, version: str | None) -> None:
         """``If-Match`` on the ETag read (sent unquoted: Ceph RGW matches only that form, AWS and moto accept it),
@@ -718,14 +740,6 @@ def _is_transport_error(err: BaseException) -> bool:
     return type(err).__module__.split('.')[0] in ('botocore', 'aiobotocore', 'aiohttp')
 
 
-def _sync_read(fs: 'fsspec.AbstractFileSystem', body: typing.Any) -> bytes:
-    """Read an aiobotocore streaming body from sync code, on the file system's loop."""
-    from fsspec.asyn import sync
-
-    async def _read() -> bytes:
-        try:
-            return await body.read()
-        finally:
-            body.close()
-
-    return sync(fs.loop, _read)
+def _is_cut_body(err: BaseException) -> bool:
+    """A response body that ended early: the connection dropped or closed before its ``Content-Length``."""
+    return _is_transport_error(err) or isinstance(err, ConnectionError | asyncio.IncompleteReadError | EOFError)
