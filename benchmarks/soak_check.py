@@ -180,7 +180,7 @@ def check(config: dict[str, typing.Any]) -> dict[str, typing.Any]:
 def gc(config: dict[str, typing.Any], violations: list[str]) -> tuple[list[str], list[str]]:
     """Run ``forml-s3 gc`` (straight at the server): the URIs it deleted, and the releases it spared (leased).
     The command runs in this process (already a fresh one, and one interpreter start less per run)."""
-    from tests.helpers import run_cli  # noqa: PLC0415
+    from tests.helpers import run_cli
 
     done = run_cli('gc', config['url'], *config['cli_options'], *config['gc_args'])
     if done.exit_code:

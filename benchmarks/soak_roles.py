@@ -304,7 +304,7 @@ ROLES: dict[str, type] = {'writer': Writer, 'reader': Reader}
 def start(role: str, config: dict[str, typing.Any]) -> None:
     """A role's process body (forked by the soak's forkserver): its stderr goes to ``config['stderr']``. It dies
     with the forkserver, which ends when the soak does: a killed soak leaves no worker behind."""
-    from tests import servers  # noqa: PLC0415
+    from tests import servers
 
     servers.die_with_parent()
     threading.Thread(target=_watch, args=(config['parent'],), name='watch-soak', daemon=True).start()

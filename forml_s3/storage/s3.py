@@ -215,7 +215,7 @@ class S3Store(base.Store):
         """The whole object. botocore retries a request until its response headers arrive, not the body after
         them: a body cut short (connection reset, closed early) is asked for again here, as many times as the
         retry policy's ``max_attempts``, instead of failing the read on one dropped connection."""
-        from fsspec.asyn import sync  # noqa: PLC0415
+        from fsspec.asyn import sync
 
         with self._boundary('read', path):
             bucket, key = self._bucket_key(path)
@@ -357,7 +357,7 @@ class S3Store(base.Store):
     """Set once the server refused the conditional delete (501)."""
 
     def get(self, path: str) -> tuple[bytes, str]:
-        from fsspec.asyn import sync  # noqa: PLC0415
+        from fsspec.asyn import sync
 
         with self._boundary('read', path):
             bucket, key = self._bucket_key(path)
