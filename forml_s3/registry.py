@@ -402,25 +402,36 @@ class Registry(commit.Protocol, asset.Registry, alias='s3', metaclass=settings.C
                 if 'pack' in info:
                     packed.setdefault(str(info['pack']), []).append(sid)
                 else:
-                    transfers.pool().submit(self._fetch_state, project, release, marker, sid)
+                    transfers.pool().submit(self._fetch_state, project, release, marker, sid, self._cache.fetch)
         for sids in packed.values():
             transfers.pool().submit(self._fetch_packed, project, release, marker, sids)
 
-    def _fetch_state(self, project: str, release: str, marker: dict[str, typing.Any], sid: str) -> None:
+    def _fetch_state(
+        self,
+        project: str,
+        release: str,
+        marker: dict[str, typing.Any],
+        sid: str,
+        how: typing.Callable[..., typing.Any],
+    ) -> typing.Any:
+        """Cache one state by ``how`` (:meth:`~forml_s3.runtime.cache.BlobCache.load` for its bytes,
+        :meth:`~forml_s3.runtime.cache.BlobCache.fetch` only to cache it); a packed one's bytes, cut from its pack."""
         info = marker['states'][sid]
         if 'pack' in info:
-            self._fetch_packed(project, release, marker, [sid])
-            return
+            return self._fetch_packed(project, release, marker, [sid])[sid]
         key = self._layout.state(project, release, sid)
-        self._cache.fetch(
+        return how(
             str(info['sha256']),
             int(info['size']),
             lambda target: self._store.download(key, target, int(info['size'])),
             name=self._store.url_of(key),
         )
 
-    def _fetch_packed(self, project: str, release: str, marker: dict[str, typing.Any], sids: list[str]) -> None:
-        """Cache states of one pack: the pack is fetched (once, and cached), each state cut out and verified."""
+    def _fetch_packed(
+        self, project: str, release: str, marker: dict[str, typing.Any], sids: list[str]
+    ) -> dict[str, bytes]:
+        """Cache states of one pack: the pack is fetched (once, and cached), each state cut out and verified; their
+        bytes by state id (read from the pack opened once: an eviction meanwhile cannot take it away)."""
         try:
             pid = str(marker['states'][sids[0]]['pack'])
             key = self._layout.pack(project, release, pid)
@@ -431,25 +442,20 @@ class Registry(commit.Protocol, asset.Registry, alias='s3', metaclass=settings.C
             raise asset.Level.Invalid(
                 f'Corrupted generation marker of {project}-{release}: bad pack of states {sids}: {err!r}'
             ) from err
-        for attempt in range(3):  # the pack may be evicted between its fetch and its reading
-            path = self._cache.fetch(
-                sha256, size, lambda target: self._store.download(key, target, size), name=self._store.url_of(key)
-            )
-            try:
-                with path.open('rb') as pack:
-                    for sid, state_sha, offset, state_size in spans:
-                        pack.seek(offset)
-                        data = pack.read(state_size)
-                        self._cache.fetch(
-                            state_sha,
-                            state_size,
-                            lambda target, data=data: target.write_bytes(data),
-                            name=f'{self._store.url_of(key)} (state {sid} at {offset})',
-                        )
-                return
-            except FileNotFoundError:
-                if attempt == 2:
-                    raise
+        found = {}
+        with self._cache.open(
+            sha256, size, lambda target: self._store.download(key, target, size), name=self._store.url_of(key)
+        ) as pack:
+            for sid, state_sha, offset, state_size in spans:
+                pack.seek(offset)
+                data = pack.read(state_size)
+                found[sid] = self._cache.load(
+                    state_sha,
+                    state_size,
+                    lambda target, data=data: target.write_bytes(data),
+                    name=f'{self._store.url_of(key)} (state {sid} at {offset})',
+                )
+        return found
 
     def read(
         self,
@@ -467,20 +473,18 @@ class Registry(commit.Protocol, asset.Registry, alias='s3', metaclass=settings.C
         if info is None:
             LOGGER.warning('No state %s in generation %s of %s-%s', sid, generation, project, release)
             return b''
-        for _ in range(3):  # a blob evicted between fetch and read is fetched again
-            data = self._cache.read(str(info['sha256']))
-            if data is not None:
-                return data
-            try:
-                self._fetch_state(names.project(project), release, marker, str(sid))
-            except FileNotFoundError as err:
-                where = f'pack {info["pack"]}' if 'pack' in info else 'its object'
-                raise forml.MissingError(
-                    f'State {sid} of generation {generation} of {project}-{release} is missing from {self.url} '
-                    f'({where} does not exist): the committed generation is incomplete; run '
-                    f'`forml-s3 verify {self.url}` to see what else is missing'
-                ) from err
-        raise forml.UnexpectedError(f'State {sid} keeps disappearing from the cache at {self._cache.root}')
+        data = self._cache.read(str(info['sha256']))  # bytes: no eviction can take them away
+        if data is not None:
+            return data
+        try:
+            return self._fetch_state(names.project(project), release, marker, str(sid), self._cache.load)
+        except FileNotFoundError as err:
+            where = f'pack {info["pack"]}' if 'pack' in info else 'its object'
+            raise forml.MissingError(
+                f'State {sid} of generation {generation} of {project}-{release} is missing from {self.url} '
+                f'({where} does not exist): the committed generation is incomplete; run '
+                f'`forml-s3 verify {self.url}` to see what else is missing'
+            ) from err
 
 
 def _copy(source: pathlib.Path, target: pathlib.Path) -> None:

@@ -165,3 +165,50 @@ def test_pickles_without_its_process_state(tmp_path):
     clone.put(*blob(2, KiB))
     assert clone.scans == 1  # a fresh process's first insert scans
     assert on_disk(clone) == 2 * KiB
+
+
+def evict_all(root: pathlib.Path) -> None:
+    """Another process with a 1-byte cap on the same cache stores a new blob: its scan evicts everything else (run in
+    a thread, joined)."""
+    other, data = cachemod.BlobCache(root, 1), os.urandom(16)
+    evictor = threading.Thread(target=other.put, args=(data, hashlib.sha256(data).hexdigest()))
+    evictor.start()
+    evictor.join()
+
+
+def test_an_opened_blob_reads_whole_after_another_process_evicts_it(tmp_path):
+    """A blob handed out opened is read in full however soon it is evicted: on a miss (opened before its rename
+    into place) and on a hit (opened, then checked); never downloaded twice."""
+    cache = cachemod.BlobCache(tmp_path, 100 * KiB)
+    data, sha = blob(1, 50 * KiB)
+    downloads = []
+
+    def download(target: pathlib.Path) -> None:
+        downloads.append(target)
+        target.write_bytes(data)
+
+    with cache.open(sha, len(data), download, name='miss') as file:
+        evict_all(tmp_path)
+        assert not cache.path(sha).exists()  # evicted between the moment it was handed out and its reading
+        assert file.read() == data
+    assert len(downloads) == 1
+    cache.put(data, sha)
+    with cache.open(sha, len(data), lambda target: pytest.fail('downloaded a cached blob'), name='hit') as file:
+        evict_all(tmp_path)
+        assert not cache.path(sha).exists()
+        assert file.read() == data
+
+
+def test_marker_copies_count_towards_the_cap_and_are_evicted_first_when_least_recently_used(tmp_path):
+    cap = 100 * KiB
+    cache = cachemod.BlobCache(tmp_path, cap)
+    copies = [blob(number, 10 * KiB)[0] for number in range(30)]  # 300 KiB of marker copies through a 100 KiB cache
+    for number, data in enumerate(copies):
+        cache.put_named(f'marker-{number}', data)
+        age(cache, cache.named(f'marker-{number}'), 1000 - number)  # written in order, oldest first
+    stored = sum(p.stat().st_size for p in (tmp_path / cachemod.NAMED).iterdir() if p.suffix != '.incomplete')
+    assert stored < cap + cache.rescan_step
+    assert cache.read_named('marker-0') is None  # the least recently used went first
+    assert cache.read_named('marker-29') == copies[-1]
+    cache.put(*blob(99, 95 * KiB))  # a blob pushes the marker copies out: one cap for both
+    assert cache.read_named('marker-29') is None

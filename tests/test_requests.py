@@ -2,6 +2,9 @@
 fetched at most once per machine. Request counts are deterministic, so they are asserted exactly; timings
 belong to the benchmarks, not here."""
 
+import hashlib
+import os
+import threading
 import uuid
 
 import pytest
@@ -10,6 +13,7 @@ from forml.io import asset
 
 from forml_s3.inventory import Inventory
 from forml_s3.registry import Registry
+from forml_s3.runtime import cache as cachemod
 from forml_s3.runtime import packing, transfers
 
 from .helpers import PROJECT, commit, tag
@@ -159,3 +163,36 @@ def test_listing_the_inventory_is_one_list(counted, s3server, bucket, tmp_path):
     s3server.reset_counts()
     assert sorted(inventory.list()) == ['alpha', 'beta', 'gamma']
     assert s3server.count(method='GET', query_contains='list-type=2') == len(s3server.requests) == 1
+
+
+def test_a_state_evicted_between_its_fetch_and_its_reading_is_read_without_fetching_it_again(
+    s3server, s3registry, package_factory, monkeypatch
+):
+    """Another process evicts every blob (a pack, a state) right after the cache hands it to the reader: each read
+    still returns the committed bytes from the one GET it made."""
+    monkeypatch.setattr(packing, 'LINGER', 60.0)  # the small states go into one pack however slow the machine is
+    writer = s3registry(cache_dir=None)
+    writer.push(package_factory('0.1'))
+    payloads = (os.urandom(2 * 2**20), b'small one' * 100, b'small two' * 100)  # one stored alone, two packed
+    _, sids = commit(writer, 1, payloads=payloads)
+
+    reader = s3registry()
+    evicted = []
+    opened = cachemod.BlobCache.open
+
+    def open_then_evicted(self, sha256, *args, **kwargs):
+        file = opened(self, sha256, *args, **kwargs)
+        other, data = cachemod.BlobCache(self.root, 1), os.urandom(16)  # a 1-byte cap: its scan evicts everything
+        evictor = threading.Thread(target=other.put, args=(data, hashlib.sha256(data).hexdigest()))
+        evictor.start()
+        evictor.join()
+        evicted.append(not self.path(sha256).exists())
+        return file
+
+    monkeypatch.setattr(cachemod.BlobCache, 'open', open_then_evicted)
+    states = f'/{s3registry.bucket}/forml/{PROJECT}/0.1/states/'
+    for sid, payload in zip(sids, payloads, strict=True):
+        s3server.reset_counts()
+        assert reader.read(PROJECT, '0.1', 1, sid) == payload
+        assert s3server.count(method='GET', path_prefix=states) == 1  # its object or its pack, once
+    assert len(evicted) == 5 and all(evicted)  # the state alone, then per packed state: the pack, the state cut out

@@ -1,4 +1,5 @@
-"""Local content-addressed cache of immutable objects (packages, committed states, markers).
+"""Local content-addressed cache of immutable objects (packages, committed states, packs, markers): every local copy
+forml-s3 keeps of a registry's objects, under one size cap.
 
 Blobs are named by their sha256 (``blobs/ab/abcd...<suffix>``), so the same content is stored once however
 many keys name it, and a blob on disk is correct by construction. A blob is filled by downloading into an
@@ -19,14 +20,18 @@ The cache is capped (``max_bytes``) and the least recently used blobs are evicte
 a stat of every blob, so a process does not scan after every insert (writing many blobs would be quadratic): after
 a scan it may add :data:`RESCAN_FRACTION` of the cap before it scans again, and a scan that finds the cache over
 its cap evicts down to :data:`EVICT_TO_FRACTION` of it. The cache can so exceed its cap by less than one rescan
-step per process writing to it, between that process's scans. Eviction only unlinks files: a reader that already
-opened a blob keeps reading it (POSIX semantics), and a reader that finds it gone simply fetches it again. The
-last use of a blob is its seal's mtime (the blob itself is never touched after it is sealed).
+step per process writing to it, between that process's scans. Copies of markers (:meth:`BlobCache.put_named`, under
+``markers/``, named by registry, key and version) count towards the cap and are evicted like blobs. Eviction only
+unlinks files, so the cache hands readers what eviction cannot pull away: bytes (:meth:`BlobCache.read`,
+:meth:`BlobCache.load`) or a file opened before any other process could unlink it (:meth:`BlobCache.open`, which on a
+miss opens the downloaded file before renaming it into place): an open file stays readable after it is unlinked
+(POSIX), so no reader fetches the same blob twice. The last use of a blob is its seal's mtime (the blob itself is
+never touched after it is sealed).
 
 The cache is an optimisation: where it cannot be written (a full disk, a read-only or foreign directory, a file size
 limit), the process warns once and goes on without it: what it fetches from then on is kept in a temporary directory
 of its own (removed at exit) and fetched again by the next process. Only where that cannot be written either does a
-fetch fail (:class:`Unwritable`, naming ``cache_dir``); storing a copy of what is already known (``put_file``, or a
+fetch fail (:class:`Unwritable`, naming ``cache_dir``); storing a copy of what is already known (``put_named``, or a
 package being pushed) never fails.
 """
 
@@ -34,6 +39,7 @@ import atexit
 import contextlib
 import fcntl
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -57,6 +63,9 @@ EVICT_TO_FRACTION = 0.9
 """A scan that finds the cache over its cap evicts the least recently used blobs down to this fraction of it."""
 SEALS = 'seals'
 """Directory under the cache root holding the seal of each cached file (same relative path)."""
+NAMED = 'markers'
+"""Directory under the cache root holding the copies stored by name (:meth:`BlobCache.put_named`: markers)."""
+CHUNK = 4 * 2**20
 
 
 def default_root() -> pathlib.Path:
@@ -67,12 +76,17 @@ def default_root() -> pathlib.Path:
 
 def sha256_of(path: pathlib.Path) -> tuple[int, str]:
     """Size and sha256 of a local file (streamed)."""
+    with path.open('rb') as file:
+        return _hashed(file)
+
+
+def _hashed(file: typing.BinaryIO) -> tuple[int, str]:
+    """Size and sha256 of what is left to read from an open file (streamed)."""
     digest = hashlib.sha256()
     size = 0
-    with path.open('rb') as file:
-        while chunk := file.read(4 * 2**20):
-            digest.update(chunk)
-            size += len(chunk)
+    while chunk := file.read(CHUNK):
+        digest.update(chunk)
+        size += len(chunk)
     return size, digest.hexdigest()
 
 
@@ -260,8 +274,13 @@ class BlobCache(volatile.Volatile):
         path = self._aside / f'{sha256}{suffix}'
         return path if path.exists() else None
 
-    def read_file(self, path: pathlib.Path) -> bytes | None:
-        """The bytes of a file stored with :meth:`put_file`, if unchanged since; else None (deleted if changed)."""
+    def named(self, name: str) -> pathlib.Path:
+        """Where a copy stored by name is kept."""
+        return self.root / NAMED / name
+
+    def read_named(self, name: str) -> bytes | None:
+        """The bytes stored with :meth:`put_named`, if there and unchanged since; else None (deleted if changed)."""
+        path = self.named(name)
         sha256 = self._recorded(path)
         if sha256 is None:
             return None
@@ -290,11 +309,18 @@ class BlobCache(volatile.Volatile):
         self._used(path)
         return data
 
-    def put_file(self, path: pathlib.Path, data: bytes) -> None:
-        """Store bytes at a path under the cache root (atomically), sealed with their sha256; nothing (after a warning)
-        where the cache cannot be written."""
+    def put_named(self, name: str, data: bytes) -> None:
+        """Keep a copy of bytes by a name of the caller's (a marker's registry, key and version), counted towards the
+        cap like a blob; nothing (after a warning) where the cache cannot be written."""
+        path = self.named(name)
+        if self._write(path, data):
+            self._added(len(data), keep=path)
+
+    def _write(self, path: pathlib.Path, data: bytes) -> bool:
+        """Store bytes at a path under the cache root (atomically), sealed with their sha256; whether it was stored
+        (not where the cache cannot be written: warned once)."""
         if self._aside is not None:
-            return
+            return False
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, temp = tempfile.mkstemp(suffix='.incomplete', dir=path.parent)
@@ -310,6 +336,8 @@ class BlobCache(volatile.Volatile):
             if not local_failure(err):
                 raise
             self._unusable(err)
+            return False
+        return self._aside is None  # (the seal may have found the cache unwritable)
 
     def _unusable(self, err: OSError) -> pathlib.Path:
         """Go on without the cache (it cannot be written): warn once, and keep fetched objects in a temporary
@@ -340,6 +368,9 @@ class BlobCache(volatile.Volatile):
     ) -> pathlib.Path:
         """The blob's path, downloading it first (once per machine) if not cached.
 
+        The path names a file another process may evict at any time: a caller that reads the blob asks for
+        :meth:`open` (or :meth:`load`) instead.
+
         Args:
             sha256: Expected content hash.
             size: Expected content size.
@@ -353,6 +384,73 @@ class BlobCache(volatile.Volatile):
         """
         if (cached := self.get(sha256, suffix)) is not None:
             return cached
+        path, file = self._fill(sha256, size, download, name=name, suffix=suffix)
+        file.close()
+        return path
+
+    def open(
+        self,
+        sha256: str,
+        size: int,
+        download: typing.Callable[[pathlib.Path], str | None],
+        *,
+        name: str,
+        suffix: str = '',
+    ) -> typing.BinaryIO:
+        """The blob opened for reading (the caller closes it), downloading it first (once per machine) if not cached;
+        arguments as for :meth:`fetch`.
+
+        It is opened before any eviction can unlink it (a cached blob is opened, then checked through the open file;
+        a downloaded one is opened before it is renamed into place), so it reads whole however soon it is evicted.
+        """
+        if (file := self._open_cached(sha256, suffix)) is not None:
+            return file
+        return self._fill(sha256, size, download, name=name, suffix=suffix)[1]
+
+    def load(
+        self, sha256: str, size: int, download: typing.Callable[[pathlib.Path], str | None], *, name: str
+    ) -> bytes:
+        """The blob's bytes (see :meth:`open`)."""
+        with self.open(sha256, size, download, name=name) as file:
+            return file.read()
+
+    def _open_cached(self, sha256: str, suffix: str = '') -> typing.BinaryIO | None:
+        """The cached blob opened and checked (see :meth:`_open`), else None."""
+        if (file := self._open(self.path(sha256, suffix), sha256)) is not None:
+            return file
+        if (aside := self._kept_aside(sha256, suffix)) is not None:
+            with contextlib.suppress(FileNotFoundError):
+                return aside.open('rb')
+        return None
+
+    def _open(self, path: pathlib.Path, sha256: str) -> typing.BinaryIO | None:
+        """The cached file opened for reading, checked against its seal by an ``fstat`` of the open file (hashed
+        through it if changed or unsealed); None if missing, or no longer holding ``sha256`` (then deleted)."""
+        try:
+            file = path.open('rb')
+        except FileNotFoundError:
+            return None
+        try:
+            stat = os.fstat(file.fileno())
+            if self._sealed(path, stat) != sha256:
+                _, got = _hashed(file)
+                if got != sha256:
+                    self._discard(path, sha256, got)
+                    file.close()
+                    return None
+                if _identity(stat) == _identity(os.fstat(file.fileno())):
+                    self.seal(path, sha256, stat)
+                file.seek(0)
+            self._used(path)
+        except BaseException:
+            file.close()
+            raise
+        return file
+
+    def _fill(
+        self, sha256: str, size: int, download: typing.Callable[[pathlib.Path], str | None], *, name: str, suffix: str
+    ) -> tuple[pathlib.Path, typing.BinaryIO]:
+        """Download a blob not cached (into the cache, else aside): its path and the file opened."""
         if self._aside is None:
             try:
                 return self._fetch(sha256, size, download, name=name, suffix=suffix)
@@ -364,15 +462,15 @@ class BlobCache(volatile.Volatile):
 
     def _fetch_aside(
         self, sha256: str, size: int, download: typing.Callable[[pathlib.Path], str | None], *, name: str, suffix: str
-    ) -> pathlib.Path:
-        """:meth:`fetch` into this process's temporary directory (the cache cannot be written)."""
+    ) -> tuple[pathlib.Path, typing.BinaryIO]:
+        """:meth:`_fill` into this process's temporary directory (the cache cannot be written)."""
         assert self._aside is not None
         target = self._aside / f'{sha256}{suffix}'
-        if target.exists():
-            return target
+        with contextlib.suppress(FileNotFoundError):
+            return target, target.open('rb')  # private to this process, verified when fetched
         try:
             target.parent.mkdir(mode=0o700, exist_ok=True)
-            self._download(target, sha256, size, download, name)
+            return target, self._download(target, sha256, size, download, name)
         except OSError as err:
             if not local_failure(err):
                 raise
@@ -381,7 +479,6 @@ class BlobCache(volatile.Volatile):
                 f'temporary directory {self._aside.parent} ({err.strerror}); free space or set cache_dir to a '
                 'writable directory with room for it'
             ) from None
-        return target
 
     def _download(
         self,
@@ -390,53 +487,70 @@ class BlobCache(volatile.Volatile):
         size: int,
         download: typing.Callable[[pathlib.Path], str | None],
         name: str,
-    ) -> None:
-        """Download into a temporary file beside ``target``, verify size and sha256, rename into place."""
+    ) -> typing.BinaryIO:
+        """Download into a temporary file beside ``target``, verify size and sha256, rename into place; the file,
+        opened before the rename (so no eviction can take it from the caller)."""
         fd, temp = tempfile.mkstemp(suffix='.incomplete', dir=target.parent)
         os.close(fd)
         temp_path = pathlib.Path(temp)
+        file = None
         try:
             hashed = download(temp_path)
-            got_size, got_sha = (temp_path.stat().st_size, hashed) if isinstance(hashed, str) else sha256_of(temp_path)
+            file = temp_path.open('rb')
+            got_size = os.fstat(file.fileno()).st_size
+            got_sha = hashed if isinstance(hashed, str) else sha256_of(temp_path)[1]
             if (got_size, got_sha) != (size, sha256):
                 raise Corrupted(
                     f'Object {name} is corrupted: expected {size} bytes with sha256 {sha256}, '
                     f'got {got_size} bytes with sha256 {got_sha}; restore it or retrain (`forml-s3 verify`)'
                 )
             os.replace(temp_path, target)
+        except BaseException:
+            if file is not None:
+                file.close()
+            raise
         finally:
             with contextlib.suppress(FileNotFoundError):
                 temp_path.unlink()
+        return file
 
     def _fetch(
         self, sha256: str, size: int, download: typing.Callable[[pathlib.Path], str | None], *, name: str, suffix: str
-    ) -> pathlib.Path:
-        """:meth:`fetch` into the cache (``OSError`` where the cache cannot be written)."""
+    ) -> tuple[pathlib.Path, typing.BinaryIO]:
+        """:meth:`_fill` into the cache (``OSError`` where the cache cannot be written)."""
         target = self.path(sha256, suffix)
         with file_lock(self.root / 'locks' / f'{sha256}.lock'):
-            if (cached := self.get(sha256, suffix)) is not None:
-                return cached  # another process downloaded it while we waited
+            if (cached := self._open(target, sha256)) is not None:
+                return target, cached  # another process downloaded it while we waited
             target.parent.mkdir(parents=True, exist_ok=True)
-            self._download(target, sha256, size, download, name)
-            self.seal(target, sha256)
+            file = self._download(target, sha256, size, download, name)
+            try:
+                self.seal(target, sha256, os.fstat(file.fileno()))
+            except BaseException:
+                file.close()
+                raise
         self._added(size, keep=target)
-        return target
+        return target, file
 
     def put(self, data: bytes, sha256: str, suffix: str = '') -> pathlib.Path:
         """Store bytes already known (and verified by the caller) under their sha256."""
         if (cached := self.get(sha256, suffix)) is not None:
             return cached
         target = self.path(sha256, suffix)
-        self.put_file(target, data)
-        if self._aside is not None:  # the cache cannot be written
-            return self._fetch_aside(sha256, len(data), lambda t: t.write_bytes(data), name=str(target), suffix=suffix)
+        if not self._write(target, data):  # the cache cannot be written
+            path, file = self._fetch_aside(
+                sha256, len(data), lambda t: t.write_bytes(data), name=str(target), suffix=suffix
+            )
+            file.close()
+            return path
         self._added(len(data), keep=target)
         return target
 
     def blobs(self) -> list[tuple[pathlib.Path, os.stat_result]]:
-        """All complete blobs with their stat, least recently used (by their seal's mtime) first."""
+        """All complete blobs and copies stored by name with their stat, least recently used (by their seal's mtime)
+        first."""
         found = []
-        for path in (self.root / 'blobs').glob('*/*'):
+        for path in itertools.chain((self.root / 'blobs').glob('*/*'), (self.root / NAMED).glob('*')):
             if path.name.endswith('.incomplete'):
                 continue
             with contextlib.suppress(FileNotFoundError):

@@ -83,12 +83,11 @@ class Markers(volatile.Volatile):
         if memo is not None:
             return memo
         name = hashlib.sha256(f'{self._store.url}|{key}|{entry.version}'.encode()).hexdigest()
-        local = self._cache.root / 'markers' / name
-        raw = self._cache.read_file(local)  # checked against the sha256 sealed when it was cached
+        raw = self._cache.read_named(name)  # checked against the sha256 sealed when it was cached
         if raw is None:
             raw = self._store.read(key)
             marker = codec.loads(raw, self._store.url_of(key))  # validate before caching
-            self._cache.put_file(local, raw)
+            self._cache.put_named(name, raw)
         else:
             marker = codec.loads(raw, self._store.url_of(key))
         with self._lock:
