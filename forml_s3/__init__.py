@@ -4,8 +4,8 @@ Package map (each layer imports only from the layers listed before it):
     model     - names a user types, the key layout (makes and parses keys), marker JSON (codec);
     settings  - beside it: the providers' settings, checked once up front (one line per typo)
     storage   - where bytes move: one store interface with capability flags, one class per backend, options
-    runtime   - what runs behind ForML's calls: uploads, packs, leases, the marker reader, cache, staging,
-                aliases, retention
+    runtime   - what runs behind ForML's calls: uploads, packs, leases, the commit protocol, the marker
+                reader, the cache and fetching through it, staging, aliases, retention
     registry, inventory, selector
               - the ForML providers users name in config.toml and application descriptors (thin over runtime)
     ops       - operator tools: snapshot/verify, gc, lifecycle rules, copy (no click)

@@ -1,17 +1,16 @@
 """ForML model registry provider over object storage: ``forml.io.asset.Registry`` on any fsspec URL.
 
 An adapter from ForML's calls to the runtime: keys from :mod:`forml_s3.model.layout`, bytes through
-:mod:`forml_s3.storage`, listings and markers through :mod:`forml_s3.runtime.markers`, and the commit protocol of
-:mod:`forml_s3.runtime.commit` (a release or generation becomes visible only when its marker is created,
-exclusively, after everything the marker names is stored - so listings show whole releases and generations or
-nothing, and of two writers racing for the same one exactly one wins).
+:mod:`forml_s3.storage`, listings and markers through :mod:`forml_s3.runtime.markers`, states and packages read
+through the local cache by :mod:`forml_s3.runtime.fetch`, and the commit protocol of :mod:`forml_s3.runtime.commit`
+(a release or generation becomes visible only when its marker is created, exclusively, after everything the marker
+names is stored - so listings show whole releases and generations or nothing, and of two writers racing for the
+same one exactly one wins).
 """
 
-import contextlib
 import logging
 import pathlib
 import re
-import shutil
 import tempfile
 import typing
 import uuid
@@ -26,7 +25,7 @@ from . import settings, storage
 from .model import codec, layout, names
 from .runtime import aliases as aliasmod
 from .runtime import cache as cachemod
-from .runtime import commit, lease, markers, staging, transfers
+from .runtime import commit, fetch, lease, markers, staging
 from .runtime.commit import Conflict, Incomplete
 
 LOGGER = logging.getLogger(__name__)
@@ -97,6 +96,7 @@ class Registry(commit.Protocol, asset.Registry, alias='s3', metaclass=settings.C
         self._cache: cachemod.BlobCache = cachemod.BlobCache(cache_dir, cache_size)
         super().__init__(staging or self._cache.root / 'staging')
         self._reader: markers.Markers = markers.Markers(self._store, self._cache, listing_ttl)
+        self._fetcher: fetch.Fetcher = fetch.Fetcher(self._store, self._layout, self._cache)
         self._commit_timeout: float = float(commit_timeout)
         self._tag_uncommitted: bool = bool(tag_uncommitted)
         self._pack_states: bool = bool(pack_states)
@@ -257,46 +257,14 @@ class Registry(commit.Protocol, asset.Registry, alias='s3', metaclass=settings.C
             self._track(project, stem, key)
             LOGGER.info('Uploading %s-%s package (%d bytes) to %s', project, release, size, self._store.url_of(key))
             self._store.write(key, source, tags=self._uncommitted(), metadata={'sha256': sha256})
-            with contextlib.suppress(cachemod.Unwritable):  # a copy for later pulls: the push goes on without it
-                self._cache.fetch(
-                    sha256, size, lambda t: _copy(source, t), name=str(source), suffix=layout.PACKAGE_SUFFIX
-                )
-        try:
-            self._commit_stored(
-                self._layout.release_dir(project, stem),
-                {key: size},
-                f'Cannot commit release {project}-{release}',
-                lambda _: f'package {layout.Layout.object_name(key)}',
-            )
-        except Incomplete:
-            lease.settle(self._store, [key])
-            raise
+            self._fetcher.keep_package(source, size, sha256)  # a copy for later pulls
         manifest = {
             'name': str(package.manifest.name),
             'version': str(package.manifest.version),
             'package': package.manifest.package,
             'modules': dict(package.manifest.modules),
         }
-        marker = codec.release_marker(
-            str(project), str(release), manifest, layout.Layout.object_name(key), size, sha256
-        )
-        body = codec.dumps(marker)
-        try:
-            self._create_marker(self._layout.release_marker(project, stem), body)
-        except FileExistsError:
-            self._invalidate(self._layout.releases(project))
-            winner = self._release_marker(project, release)
-            if winner.get('package', {}).get('sha256') != sha256:
-                self._uncommit_tags([key])
-            raise Conflict(
-                f'Release {project}-{release} was pushed to {self.url} by another writer meanwhile '
-                f'(as {winner.get("release", stem)}, by {winner.get("writer")}): releases are immutable, '
-                'bump the version and release again'
-            ) from None
-        finally:
-            self._invalidate(self._layout.releases(project))
-            lease.settle(self._store, [key])
-        self._ensure_project(project)
+        self._commit_release(project, release, stem, key, size, sha256, manifest)
 
     def _spelled(self, project: asset.Project.Key, release: asset.Release.Key) -> str:
         """`` (pushed as 2.0)`` when the existing release equal to ``release`` was pushed under another spelling."""
@@ -306,39 +274,13 @@ class Registry(commit.Protocol, asset.Registry, alias='s3', metaclass=settings.C
             return ''
         return f' (pushed as {pushed})' if pushed != str(release) else ''
 
-    def _ensure_project(self, project: asset.Project.Key) -> None:
-        """Create the project marker if missing (after the first release marker, so it never lists empty)."""
-        if str(project) in self._list(self._layout.projects()):
-            return
-        with contextlib.suppress(FileExistsError):
-            self._store.create(
-                self._layout.project_marker(project),
-                codec.dumps(codec.project_marker(str(project))),
-            )
-        self._invalidate(self._layout.projects())
-
     def pull(self, project: asset.Project.Key, release: asset.Release.Key) -> 'prj.Package':
         return prj.Package(self._package_blob(project, release)[0])
 
     def _package_blob(self, project: asset.Project.Key, release: asset.Release.Key) -> tuple[pathlib.Path, str]:
         """The verified package in the local cache (downloaded once per machine) and its sha256."""
         marker, stem = self._release_marker(project, release), self._stem(project, release)
-        try:
-            info = marker['package']
-            key = self._layout.release_object(project, stem, info['key'])
-            size, sha256 = int(info['size']), str(info['sha256'])
-        except (KeyError, TypeError, ValueError) as err:
-            raise asset.Level.Invalid(
-                f'Corrupted release marker of {project}-{release} in {self.url}: {err!r}'
-            ) from err
-        path = self._cache.fetch(
-            sha256,
-            size,
-            lambda target: self._store.download(key, target, size),
-            name=self._store.url_of(key),
-            suffix=layout.PACKAGE_SUFFIX,
-        )
-        return path, sha256
+        return self._fetcher.package(str(project), str(release), stem, marker)
 
     def mount(self, project: asset.Project.Key, release: asset.Release.Key) -> 'prj.Artifact':
         project, release = names.project(project), self._stem(project, release)
@@ -391,71 +333,8 @@ class Registry(commit.Protocol, asset.Registry, alias='s3', metaclass=settings.C
         key = self._layout.generation_marker(project, release, generation)
         tag = codec.tag_of(marker, self._store.url_of(key))
         self._layout.stored(project, release, marker)  # validates the states' locations before fetching any
-        self._prefetch(project, release, marker)
+        self._fetcher.prefetch(project, release, marker)
         return tag
-
-    def _prefetch(self, project: str, release: str, marker: dict[str, typing.Any]) -> None:
-        """Start fetching the generation's states not cached yet, all at once, in the background (a pack once)."""
-        packed: dict[str, list[str]] = {}
-        for sid, info in marker['states'].items():
-            if not self._cache.cached(info['sha256']):  # read() checks the cached ones before serving them
-                if 'pack' in info:
-                    packed.setdefault(str(info['pack']), []).append(sid)
-                else:
-                    transfers.pool().submit(self._fetch_state, project, release, marker, sid, self._cache.fetch)
-        for sids in packed.values():
-            transfers.pool().submit(self._fetch_packed, project, release, marker, sids)
-
-    def _fetch_state(
-        self,
-        project: str,
-        release: str,
-        marker: dict[str, typing.Any],
-        sid: str,
-        how: typing.Callable[..., typing.Any],
-    ) -> typing.Any:
-        """Cache one state by ``how`` (:meth:`~forml_s3.runtime.cache.BlobCache.load` for its bytes,
-        :meth:`~forml_s3.runtime.cache.BlobCache.fetch` only to cache it); a packed one's bytes, cut from its pack."""
-        info = marker['states'][sid]
-        if 'pack' in info:
-            return self._fetch_packed(project, release, marker, [sid])[sid]
-        key = self._layout.state(project, release, sid)
-        return how(
-            str(info['sha256']),
-            int(info['size']),
-            lambda target: self._store.download(key, target, int(info['size'])),
-            name=self._store.url_of(key),
-        )
-
-    def _fetch_packed(
-        self, project: str, release: str, marker: dict[str, typing.Any], sids: list[str]
-    ) -> dict[str, bytes]:
-        """Cache states of one pack: the pack is fetched (once, and cached), each state cut out and verified; their
-        bytes by state id (read from the pack opened once: an eviction meanwhile cannot take it away)."""
-        try:
-            pid = str(marker['states'][sids[0]]['pack'])
-            key = self._layout.pack(project, release, pid)
-            size, sha256 = int(marker['packs'][pid]['size']), str(marker['packs'][pid]['sha256'])
-            located = [(sid, marker['states'][sid]) for sid in sids]
-            spans = [(sid, str(i['sha256']), int(i['offset']), int(i['size'])) for sid, i in located]
-        except (KeyError, TypeError, ValueError, IndexError, asset.Level.Invalid) as err:
-            raise asset.Level.Invalid(
-                f'Corrupted generation marker of {project}-{release}: bad pack of states {sids}: {err!r}'
-            ) from err
-        found = {}
-        with self._cache.open(
-            sha256, size, lambda target: self._store.download(key, target, size), name=self._store.url_of(key)
-        ) as pack:
-            for sid, state_sha, offset, state_size in spans:
-                pack.seek(offset)
-                data = pack.read(state_size)
-                found[sid] = self._cache.load(
-                    state_sha,
-                    state_size,
-                    lambda target, data=data: target.write_bytes(data),
-                    name=f'{self._store.url_of(key)} (state {sid} at {offset})',
-                )
-        return found
 
     def read(
         self,
@@ -469,26 +348,7 @@ class Registry(commit.Protocol, asset.Registry, alias='s3', metaclass=settings.C
         if marker is None:
             raise asset.Level.Invalid(f'Invalid registry component {project}/{release}/{generation}')
         release = self._stem(project, release)  # known by now: no request
-        info = marker.get('states', {}).get(str(sid))
-        if info is None:
-            LOGGER.warning('No state %s in generation %s of %s-%s', sid, generation, project, release)
-            return b''
-        data = self._cache.read(str(info['sha256']))  # bytes: no eviction can take them away
-        if data is not None:
-            return data
-        try:
-            return self._fetch_state(names.project(project), release, marker, str(sid), self._cache.load)
-        except FileNotFoundError as err:
-            where = f'pack {info["pack"]}' if 'pack' in info else 'its object'
-            raise forml.MissingError(
-                f'State {sid} of generation {generation} of {project}-{release} is missing from {self.url} '
-                f'({where} does not exist): the committed generation is incomplete; run '
-                f'`forml-s3 verify {self.url}` to see what else is missing'
-            ) from err
-
-
-def _copy(source: pathlib.Path, target: pathlib.Path) -> None:
-    shutil.copyfile(source, target)
+        return self._fetcher.read(str(names.project(project)), release, generation, str(sid), marker)
 
 
 def _package_file(path: pathlib.Path, temp: pathlib.Path) -> pathlib.Path:

@@ -121,6 +121,9 @@ class Unwritable(forml.FailedError):
     """Neither the cache nor a temporary directory can hold a fetched object (the local disks are full)."""
 
 
+Download = typing.Callable[[pathlib.Path], str | None]
+"""Writes an object's content to the given local path; may return the sha256 it hashed as it wrote it."""
+
 _WARNED: set[str] = set()
 """Cache roots this process has warned about (once each)."""
 
@@ -357,15 +360,7 @@ class BlobCache(volatile.Volatile):
                     )  # fmt: skip
             return self._aside
 
-    def fetch(
-        self,
-        sha256: str,
-        size: int,
-        download: typing.Callable[[pathlib.Path], str | None],
-        *,
-        name: str,
-        suffix: str = '',
-    ) -> pathlib.Path:
+    def fetch(self, sha256: str, size: int, download: Download, *, name: str, suffix: str = '') -> pathlib.Path:
         """The blob's path, downloading it first (once per machine) if not cached.
 
         The path names a file another process may evict at any time: a caller that reads the blob asks for
@@ -388,15 +383,7 @@ class BlobCache(volatile.Volatile):
         file.close()
         return path
 
-    def open(
-        self,
-        sha256: str,
-        size: int,
-        download: typing.Callable[[pathlib.Path], str | None],
-        *,
-        name: str,
-        suffix: str = '',
-    ) -> typing.BinaryIO:
+    def open(self, sha256: str, size: int, download: Download, *, name: str, suffix: str = '') -> typing.BinaryIO:
         """The blob opened for reading (the caller closes it), downloading it first (once per machine) if not cached;
         arguments as for :meth:`fetch`.
 
@@ -407,9 +394,7 @@ class BlobCache(volatile.Volatile):
             return file
         return self._fill(sha256, size, download, name=name, suffix=suffix)[1]
 
-    def load(
-        self, sha256: str, size: int, download: typing.Callable[[pathlib.Path], str | None], *, name: str
-    ) -> bytes:
+    def load(self, sha256: str, size: int, download: Download, *, name: str) -> bytes:
         """The blob's bytes (see :meth:`open`)."""
         with self.open(sha256, size, download, name=name) as file:
             return file.read()
@@ -448,7 +433,7 @@ class BlobCache(volatile.Volatile):
         return file
 
     def _fill(
-        self, sha256: str, size: int, download: typing.Callable[[pathlib.Path], str | None], *, name: str, suffix: str
+        self, sha256: str, size: int, download: Download, *, name: str, suffix: str
     ) -> tuple[pathlib.Path, typing.BinaryIO]:
         """Download a blob not cached (into the cache, else aside): its path and the file opened."""
         if self._aside is None:
@@ -461,7 +446,7 @@ class BlobCache(volatile.Volatile):
         return self._fetch_aside(sha256, size, download, name=name, suffix=suffix)
 
     def _fetch_aside(
-        self, sha256: str, size: int, download: typing.Callable[[pathlib.Path], str | None], *, name: str, suffix: str
+        self, sha256: str, size: int, download: Download, *, name: str, suffix: str
     ) -> tuple[pathlib.Path, typing.BinaryIO]:
         """:meth:`_fill` into this process's temporary directory (the cache cannot be written)."""
         assert self._aside is not None
@@ -485,7 +470,7 @@ class BlobCache(volatile.Volatile):
         target: pathlib.Path,
         sha256: str,
         size: int,
-        download: typing.Callable[[pathlib.Path], str | None],
+        download: Download,
         name: str,
     ) -> typing.BinaryIO:
         """Download into a temporary file beside ``target``, verify size and sha256, rename into place; the file,
@@ -515,7 +500,7 @@ class BlobCache(volatile.Volatile):
         return file
 
     def _fetch(
-        self, sha256: str, size: int, download: typing.Callable[[pathlib.Path], str | None], *, name: str, suffix: str
+        self, sha256: str, size: int, download: Download, *, name: str, suffix: str
     ) -> tuple[pathlib.Path, typing.BinaryIO]:
         """:meth:`_fill` into the cache (``OSError`` where the cache cannot be written)."""
         target = self.path(sha256, suffix)

@@ -9,10 +9,15 @@ marker exclusively: of two writers racing for the same one exactly one wins, the
 and its objects are tagged uncommitted again. A create whose answer was lost and that meets its own marker is
 this writer's commit, not a conflict.
 
+A release is committed the same way: its package is stored (tagged and leased), confirmed, then the release marker
+is created exclusively, and the project marker after it if missing.
+
 :class:`Protocol` is the registry's part that runs it (a mixin: the registry provides ``_store``, ``_layout``,
-``_reader`` and the settings below); :class:`forml_s3.registry.Registry` adapts ForML's calls to it.
+``_reader``, ``_release_marker`` and the settings below); :class:`forml_s3.registry.Registry` adapts ForML's calls
+to it.
 """
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -52,6 +57,8 @@ class Protocol:
     _pack_states: bool
     _keep_generations: int | None
     _lease_after: float
+    _release_marker: typing.Callable[[asset.Project.Key, asset.Release.Key], dict[str, typing.Any]]
+    """The release marker of a release as stored (the registry's reader, which resolves its spelling)."""
 
     def _write_state(
         self, project: asset.Project.Key, release: asset.Release.Key, stem: str, sid: uuid.UUID, state: bytes
@@ -101,6 +108,61 @@ class Protocol:
             if found != body:
                 raise
             LOGGER.info('Marker %s was created by this writer (its first answer was lost)', self._store.url_of(key))
+
+    def _commit_release(
+        self,
+        project: asset.Project.Key,
+        release: asset.Release.Key,
+        stem: str,
+        key: str,
+        size: int,
+        sha256: str,
+        manifest: dict[str, typing.Any],
+    ) -> None:
+        """Commit a release whose package is stored at ``key`` (``stem``: the name the release is stored under):
+        the package's uncommitted tag is cleared and its presence confirmed by one LIST, then the release marker is
+        created exclusively - or :class:`Conflict` naming the winner - and the project marker if missing."""
+        try:
+            self._commit_stored(
+                self._layout.release_dir(project, stem),
+                {key: size},
+                f'Cannot commit release {project}-{release}',
+                lambda _: f'package {layout.Layout.object_name(key)}',
+            )
+        except Incomplete:
+            lease.settle(self._store, [key])
+            raise
+        marker = codec.release_marker(
+            str(project), str(release), manifest, layout.Layout.object_name(key), size, sha256
+        )
+        body = codec.dumps(marker)
+        try:
+            self._create_marker(self._layout.release_marker(project, stem), body)
+        except FileExistsError:
+            self._reader.invalidate(self._layout.releases(project))
+            winner = self._release_marker(project, release)
+            if winner.get('package', {}).get('sha256') != sha256:
+                self._uncommit_tags([key])
+            raise Conflict(
+                f'Release {project}-{release} was pushed to {self._store.url} by another writer meanwhile '
+                f'(as {winner.get("release", stem)}, by {winner.get("writer")}): releases are immutable, '
+                'bump the version and release again'
+            ) from None
+        finally:
+            self._reader.invalidate(self._layout.releases(project))
+            lease.settle(self._store, [key])
+        self._ensure_project(project)
+
+    def _ensure_project(self, project: asset.Project.Key) -> None:
+        """Create the project marker if missing (after the first release marker, so it never lists empty)."""
+        if str(project) in self._reader.listing(self._layout.projects()):
+            return
+        with contextlib.suppress(FileExistsError):
+            self._store.create(
+                self._layout.project_marker(project),
+                codec.dumps(codec.project_marker(str(project))),
+            )
+        self._reader.invalidate(self._layout.projects())
 
     def _commit_generation(self, project: asset.Project.Key, release: str, generation: int, tag: asset.Tag) -> None:
         """Commit generation ``generation`` of a stored release (``release``: the name it is stored under): the
