@@ -275,12 +275,13 @@ class Registry(commit.Protocol, asset.Registry, alias='s3', metaclass=settings.C
         return f' (pushed as {pushed})' if pushed != str(release) else ''
 
     def pull(self, project: asset.Project.Key, release: asset.Release.Key) -> 'prj.Package':
-        return prj.Package(self._package_blob(project, release)[0])
-
-    def _package_blob(self, project: asset.Project.Key, release: asset.Release.Key) -> tuple[pathlib.Path, str]:
-        """The verified package in the local cache (downloaded once per machine) and its sha256."""
         marker, stem = self._release_marker(project, release), self._stem(project, release)
-        return self._fetcher.package(str(project), str(release), stem, marker)
+        return prj.Package(self._fetcher.package(str(project), str(release), stem, marker)[0])
+
+    def _package_file(self, project: asset.Project.Key, release: asset.Release.Key) -> tuple[typing.BinaryIO, str]:
+        """The verified package opened from the local cache (downloaded once per machine) and its sha256."""
+        marker, stem = self._release_marker(project, release), self._stem(project, release)
+        return self._fetcher.package(str(project), str(release), stem, marker, opened=True)
 
     def mount(self, project: asset.Project.Key, release: asset.Release.Key) -> 'prj.Artifact':
         project, release = names.project(project), self._stem(project, release)
@@ -291,7 +292,7 @@ class Registry(commit.Protocol, asset.Registry, alias='s3', metaclass=settings.C
             target = staging.ensure(
                 staging.target(self._staging, str(project), release, sha256),
                 sha256,
-                lambda: self._package_blob(project, release),
+                lambda: self._package_file(project, release),  # opened: no eviction takes it from the install
             )
         except OSError as err:
             if not storage.local_failure(err):

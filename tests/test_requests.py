@@ -168,8 +168,9 @@ def test_listing_the_inventory_is_one_list(counted, s3server, bucket, tmp_path):
 def test_a_state_evicted_between_its_fetch_and_its_reading_is_read_without_fetching_it_again(
     s3server, s3registry, package_factory, monkeypatch
 ):
-    """Another process evicts every blob (a pack, a state) right after the cache hands it to the reader: each read
-    still returns the committed bytes from the one GET it made."""
+    """Another process evicts every blob (a pack, a state, the package) right after the cache hands it to the reader:
+    each read still returns the committed bytes from the one GET it made, the mount installs the package fetched
+    once."""
     monkeypatch.setattr(packing, 'LINGER', 60.0)  # the small states go into one pack however slow the machine is
     writer = s3registry(cache_dir=None)
     writer.push(package_factory('0.1'))
@@ -196,3 +197,7 @@ def test_a_state_evicted_between_its_fetch_and_its_reading_is_read_without_fetch
         assert reader.read(PROJECT, '0.1', 1, sid) == payload
         assert s3server.count(method='GET', path_prefix=states) == 1  # its object or its pack, once
     assert len(evicted) == 5 and all(evicted)  # the state alone, then per packed state: the pack, the state cut out
+    s3server.reset_counts()  # the package, evicted as the install is about to extract it
+    assert (reader.mount(PROJECT, '0.1').path / 'demo' / '__init__.py').is_file()
+    assert [r.method for r in s3server.requests if r.path.endswith('.4ml')] == ['GET']
+    assert len(evicted) == 6 and all(evicted)

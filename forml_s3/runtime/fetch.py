@@ -114,9 +114,22 @@ class Fetcher:
                 )
         return found
 
-    def package(self, project: str, release: str, stem: str, marker: dict[str, typing.Any]) -> tuple[pathlib.Path, str]:
+    @typing.overload
+    def package(
+        self, project: str, release: str, stem: str, marker: dict[str, typing.Any]
+    ) -> tuple[pathlib.Path, str]: ...
+
+    @typing.overload
+    def package(
+        self, project: str, release: str, stem: str, marker: dict[str, typing.Any], opened: typing.Literal[True]
+    ) -> tuple[typing.BinaryIO, str]: ...
+
+    def package(
+        self, project: str, release: str, stem: str, marker: dict[str, typing.Any], opened: bool = False
+    ) -> tuple[typing.Any, str]:
         """The verified package a release marker names (``stem``: the name the release is stored under) in the local
-        cache (downloaded once per machine), and its sha256."""
+        cache (downloaded once per machine) - its path, or ``opened`` the file opened (the caller closes it; no
+        eviction can take it away) - and its sha256."""
         try:
             info = marker['package']
             key = self._layout.release_object(project, stem, info['key'])
@@ -125,14 +138,14 @@ class Fetcher:
             raise asset.Level.Invalid(
                 f'Corrupted release marker of {project}-{release} in {self._store.url}: {err!r}'
             ) from err
-        path = self._cache.fetch(
+        found = (self._cache.open if opened else self._cache.fetch)(
             sha256,
             size,
             lambda target: self._store.download(key, target, size),
             name=self._store.url_of(key),
             suffix=layout.PACKAGE_SUFFIX,
         )
-        return path, sha256
+        return found, sha256
 
     def keep_package(self, source: pathlib.Path, size: int, sha256: str) -> None:
         """Keep a copy of a package being pushed for later pulls (the push goes on without it where the cache and

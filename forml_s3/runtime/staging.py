@@ -99,7 +99,9 @@ def locked(path: pathlib.Path) -> typing.Iterator[None]:
         yield
 
 
-def ensure(path: pathlib.Path, sha256: str, fetch: typing.Callable[[], tuple[pathlib.Path, str]]) -> pathlib.Path:
+def ensure(
+    path: pathlib.Path, sha256: str, fetch: typing.Callable[[], tuple[pathlib.Path | typing.BinaryIO, str]]
+) -> pathlib.Path:
     """Install the package at ``path`` unless it is there, record the use and lease the tree, all under the lock.
 
     Checking, touching and leasing under the lock is what makes a concurrent prune safe: the prune either removed
@@ -109,7 +111,8 @@ def ensure(path: pathlib.Path, sha256: str, fetch: typing.Callable[[], tuple[pat
     Args:
         path: The tree's target under the staging root (see :func:`target`).
         sha256: The package's sha256 per the release marker.
-        fetch: Returns the verified package file and its sha256; called only if the tree is missing.
+        fetch: Returns the verified package file (its path, or the file opened: closed here) and its sha256;
+            called only if the tree is missing.
 
     Returns:
         ``path``, holding the complete tree.
@@ -117,14 +120,18 @@ def ensure(path: pathlib.Path, sha256: str, fetch: typing.Callable[[], tuple[pat
     with locked(path):
         if not installed(path, sha256):
             package, sha256 = fetch()
-            install(package, sha256, path)
+            try:
+                install(package, sha256, path)
+            finally:
+                if not isinstance(package, pathlib.Path):
+                    package.close()
         touch(path)
         LEASES_HELD.take(path)
     return path
 
 
-def install(package: pathlib.Path, sha256: str, path: pathlib.Path) -> pathlib.Path:
-    """Extract the package (a zip file) into ``path`` atomically; a no-op if already there."""
+def install(package: pathlib.Path | typing.BinaryIO, sha256: str, path: pathlib.Path) -> pathlib.Path:
+    """Extract the package (a zip file, by path or opened) into ``path`` atomically; a no-op if already there."""
     if installed(path, sha256):
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -145,7 +152,8 @@ def install(package: pathlib.Path, sha256: str, path: pathlib.Path) -> pathlib.P
             os.rename(path, trash)
             os.rename(temp, path)
             shutil.rmtree(trash, ignore_errors=True)
-        LOGGER.info('Installed %s into %s', package.name, path)
+        name = package if isinstance(package, pathlib.Path) else pathlib.Path(package.name)
+        LOGGER.info('Installed %s into %s', name.name, path)
         return path
     finally:
         shutil.rmtree(temp, ignore_errors=True)
