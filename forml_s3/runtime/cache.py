@@ -66,6 +66,7 @@ SEALS = 'seals'
 NAMED = 'markers'
 """Directory under the cache root holding the copies stored by name (:meth:`BlobCache.put_named`: markers)."""
 CHUNK = 4 * 2**20
+"""Bytes read at a time when a file is hashed."""
 
 
 def default_root() -> pathlib.Path:
