@@ -101,6 +101,7 @@ def ui(
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
+        sock.listen(128)  # before the URL is printed: a browser opening it at once queues instead of being refused
     except OSError as err:
         raise Fatal(f'Cannot listen on {host}:{port}: {err.strerror or err} (--port 0 picks a free one)') from None
     shown = f'[{host}]' if ':' in host else host
