@@ -114,6 +114,25 @@ def inventory(cloud):
     return Inventory(url, storage_options=options)
 
 
+@pytest.mark.parametrize('status', [502, 504, 408])
+def test_azure_transient_statuses_fail_in_one_line(azure_server, status):
+    """Found by the 30-minute Azure soak: a 502 (the proxy's bad gateway) escaped the store untranslated and a
+    scheduled ``forml-s3 gc`` died with a traceback (exit 1) instead of one line (exit 2). Any status the SDK
+    retries (408, 429, 5xx) and a body cut short are "retries exhausted", naming the object."""
+    from azure.core import exceptions
+
+    bucket, url, options = fresh_root(azure_server)
+    store = storage.open_store(url, options)
+    err = exceptions.HttpResponseError(message='Bad Gateway')
+    err.status_code = status
+    translated = store._translate(err, 'read', f'{bucket}/forml/a.json')
+    assert isinstance(translated, forml.FailedError) and 'retries exhausted' in str(translated)
+    assert f'{bucket}/forml/a.json' in str(translated) and '\n' not in str(translated)
+    cut = store._translate(exceptions.IncompleteReadError('body cut short'), 'read', f'{bucket}/forml/a.json')
+    assert isinstance(cut, forml.FailedError)
+    assert store._translate(exceptions.HttpResponseError(message='Bad Request'), 'read', 'x/y') is None
+
+
 # the store on its own ------------------------------------------------------------------------------------------
 CREATED = {'gcs': 200, 'azure': 201}
 REFUSED = {'gcs': 412, 'azure': 409}

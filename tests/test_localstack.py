@@ -46,17 +46,13 @@ OFFLINE = re.compile(
 # the backend-parametrized ones are deselected), including both 8-process races on one marker (test_concurrency).
 SUBSET = (
     'tests/test_registry.py',
-    'tests/test_inventory.py',
-    'tests/test_bad_input.py',
     'tests/test_concurrency.py',
     'tests/test_retention.py',
     'tests/test_transfers.py',
-    'tests/test_security.py',
-    'tests/test_selector.py',
-    'tests/test_ops.py',
-    'tests/test_packing.py',
 )
-# Left out:
+# Left out (they passed against LocalStack 4.9.2 when they were in the subset; the CI budget of 20 minutes on two
+# cores went to the cloud emulators, the soak and the scale tests since): test_inventory, test_bad_input,
+# test_security, test_selector, test_ops, test_packing. Also left out:
 # * test_forml_model_apply_works_from_the_copy: passes against LocalStack, but runs the real ForML CLI (12 s here);
 #   the CI budget goes to the races instead.
 # * test_requests.py, test_faults.py: request counts and fault injection need the embedded server (they skip);
@@ -65,7 +61,7 @@ SUBSET = (
 # except test_requests.py::test_listing_the_inventory_is_one_list, which calls the embedded server's reset_counts()
 # without asking for the embedded_server fixture (a test bug: AttributeError on any other endpoint).
 SELECT = 'not memory and not file and not forml_model_apply'
-MIN_PASSED = 100  # 113 passed, 9 skipped (embedded-only) when this was written
+MIN_PASSED = 40  # of the 4 modules' S3 tests, those not needing the embedded server (request counts, faults)
 MUST_PASS = (
     'test_racing_closes_of_one_generation_have_exactly_one_winner[s3]',
     'test_racing_pushes_of_one_version_have_exactly_one_winner[s3]',

@@ -270,8 +270,11 @@ class AzureStore(base.Store):
                     'Azure', 'the connection_string (or account_name)', 'connect_retries',
                 )
             )  # fmt: skip
+        # a dropped connection, a body cut short, or a status the SDK retries (408, 429, any 5xx: e.g. a proxy's 502)
         transient = isinstance(err, exceptions.ServiceRequestError | exceptions.ServiceResponseError)
-        if transient or isinstance(err, asyncio.TimeoutError) or getattr(err, 'status_code', 0) in (429, 500, 503):
+        transient |= isinstance(err, exceptions.IncompleteReadError | exceptions.DecodeError | asyncio.TimeoutError)
+        status = getattr(err, 'status_code', None) or 0
+        if transient or status in (408, 429) or status >= 500:
             return forml.FailedError(
                 f'Could not {action} {self.url_of(path)}, retries exhausted ({_code(err) or err}): the registry is '
                 'unchanged by this step; check the endpoint and try again'
