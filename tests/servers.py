@@ -14,6 +14,7 @@ for tests that count requests instead of timing them.
 import contextlib
 import ctypes
 import dataclasses
+import fcntl
 import json
 import pathlib
 import re
@@ -241,21 +242,34 @@ class FakeGCS(_Process):
 
 
 def azurite_binary() -> pathlib.Path:
-    """Azurite's blob service entry point, installed (pinned) into :data:`AZURITE_PREFIX` if it is not there yet."""
+    """Azurite's blob service entry point, installed (pinned) into :data:`AZURITE_PREFIX` if it is not there yet
+    (under a file lock: the suite's worker processes may all get here at once)."""
     binary = AZURITE_PREFIX / 'node_modules' / '.bin' / 'azurite-blob'
     manifest = AZURITE_PREFIX / 'node_modules' / 'azurite' / 'package.json'
-    installed = manifest.exists() and json.loads(manifest.read_text()).get('version') == AZURITE_VERSION
-    if not (binary.exists() and installed):
-        npm = shutil.which('npm')
-        if npm is None:
-            raise RuntimeError('Azurite is not installed and npm is not on PATH: run .ci/run or install node and npm')
-        subprocess.run(
-            [npm, 'install', '--prefix', str(AZURITE_PREFIX), '--no-save', '--no-audit', '--no-fund']
-            + [f'azurite@{AZURITE_VERSION}'],
-            check=True,
-            capture_output=True,
-            timeout=600,
+
+    def installed() -> bool:
+        return (
+            binary.exists() and manifest.exists() and json.loads(manifest.read_text()).get('version') == AZURITE_VERSION
         )
+
+    if installed():
+        return binary
+    AZURITE_PREFIX.mkdir(parents=True, exist_ok=True)
+    with open(AZURITE_PREFIX / '.install.lock', 'w') as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not installed():
+            npm = shutil.which('npm')
+            if npm is None:
+                raise RuntimeError(
+                    'Azurite is not installed and npm is not on PATH: run .ci/run or install node and npm'
+                )
+            subprocess.run(
+                [npm, 'install', '--prefix', str(AZURITE_PREFIX), '--no-save', '--no-audit', '--no-fund']
+                + [f'azurite@{AZURITE_VERSION}'],
+                check=True,
+                capture_output=True,
+                timeout=600,
+            )
     return binary
 
 

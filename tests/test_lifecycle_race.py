@@ -43,7 +43,9 @@ def race(server, bucket: str, first: tuple[str, ...], second: tuple[str, ...]) -
     directly, until it has tried to take the lock (or, without a lock, has written); then let ``first`` write."""
     options = s3_options(server)
     with Proxy(server.endpoint, hold=lifecycle_write(bucket)) as proxy:
-        one = spawn(proxy.endpoint, *first, options=options)
+        # a long read timeout: a held write that timed out would be sent again past the hold, and the held one
+        # delivered after the other process wrote (a network that late is what no lock can fence)
+        one = spawn(proxy.endpoint, *first, options=[*options, '--option', 'read_timeout=600'])
         assert proxy.held.wait(60), one.communicate()
         attempts = lock_attempts(server, bucket)
         two = spawn(server.endpoint, *second, options=options)

@@ -152,3 +152,36 @@ def test_the_lock_waits_for_a_live_holder_and_takes_over_an_expired_one(s3server
     assert applied.exit_code == 0, applied.output
     assert lifecycle.LOCK not in keys(s3server, bucket)
     assert len(client.get_bucket_lifecycle_configuration(Bucket=bucket)['Rules']) == 3
+
+
+def test_a_live_holder_renews_its_lock_and_a_stalled_one_writes_nothing_once_taken_over(s3server, bucket, monkeypatch):
+    import time
+
+    import forml
+
+    st = inspect.store_for(f's3://{bucket}/team-a', s3server.storage_options())
+    with lifecycle.locked(st, ttl=1.0) as lost:
+        time.sleep(2.5)  # more than twice the ttl: only the renewals keep it
+        with pytest.raises(forml.FailedError, match='being changed by'), lifecycle.locked(st, ttl=1.0, wait=0.5):
+            pass
+        assert not lost.is_set()
+    assert lifecycle.LOCK not in keys(s3server, bucket)
+
+    # a holder whose lock another process took over (it stalled past the expiry) notices and writes nothing
+    client = s3server.client()
+    original = lifecycle.locked
+
+    def taken_over(st, ttl=lifecycle.LOCK_TTL, wait=lifecycle.LOCK_WAIT):
+        return original(st, ttl=0.4, wait=wait)
+
+    def change(rules):
+        other = {'token': 'other', 'holder': 'other-host:2', 'expires': time.time() + 60}
+        client.put_object(Bucket=bucket, Key=lifecycle.LOCK, Body=json.dumps(other).encode())
+        time.sleep(0.6)  # a renewal turn: it finds the other holder's lock
+        return [*rules, {'ID': 'mine', 'Status': 'Enabled', 'Filter': {'Prefix': 'x/'}, 'Expiration': {'Days': 1}}]
+
+    monkeypatch.setattr(lifecycle, 'locked', taken_over)
+    with pytest.raises(lifecycle.Lost, match='taken over .* nothing was written'):
+        lifecycle.update(st, change)
+    assert st.lifecycle_rules() == []
+    assert json.loads(client.get_object(Bucket=bucket, Key=lifecycle.LOCK)['Body'].read())['token'] == 'other'

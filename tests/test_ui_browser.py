@@ -94,15 +94,27 @@ def seeded(s3server, bucket, tmp_path) -> Seeded:
 
 
 def follow(driver, element) -> None:
-    """Click ``element`` and wait until the page it leads to has loaded (a click returns before that)."""
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions
+    """Click ``element`` and wait until the page it leads to has loaded (a click returns before that).
+
+    The old page is marked with a window property that a new document does not have; while Chromium swaps
+    documents any call may fail (a stale node, or "Node with given id does not belong to the document"),
+    which only means: not loaded yet.
+    """
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.support.wait import WebDriverWait
 
-    page = driver.find_element(By.TAG_NAME, 'html')
+    driver.execute_script('window.__formlS3OldPage = true')
     element.click()
-    WebDriverWait(driver, 60).until(expected_conditions.staleness_of(page))
-    WebDriverWait(driver, 60).until(lambda d: d.execute_script('return document.readyState') == 'complete')
+
+    def loaded(d) -> bool:
+        try:
+            return d.execute_script(
+                'return window.__formlS3OldPage === undefined && document.readyState === "complete"'
+            )
+        except WebDriverException:
+            return False
+
+    WebDriverWait(driver, 60).until(loaded)
 
 
 def shoot(driver, name: str, tmp_path: pathlib.Path) -> None:

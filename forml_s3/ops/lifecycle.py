@@ -37,6 +37,7 @@ import hashlib
 import json
 import logging
 import math
+import threading
 import time
 import typing
 import uuid
@@ -235,23 +236,28 @@ def outside(st: storage.Store, effects: list['Effect']) -> list[tuple['Effect', 
 LOCK = '.forml-s3-lifecycle.lock'
 """The lock object's key at the bucket root (a dot name: never a registry's project)."""
 LOCK_TTL = 60.0
-"""Seconds a lock is honoured; a holder that crashed is overridden after this."""
+"""Seconds a lock is honoured after its last renewal; its holder renews it every quarter of that while alive, so
+only a holder that died (or stalled that long) is overridden."""
 LOCK_WAIT = 120.0
 """Seconds to wait for another holder before giving up."""
 
 
+class Lost(forml.FailedError):
+    """The lifecycle lock was taken over while held (its holder stalled past its expiry)."""
+
+
 @contextlib.contextmanager
-def locked(st: storage.Store, ttl: float = LOCK_TTL, wait: float = LOCK_WAIT) -> typing.Iterator[None]:
-    """Hold the bucket's forml-s3 lifecycle lock: an object created exclusively (``If-None-Match: *``), deleted
-    on release; one that expired (its holder died) is deleted and taken over."""
+def locked(st: storage.Store, ttl: float = LOCK_TTL, wait: float = LOCK_WAIT) -> typing.Iterator[threading.Event]:
+    """Hold the bucket's forml-s3 lifecycle lock: an object created exclusively (``If-None-Match: *``), renewed
+    every quarter of ``ttl`` while held, deleted on release; one that expired (its holder died) is deleted and
+    taken over. Yields an event that is set once the lock was found taken over (check it before writing)."""
     key = f'{st.bucket}/{LOCK}'
     token = uuid.uuid4().hex
     deadline = time.monotonic() + wait
     delay = 0.05
     while True:
-        body = {'token': token, 'holder': codec.writer(), 'expires': time.time() + ttl}
         try:
-            st.create(key, json.dumps(body).encode())
+            st.create(key, _lock_body(token, ttl))
             break
         except FileExistsError:
             pass
@@ -269,11 +275,42 @@ def locked(st: storage.Store, ttl: float = LOCK_TTL, wait: float = LOCK_WAIT) ->
             )
         time.sleep(delay)
         delay = min(delay * 2, 1.0)
+    lost, stop = threading.Event(), threading.Event()
+    renewal = threading.Thread(
+        target=_renew, args=(st, key, token, ttl, lost, stop), name='forml-s3-lifecycle-lock', daemon=True
+    )
+    renewal.start()
     try:
-        yield
+        yield lost
     finally:
+        stop.set()
+        renewal.join()
         if (_lock_of(st, key) or {}).get('token') == token:
             st.delete(key)
+
+
+def _lock_body(token: str, ttl: float) -> bytes:
+    return json.dumps({'token': token, 'holder': codec.writer(), 'expires': time.time() + ttl}).encode()
+
+
+def _renew(st: storage.Store, key: str, token: str, ttl: float, lost: threading.Event, stop: threading.Event) -> None:
+    """Push the lock's expiry forward every quarter of ``ttl`` until ``stop``; set ``lost`` (and stop) once the
+    lock is another holder's. A renewal that fails is tried again at the next turn (the expiry leaves three)."""
+    while not stop.wait(ttl / 4):
+        try:
+            data, version = st.get(key)
+            if json.loads(data).get('token') != token:
+                raise FileNotFoundError(key)
+            if st.conditional_write:
+                st.replace(key, _lock_body(token, ttl), version)
+            else:  # the check above narrows the window; only a holder stalled past expiry can lose it here
+                st.write(key, _lock_body(token, ttl))
+        except (FileNotFoundError, FileExistsError, ValueError):
+            LOGGER.warning('The lifecycle lock %s was taken over by another process', st.url_of(key))
+            lost.set()
+            return
+        except Exception as err:  # any failure to renew is retried: the lock has time left
+            LOGGER.warning('Could not renew the lifecycle lock %s (%s): retrying', st.url_of(key), err)
 
 
 def _lock_of(st: storage.Store, key: str) -> dict[str, typing.Any] | None:
@@ -295,12 +332,17 @@ def update(
     Returns the configuration before and after. A read-back that differs (a writer that does not take the lock
     changed it meanwhile) is retried twice from a fresh read, then reported.
     """
-    with locked(st):
+    with locked(st) as lost:
         for _ in range(3):
             current = st.lifecycle_rules()
             new = change(current)
             if same(current, new):
                 return current, new
+            if lost.is_set():
+                raise Lost(
+                    f'The lifecycle lock of s3://{st.bucket} was taken over while this process was stalled: '
+                    'nothing was written; apply again'
+                )
             st.set_lifecycle_rules(new)
             back = st.lifecycle_rules()
             if _ids(back) == _ids(new):
