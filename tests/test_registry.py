@@ -34,6 +34,34 @@ def test_push_lists_and_pulls_the_release(registry, package_factory):
     assert pulled.path.read_bytes() == package.path.read_bytes()
 
 
+class Died(BaseException):
+    """The pushing process dying at a given point (nothing after it runs; a BaseException passes every handler)."""
+
+
+@pytest.mark.parametrize('point', ['project marker', 'release marker'])
+def test_a_push_dying_between_its_markers_never_hides_a_committed_release(
+    make_registry, package_factory, point, tmp_path
+):
+    from forml_s3.ops import snapshot
+
+    pusher = make_registry()
+    store, create = pusher._store, pusher._store.create
+
+    def dying(path: str, data: bytes) -> None:
+        create(path, data)
+        if (point == 'release marker') == ('/releases/' in path):
+            raise Died(path)
+
+    store.create = dying
+    with pytest.raises(Died):
+        pusher.push(package_factory('0.1'))
+    reader = make_registry(cache_dir=tmp_path / 'other-cache')
+    assert list(reader.projects()) == [PROJECT]  # listed whether its release made it or not
+    assert list(reader.releases(PROJECT)) == ([asset.Release.Key('0.1')] if point == 'release marker' else [])
+    _, problems = snapshot.verify(reader._store, orphans=False)  # the package of the push that died is one
+    assert [p.kind for p in problems] == []
+
+
 def test_pull_of_missing_release_is_a_missing_error(registry, package_factory):
     with pytest.raises(forml.MissingError, match='No release demo-proj-0.9'):
         registry.pull(PROJECT, '0.9')

@@ -424,7 +424,8 @@ def verify(
                     'unlisted-project',
                     project.name,
                     f'Project {project.name} has releases but no project marker: ForML does not list it '
-                    '(a push died after its release marker; push any new release of the project to repair)',
+                    '(a push by an older forml-s3, which wrote it after the release marker, died between the two; '
+                    'push any new release of the project to repair)',
                 )
             )
         for release in project.releases:

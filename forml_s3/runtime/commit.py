@@ -10,7 +10,7 @@ and its objects are tagged uncommitted again. A create whose answer was lost and
 this writer's commit, not a conflict.
 
 A release is committed the same way: its package is stored (tagged and leased), confirmed, then the release marker
-is created exclusively, and the project marker after it if missing.
+is created exclusively, the project marker before it if missing.
 
 :class:`Protocol` is the registry's part that runs it (a mixin: the registry provides ``_store``, ``_layout``,
 ``_reader``, ``_release_marker`` and the settings below); :class:`forml_s3.registry.Registry` adapts ForML's calls
@@ -121,7 +121,7 @@ class Protocol:
     ) -> None:
         """Commit a release whose package is stored at ``key`` (``stem``: the name the release is stored under):
         the package's uncommitted tag is cleared and its presence confirmed by one LIST, then the release marker is
-        created exclusively - or :class:`Conflict` naming the winner - and the project marker if missing."""
+        created exclusively (the project marker first, if missing) - or :class:`Conflict` naming the winner."""
         try:
             self._commit_stored(
                 self._layout.release_dir(project, stem),
@@ -136,6 +136,7 @@ class Protocol:
             str(project), str(release), manifest, layout.Layout.object_name(key), size, sha256
         )
         body = codec.dumps(marker)
+        self._ensure_project(project)
         try:
             self._create_marker(self._layout.release_marker(project, stem), body)
         except FileExistsError:
@@ -151,10 +152,11 @@ class Protocol:
         finally:
             self._reader.invalidate(self._layout.releases(project))
             lease.settle(self._store, [key])
-        self._ensure_project(project)
 
     def _ensure_project(self, project: asset.Project.Key) -> None:
-        """Create the project marker if missing (after the first release marker, so it never lists empty)."""
+        """Create the project marker if missing, before the release marker: a push that dies between the two leaves
+        a project listed without releases (which ForML lists as such), never a committed release that ForML's
+        project listing does not show."""
         if str(project) in self._reader.listing(self._layout.projects()):
             return
         with contextlib.suppress(FileExistsError):
