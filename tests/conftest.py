@@ -250,6 +250,33 @@ def package_factory(tmp_path):
     return helpers.PackageFactory(tmp_path / 'packages')
 
 
+SLOWEST_FIRST = (
+    'test_e2e',
+    'test_gc_safety',
+    'test_backends_cloud',
+    'test_concurrency',
+    'test_benchmarks',
+    'test_scale',
+    'test_soak',
+    'test_localstack',
+    'test_e2e_aliases',
+    'test_ops',
+    'test_pin_race',
+    'test_aliases',
+    'test_requests',
+    'test_cli_config',
+    'test_local_disk',
+)
+"""The modules taking longest (measured on 2 cores, 2026-12-01), longest first: pytest-xdist hands out whole
+modules in collection order (``--dist loadfile --no-loadscope-reorder``), so these start first and the run
+does not end on one long module while the other workers idle."""
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))  # stable: each module keeps its order
+
+
 def pytest_report_header(config):
     return f'forml-s3 S3 endpoint: {os.environ.get("FORML_S3_TEST_ENDPOINT") or "embedded moto server"}'
 
