@@ -10,7 +10,6 @@ CLI end to end.
 
 import concurrent.futures
 import json
-import subprocess
 import sys
 import time
 import types
@@ -28,6 +27,7 @@ from forml_s3.model import layout
 from forml_s3.registry import Registry
 from forml_s3.runtime import transfers
 
+from .forked import Forked
 from .helpers import PROJECT, commit, run_cli, tag
 
 # the registry contract, collected again here: this module's fixtures run them on the emulators
@@ -242,13 +242,13 @@ def test_8_processes_race_to_push_one_release_and_close_one_generation(
     go_push, go_close = tmp_path / 'go-push', tmp_path / 'go-close'
     procs, ready = [], {'push': [], 'close': []}
     for i, package in enumerate(packages):
-        command = [sys.executable, '-m', 'tests.cloud_workers', '--url', make_registry.url, '--name', f'racer{i}']
+        command = ['--url', make_registry.url, '--name', f'racer{i}']
         command += ['--options', json.dumps(make_registry.options), '--cache', str(tmp_path / f'cache-{i}')]
         command += ['--package', str(package.path), '--go-push', str(go_push), '--go-close', str(go_close)]
         for race in ready:
             ready[race].append(tmp_path / f'ready-{race}-{i}')
             command += [f'--ready-{race}', str(ready[race][-1])]
-        procs.append(subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        procs.append(Forked('tests.cloud_workers', *command, cwd=ROOT))
     wait_ready(ready['push'], procs)
     go_push.touch()
     wait_ready(ready['close'], procs)

@@ -1,7 +1,8 @@
 """Real processes racing and dying against moto's HTTP server (the races on SeaweedFS too): nothing lost, nothing
 half-visible.
 
-Workers are separate Python processes (``tests/workers.py``) with their own caches, as on separate machines;
+Workers are separate Python processes (``tests/workers.py``, forked from a server that imported ForML once:
+``tests/forked.py``) with their own caches, as on separate machines;
 the test process owns the S3 server and inspects the bucket afterwards.
 """
 
@@ -9,8 +10,6 @@ import json
 import os
 import pathlib
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
@@ -20,6 +19,7 @@ from forml_s3.model import layout
 from forml_s3.registry import Registry
 
 from .conftest import new_bucket
+from .forked import Forked
 from .helpers import PROJECT, every_s3_backend
 
 ROOT = pathlib.Path(__file__).parent.parent
@@ -33,16 +33,16 @@ class Crowd:
         self.tmp = tmp_path
         self.url, self.options = url, options
         self.go = tmp_path / 'go'
-        self.procs: list[tuple[str, subprocess.Popen]] = []
+        self.procs: list[tuple[str, Forked]] = []
 
-    def spawn(self, role: str, name: str, *extra: str, wait: bool = True) -> subprocess.Popen:
+    def spawn(self, role: str, name: str, *extra: str, wait: bool = True) -> Forked:
         ready = self.tmp / f'ready-{name}'
-        command = [sys.executable, '-m', 'tests.workers', role, '--url', self.url]
+        command = [role, '--url', self.url]
         command += ['--options', json.dumps(self.options), '--cache', str(self.tmp / f'cache-{name}')]
         command += ['--name', name, '--ready', str(ready), *extra]
         if wait:
             command += ['--go', str(self.go)]
-        proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = Forked('tests.workers', *command, cwd=ROOT)
         self.procs.append((name, proc))
         return proc
 
@@ -139,7 +139,7 @@ def test_racing_pushes_of_one_version_have_exactly_one_winner(s3url, reader, tmp
     assert reader.pull(PROJECT, '1.0').path.read_bytes() == winner_package.path.read_bytes()
 
 
-def kill_when(server, proc: subprocess.Popen, seen, timeout: float = 120) -> None:
+def kill_when(server, proc: Forked, seen, timeout: float = 120) -> None:
     """SIGKILL the worker as soon as the server has seen a request matching ``seen``."""
     deadline = time.monotonic() + timeout
     while not any(seen(r) for r in server.requests):
