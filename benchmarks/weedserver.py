@@ -15,6 +15,7 @@ import collections
 import contextlib
 import pathlib
 import re
+import time
 import typing
 import urllib.request
 
@@ -22,6 +23,8 @@ from benchmarks import soak
 
 _SAMPLE = re.compile(r'^(?P<name>SeaweedFS_s3_\w+)\{(?P<labels>[^}]*)\}\s+(?P<value>\S+)$')
 _LABEL = re.compile(r'(\w+)="([^"]*)"')
+SETTLE = 0.2
+"""Seconds the counters must stay unchanged to be read as a run's final ones."""
 
 
 class SeaweedFS:
@@ -78,11 +81,24 @@ class SeaweedFS:
                 moved += int(float(sample['value']))
         return kinds, moved
 
+    def _settled(self) -> tuple[collections.Counter[str], int]:
+        """The counters once they stop moving: SeaweedFS counts a request after its handler has returned, so the
+        client may hold the response of its last request (or read its first) before the count changes (seen: a
+        LIST counted in the next operation's region). Only one run talks to the server at a time; a server that never
+        settles (something else still talking to it) is read as it is after 10 s."""
+        now = self._counters()
+        for _ in range(int(10 / SETTLE)):
+            time.sleep(SETTLE)
+            then, now = now, self._counters()
+            if now == then:
+                break
+        return now
+
     def reset_counts(self) -> None:
-        self._base = self._counters()
+        self._base = self._settled()
 
     def tally(self) -> tuple[dict[str, int], int]:
         """Requests by kind and body bytes since :meth:`reset_counts`."""
-        kinds, moved = self._counters()
+        kinds, moved = self._settled()
         before, moved_before = self._base
         return {k: v - before[k] for k, v in sorted(kinds.items()) if v - before[k]}, moved - moved_before
