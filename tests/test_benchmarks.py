@@ -115,3 +115,33 @@ def test_seaweedfs_results_go_between_their_own_markers(result, seaweedfs_result
     begin, end = report.markers('seaweedfs')
     assert text.count(begin) == text.count(report.BEGIN) == 1 and text.index(report.END) < text.index(begin)
     assert '## Recorded run on SeaweedFS' in text and "## Recorded run on moto's server" in text
+
+
+def test_scale_mode_counts_the_same_requests_on_moto_and_seaweedfs(tmp_path):
+    """``--scale`` on a release of 30 generations, on both endpoints at once: every row measured (none 'failed'),
+    the counts the client's own (the same on either server) and as flat as the Scale section says."""
+    only = 'generations(),list + open + read newest (listing_ttl 0),ls --summary,retire'
+    runs = {
+        server: subprocess.Popen(
+            [sys.executable, '-m', 'benchmarks', '--scale', '--server', server, '--generations', '30', '--only', only],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=(tmp_path / f'{server}.log').open('w'),
+            text=True,
+        )
+        for server in ('moto', 'seaweedfs')
+    }
+    tables = {}
+    for server, process in runs.items():
+        out = process.communicate(timeout=300)[0]
+        assert process.returncode == 0, out + (tmp_path / f'{server}.log').read_text()[-4000:]
+        cells = [line.strip('|').split('|') for line in out.splitlines() if line.startswith('| ') and ' s |' in line]
+        tables[server] = {name.strip(): cell.split(',')[0].strip() for name, cell in cells}
+    assert tables['moto'] == tables['seaweedfs']
+    assert tables['moto'] == {
+        'generations()': '1 (1)',
+        'list + open + read newest (listing_ttl 0)': '3 (1)',  # the page, the marker, the pack
+        'ls --summary': '1 (1)',
+        'retire --keep 10': '70 (8)',  # 3 per retired generation, 20 of them; the floor, a delete, the LISTs
+        'generations() after retire': '1 (1)',
+    }
