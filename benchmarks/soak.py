@@ -173,7 +173,8 @@ def _wait_for_bucket(endpoint: str, proc: subprocess.Popen, log: pathlib.Path) -
             return
         except Exception:
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f'SeaweedFS did not start: see {log}') from None
+                tail = log.read_text(errors='replace').splitlines()[-5:]  # the log goes with its temporary directory
+                raise RuntimeError(f'SeaweedFS did not start: see {log}, which ends:\n' + '\n'.join(tail)) from None
             time.sleep(0.5)
 
 
