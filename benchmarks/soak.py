@@ -165,9 +165,12 @@ def _wait_for_bucket(endpoint: str, proc: subprocess.Popen, log: pathlib.Path) -
 
     client = boto3.client('s3', **_client_args(endpoint))
     deadline = time.monotonic() + 120
+    created = False
     while True:
         try:
-            client.create_bucket(Bucket=BUCKET)
+            if not created:  # a retry after a failed probe write must not fail on the bucket it already made
+                client.create_bucket(Bucket=BUCKET)
+                created = True
             client.put_object(Bucket=BUCKET, Key='probe', Body=b'ok')  # volumes are allocated on first write
             client.delete_object(Bucket=BUCKET, Key='probe')
             return
