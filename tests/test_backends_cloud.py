@@ -57,6 +57,7 @@ from .test_inventory import (  # noqa: F401
     test_unknown_application_is_missing,
 )
 from .test_registry import (  # noqa: F401
+    test_a_push_dying_between_its_markers_never_hides_a_committed_release,
     test_close_into_a_missing_release_is_invalid,
     test_close_with_a_state_never_written_fails_and_commits_nothing,
     test_closing_a_committed_generation_is_a_conflict_and_keeps_the_winner,
