@@ -15,7 +15,6 @@ import pathlib
 import runpy
 import subprocess
 import sys
-import tempfile
 import threading
 
 PRELOAD = ['tests.workers', 'tests.cloud_workers']
@@ -52,12 +51,13 @@ class _Output:
 
 
 class Forked:
-    """A racer running ``python -m module *args`` in ``cwd``, forked from the forkserver."""
+    """A racer running ``python -m module *args`` in ``cwd``, forked from the forkserver, its output in the
+    folder ``output`` (made here)."""
 
-    def __init__(self, module: str, *args: str, cwd: pathlib.Path | str):
+    def __init__(self, module: str, *args: str, cwd: pathlib.Path | str, output: pathlib.Path):
         self.args = [sys.executable, '-m', module, *args]
-        folder = pathlib.Path(tempfile.mkdtemp(prefix='forml-s3-forked-'))
-        self.stdout, self.stderr = _Output(folder / 'stdout'), _Output(folder / 'stderr')
+        output.mkdir(parents=True, exist_ok=True)
+        self.stdout, self.stderr = _Output(output / 'stdout'), _Output(output / 'stderr')
         self.returncode: int | None = None
         self._process = _CONTEXT.Process(
             target=_run,

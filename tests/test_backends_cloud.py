@@ -249,7 +249,7 @@ def test_8_processes_race_to_push_one_release_and_close_one_generation(
         for race in ready:
             ready[race].append(tmp_path / f'ready-{race}-{i}')
             command += [f'--ready-{race}', str(ready[race][-1])]
-        procs.append(Forked('tests.cloud_workers', *command, cwd=ROOT))
+        procs.append(Forked('tests.cloud_workers', *command, cwd=ROOT, output=tmp_path / f'output-{i}'))
     wait_ready(ready['push'], procs)
     go_push.touch()
     wait_ready(ready['close'], procs)

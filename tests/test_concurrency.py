@@ -42,7 +42,7 @@ class Crowd:
         command += ['--name', name, '--ready', str(ready), *extra]
         if wait:
             command += ['--go', str(self.go)]
-        proc = Forked('tests.workers', *command, cwd=ROOT)
+        proc = Forked('tests.workers', *command, cwd=ROOT, output=self.tmp / f'output-{name}')
         self.procs.append((name, proc))
         return proc
 

@@ -301,10 +301,7 @@ def _renew(st: storage.Store, key: str, token: str, ttl: float, lost: threading.
             data, version = st.get(key)
             if json.loads(data).get('token') != token:
                 raise FileNotFoundError(key)
-            if st.conditional_write:
-                st.replace(key, _lock_body(token, ttl), version)
-            else:  # the check above narrows the window; only a holder stalled past expiry can lose it here
-                st.write(key, _lock_body(token, ttl))
+            st.replace(key, _lock_body(token, ttl), version)  # only if no one took it over since the read
         except (FileNotFoundError, FileExistsError, ValueError):
             LOGGER.warning('The lifecycle lock %s was taken over by another process', st.url_of(key))
             lost.set()
