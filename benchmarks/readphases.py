@@ -17,6 +17,7 @@ import json
 import os
 import pathlib
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -117,6 +118,22 @@ def _instrument(marks: dict[str, typing.Any]) -> None:
             mark('opened')
 
     cache.BlobCache._open = timed_open  # type: ignore[method-assign]
+    if hasattr(cache, '_Buffer'):  # the bytes handed out as the download hashed them (no read of the file)
+        value = cache._Buffer.value
+
+        def timed_value(self: typing.Any) -> bytes:
+            mark('from_memory')
+            return value(self)
+
+        cache._Buffer.value = timed_value  # type: ignore[method-assign]
+        read_into = cache._read_into
+
+        def timed_read_into(file: typing.Any, view: memoryview) -> bool:
+            mark('prefix_start')
+            marks['prefix'] = len(view)
+            return read_into(file, view)
+
+        cache._read_into = timed_read_into
 
 
 def child(provider_name: str, context: dict[str, typing.Any], rep: int) -> None:
@@ -145,6 +162,7 @@ def child(provider_name: str, context: dict[str, typing.Any], rep: int) -> None:
         out['pwrite_cpu'] = marks['pwrite_cpu']
         out['pwrites'] = marks['pwrites']
         out['hash_thread_cpu'] = marks.get('hash_thread_cpu')
+        out['prefix'] = marks.get('prefix', 0)
     sys.stdout.write(json.dumps(out) + '\n')
 
 
@@ -153,13 +171,16 @@ def _line(name: str, rep: int, out: dict[str, typing.Any]) -> str:
     text = f'{name:9} {rep} wall {out["wall"]:.3f} cpu {out["cpu"]:.3f} server cpu {out["server_cpu"]:.2f}'
     if 'phases' in out:
         at = {phase: wall for phase, (wall, _) in out['phases'].items()}
-        read_cpu = out['phases']['end'][1] - out['phases']['opened'][1]
+        at.setdefault('opened', at['sealed'])
+        read_cpu = out['phases']['end'][1] - out['phases'].get('opened', out['phases']['sealed'])[1]
         text += (
             f' | transfer {at["transferred"]:.3f} hash tail {at["hashed"] - at["transferred"]:.3f}'
             f' to rename {at["rename_start"] - at["hashed"]:.3f} seal {at["sealed"] - at["seal_start"]:.3f}'
             f' to open {at["opened"] - at["sealed"]:.3f} read {at["end"] - at["opened"]:.3f} (cpu {read_cpu:.3f})'
             f' | cpu: pwrite {out["pwrite_cpu"]:.3f} hash thread {out["hash_thread_cpu"]:.3f}'
         )
+        if 'from_memory' in at:
+            text += f' | bytes from memory, prefix read {out.get("prefix", 0) / 2**20:.0f} MiB from {at["prefix_start"]:.3f}'
     return text
 
 
@@ -186,6 +207,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument('--reps', type=int, default=5)
     parser.add_argument('--providers', default=','.join(PROVIDERS))
+    parser.add_argument('--clean', action='store_true', help="delete forml-s3's cache after each of its runs")
     parser.add_argument('--child', nargs=3, metavar=('PROVIDER', 'CONTEXT', 'REP'))
     args = parser.parse_args()
     if args.child:
@@ -236,6 +258,8 @@ def main() -> None:
                     out['server_cpu'] = _proc_cpu(weed) - before  # (includes the child's exit: idle server)
                     proc.wait()
                     results[name].append(out)
+                    if args.clean:
+                        shutil.rmtree(work / name / 'cache', ignore_errors=True)
                     print(_line(name, rep, out), flush=True)
             print(f'\nmedians of {args.reps} (load {os.getloadavg()[0]:.1f}):')
             for name in names:
@@ -244,11 +268,11 @@ def main() -> None:
                 print(f'{name:9} wall {med["wall"]:.3f} s  client cpu {med["cpu"]:.3f} s  server cpu '
                       f'{med["server_cpu"]:.3f} s')  # fmt: skip
                 if 'phases' in rows[0]:
-                    for phase in rows[0]['phases']:
+                    for phase in set.intersection(*(set(r['phases']) for r in rows)):
                         wall = statistics.median(r['phases'][phase][0] for r in rows)
                         cpu = statistics.median(r['phases'][phase][1] for r in rows)
                         print(f'   {phase:15} at {wall:.3f} s  cpu so far {cpu:.3f} s')
-                    for key in ('pwrite_cpu', 'hash_thread_cpu', 'pwrites'):
+                    for key in ('pwrite_cpu', 'hash_thread_cpu', 'pwrites', 'prefix'):
                         print(f'   {key:15} {statistics.median(r[key] for r in rows):.3f}')
 
 

@@ -39,6 +39,7 @@ import atexit
 import contextlib
 import fcntl
 import hashlib
+import io
 import itertools
 import json
 import logging
@@ -51,6 +52,7 @@ import typing
 
 import forml
 
+from ..storage import digest
 from ..storage.base import local_failure
 from . import volatile
 
@@ -124,9 +126,45 @@ class Unwritable(forml.FailedError):
 
 Download = typing.Callable[[pathlib.Path], str | None]
 """Writes an object's content to the given local path; may return the sha256 it hashed as it wrote it."""
+Landing = typing.Callable[[pathlib.Path, digest.Sink], str | None]
+"""A :data:`Download` that, where it returns the sha256, hashed the bytes as they landed in the buffer a reader
+attached to the sink (from the sink's ``start`` on); None: it did not (the sink holds nothing)."""
 
 _WARNED: set[str] = set()
 """Cache roots this process has warned about (once each)."""
+
+
+def _read_into(file: typing.BinaryIO, view: memoryview) -> bool:
+    """Fill ``view`` from the file's current position; False if the file ends first."""
+    done = 0
+    while done < len(view):
+        count = file.readinto(view[done:])  # type: ignore[attr-defined]
+        if not count:
+            return False
+        done += count
+    return True
+
+
+class _Buffer:
+    """``size`` bytes filled in place (through :attr:`view`), then handed out as ``bytes`` without a copy.
+
+    A ``BytesIO`` over zeroed bytes of its own (``bytes(size)``: pages the kernel zeroes only as they are first
+    written) gives the writable view, and CPython's ``getvalue()`` returns that very bytes object once no view is
+    left: the bytes a download hashed are the bytes handed out, and memory holds them once.
+    """
+
+    def __init__(self, size: int):
+        self._file = io.BytesIO(bytes(size))
+        self.view = self._file.getbuffer()
+
+    def value(self) -> bytes:
+        self.view.release()
+        return self._file.getvalue()
+
+    def release(self) -> None:
+        """Let go of the bytes (a sink still holding the view keeps them until it closes)."""
+        self.view.release()
+        self._file.close()
 
 
 class BlobCache(volatile.Volatile):
@@ -141,13 +179,15 @@ class BlobCache(volatile.Volatile):
         self.max_bytes: int = int(max_bytes)
         self._init_volatile()
 
-    VOLATILE = ('_pid', '_lock', '_headroom', 'scans', '_aside', '_why')
+    VOLATILE = ('_pid', '_lock', '_headroom', 'scans', '_aside', '_why', '_sinks')
 
     def _init_volatile(self) -> None:
         self._pid: int = os.getpid()
         self._lock: threading.Lock = threading.Lock()
         self._headroom: int = 0
         """Bytes this process may still add before it scans again (0: scan at the next insert)."""
+        self._sinks: dict[str, digest.Sink] = {}
+        """The downloads running in this process that a reader may join (:meth:`load`), by sha256."""
         self.scans: int = 0
         """Scans (a stat of every blob) this process has made through this instance."""
         self._aside: pathlib.Path | None = None
@@ -361,7 +401,16 @@ class BlobCache(volatile.Volatile):
                     )  # fmt: skip
             return self._aside
 
-    def fetch(self, sha256: str, size: int, download: Download, *, name: str, suffix: str = '') -> pathlib.Path:
+    def fetch(
+        self,
+        sha256: str,
+        size: int,
+        download: Download,
+        *,
+        name: str,
+        suffix: str = '',
+        landing: Landing | None = None,
+    ) -> pathlib.Path:
         """The blob's path, downloading it first (once per machine) if not cached.
 
         The path names a file another process may evict at any time: a caller that reads the blob asks for
@@ -374,13 +423,15 @@ class BlobCache(volatile.Volatile):
                 it wrote it (then the file is not read again to verify it; None: it is).
             name: What is downloaded (the key), for the error message on a mismatch.
             suffix: File name suffix of the blob (e.g. ``.4ml``).
+            landing: Downloads in place of ``download`` so that a reader in this process may join it
+                (:meth:`load`).
 
         Raises:
             Corrupted: The downloaded content does not match size and sha256.
         """
         if (cached := self.get(sha256, suffix)) is not None:
             return cached
-        path, file = self._fill(sha256, size, download, name=name, suffix=suffix)
+        path, file = self._fill(sha256, size, download, name=name, suffix=suffix, landing=landing)
         file.close()
         return path
 
@@ -395,10 +446,38 @@ class BlobCache(volatile.Volatile):
             return file
         return self._fill(sha256, size, download, name=name, suffix=suffix)[1]
 
-    def load(self, sha256: str, size: int, download: Download, *, name: str) -> bytes:
-        """The blob's bytes (see :meth:`open`)."""
-        with self.open(sha256, size, download, name=name) as file:
-            return file.read()
+    def load(self, sha256: str, size: int, download: Download, *, name: str, landing: Landing | None = None) -> bytes:
+        """The blob's bytes (see :meth:`open`).
+
+        With ``landing`` (then it downloads a missing blob in place of ``download``), the bytes are those the
+        download hashed as they landed - this process's download or one already running in it (a prefetch), from
+        the moment this call joined it - so the file is not read again (only what was hashed before it joined).
+        """
+        if landing is None:
+            with self.open(sha256, size, download, name=name) as file:
+                return file.read()
+        if (cached := self._open_cached(sha256)) is not None:
+            with cached:
+                return cached.read()
+        buffer = _Buffer(size)
+        own = digest.Sink()
+        own.attach(buffer.view)
+        with self._volatile():
+            running = self._sinks.get(sha256)
+        if running is not None and not running.attach(buffer.view):
+            running = None  # it has another reader, or just ended
+        with self._fill(sha256, size, download, name=name, suffix='', landing=landing, sink=own)[1] as file:
+            for sink in (own, running):
+                if sink is not None and sink.verified:  # these bytes are those whose sha256 was checked
+                    start = size if sink.start is None else sink.start
+                    with buffer.view[:start] as prefix:  # hashed before the buffer was attached
+                        whole = _read_into(file, prefix)
+                    if whole:  # (no view left on the buffer: its bytes are handed out, not copied)
+                        return buffer.value()
+                    file.seek(0)
+                    break
+            buffer.release()  # before the file is read: never both in memory
+            return file.read()  # cached by another process meanwhile, or the download did not land it in memory
 
     def _open_cached(self, sha256: str, suffix: str = '') -> typing.BinaryIO | None:
         """The cached blob opened and checked (see :meth:`_open`), else None."""
@@ -434,9 +513,45 @@ class BlobCache(volatile.Volatile):
         return file
 
     def _fill(
+        self,
+        sha256: str,
+        size: int,
+        download: Download,
+        *,
+        name: str,
+        suffix: str,
+        landing: Landing | None = None,
+        sink: digest.Sink | None = None,
+    ) -> tuple[pathlib.Path, typing.BinaryIO]:
+        """Download a blob not cached (into the cache, else aside): its path and the file opened.
+
+        With ``landing`` it downloads in place of ``download``, through ``sink`` (a new one if None), which a reader
+        in this process may join meanwhile (:meth:`load`); the sink is ``verified`` if this call's download hashed
+        the blob as it landed and its sha256 matched (set before the blob is renamed into place)."""
+        if landing is None:
+            return self._fill_by(sha256, size, download, name=name, suffix=suffix)
+        joinable = sink if sink is not None else digest.Sink()
+
+        def land(target: pathlib.Path) -> str | None:
+            hashed = landing(target, joinable)
+            # before the file lock is let go: a reader that waited for it finds the bytes it joined for verified
+            joinable.verified = hashed == sha256
+            return hashed
+
+        with self._volatile():
+            self._sinks.setdefault(sha256, joinable)
+        try:
+            return self._fill_by(sha256, size, land, name=name, suffix=suffix)
+        finally:
+            joinable.close()
+            with self._volatile():
+                if self._sinks.get(sha256) is joinable:
+                    del self._sinks[sha256]
+
+    def _fill_by(
         self, sha256: str, size: int, download: Download, *, name: str, suffix: str
     ) -> tuple[pathlib.Path, typing.BinaryIO]:
-        """Download a blob not cached (into the cache, else aside): its path and the file opened."""
+        """:meth:`_fill` by ``download``."""
         if self._aside is None:
             try:
                 return self._fetch(sha256, size, download, name=name, suffix=suffix)

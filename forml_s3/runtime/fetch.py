@@ -76,12 +76,14 @@ class Fetcher:
         info = marker['states'][sid]
         if 'pack' in info:
             return self._fetch_packed(project, release, marker, [sid])[sid]
-        key = self._layout.state(project, release, sid)
+        key, size = self._layout.state(project, release, sid), int(info['size'])
         return how(
             str(info['sha256']),
-            int(info['size']),
-            lambda target: self._store.download(key, target, int(info['size'])),
+            size,
+            lambda target: self._store.download(key, target, size),
             name=self._store.url_of(key),
+            # a read joining the download (a prefetch's, say) has the bytes it hashed: it need not read the file
+            landing=lambda target, sink: self._store.download(key, target, size, sink),
         )
 
     def _fetch_packed(

@@ -26,7 +26,7 @@ import urllib.parse
 
 import forml
 
-from . import base, reach
+from . import base, digest, reach
 
 PAGE = 1000
 """Names per listing request."""
@@ -123,7 +123,9 @@ class AzureStore(base.Store):
         with self._boundary('read', path):
             return self._run(read)
 
-    def download(self, path: str, target: pathlib.Path, size: int | None = None) -> None:
+    def download(
+        self, path: str, target: pathlib.Path, size: int | None = None, sink: digest.Sink | None = None
+    ) -> None:
         """Ranged GETs in parallel (the SDK's chunked download), each written at its offset."""
 
         async def download() -> None:

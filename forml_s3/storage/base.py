@@ -30,6 +30,8 @@ import typing
 
 import forml
 
+from . import digest
+
 if typing.TYPE_CHECKING:
     import fsspec
 
@@ -192,10 +194,14 @@ class Store:
         with self._boundary('read', path):
             return self.fs.cat_file(path)
 
-    def download(self, path: str, target: pathlib.Path, size: int | None = None) -> str | None:
+    def download(
+        self, path: str, target: pathlib.Path, size: int | None = None, sink: digest.Sink | None = None
+    ) -> str | None:
         """Download the object to a local file (``size``, where known, lets a backend fetch it in parallel).
 
-        Returns the sha256 of the file if the backend hashed it while writing it (None: the caller hashes it).
+        Returns the sha256 of the file if the backend hashed it while writing it (None: the caller hashes it); a
+        backend that hashes the file as it lands hashes it in the buffer a reader attaches to ``sink`` (from then on),
+        where given; one that returns None ignores ``sink``.
         """
         with self._boundary('download', path):
             self.fs.get_file(path, str(target))

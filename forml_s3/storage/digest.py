@@ -4,6 +4,10 @@ A ranged download writes its parts into the target file as they arrive, out of o
 which spans have landed; a thread hashes the contiguous prefix as it grows, reading it back from the page cache
 (``pread`` into one reused buffer), so no part is held in memory for the hash's sake and the hash of the whole
 object is ready a moment after its last byte lands: the cache never reads a fresh download again to verify it.
+A reader in the same process that wants the object's bytes can attach a buffer of its size to the download's
+:class:`Sink` while it runs: from then on the thread reads the prefix into that buffer instead, and hashes it
+there, so the reader has the bytes the hash is of without reading the whole file again (only the prefix hashed
+before it attached).
 """
 
 import hashlib
@@ -14,15 +18,54 @@ CHUNK = 4 * 2**20
 """How much of the file the hashing thread reads at a time (one buffer of this size, reused)."""
 
 
+class Sink:
+    """Where a download's bytes go as they are hashed, once a reader has attached a buffer (:meth:`attach`)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._buffer: memoryview | None = None
+        self._closed = False
+        self.start: int | None = None
+        """The first offset hashed in the buffer (before it: only in the file); None: nothing was."""
+        self.verified = False
+        """Set by the download's owner: the bytes hashed matched the expected sha256 (so do those in the buffer)."""
+
+    def attach(self, buffer: memoryview) -> bool:
+        """Have the rest hashed in ``buffer`` (of the object's size); False if another buffer is attached, or the
+        download is over."""
+        with self._lock:
+            if self._buffer is not None or self._closed:
+                return False
+            self._buffer = buffer
+            return True
+
+    def claim(self, offset: int, count: int) -> memoryview | None:
+        """Where to read the ``count`` bytes at ``offset`` to hash them: the attached buffer's span, else None."""
+        with self._lock:
+            if self._buffer is None:
+                return None
+            if self.start is None:
+                self.start = offset
+            return self._buffer[offset : offset + count]
+
+    def close(self) -> None:
+        """No more bytes will be hashed: a buffer attached from now on holds nothing (and the sink lets go of it)."""
+        with self._lock:
+            self._closed = True
+            self._buffer = None
+
+
 class Follower:
     """Hashes ``size`` bytes of the file open at ``fd`` as :meth:`landed` reports them written.
 
     Use as a context manager: leaving the block stops the thread (whether or not every byte landed).
     """
 
-    def __init__(self, fd: int, size: int):
+    def __init__(self, fd: int, size: int, sink: Sink | None = None):
         self._fd = fd
         self._size = size
+        self._sink = sink
+        """Where the bytes are read to be hashed once a reader attached a buffer (else into one reused buffer)."""
         self._spans: dict[int, int] = {}
         """Landed spans beyond the contiguous prefix: start -> end."""
         self._frontier = 0
@@ -62,8 +105,7 @@ class Follower:
                 self._spans[start] = end
 
     def _run(self) -> None:
-        buffer = bytearray(CHUNK)
-        view = memoryview(buffer)
+        view = memoryview(bytearray(CHUNK))
         try:
             while self.hashed < self._size:
                 with self._changed:
@@ -72,10 +114,14 @@ class Follower:
                         return  # abandoned, or stopped before the rest landed
                     limit = self._frontier
                 while self.hashed < limit and not self._abandoned:
-                    count = os.preadv(self._fd, [view[: min(CHUNK, limit - self.hashed)]], self.hashed)
+                    step = min(CHUNK, limit - self.hashed)
+                    into = self._sink.claim(self.hashed, step) if self._sink is not None else None
+                    if into is None:
+                        into = view[:step]
+                    count = os.preadv(self._fd, [into], self.hashed)
                     if count <= 0:
                         raise EOFError(f'File shorter than reported: nothing at {self.hashed}')
-                    self._digest.update(view[:count])  # releases the GIL: overlaps the download
+                    self._digest.update(into[:count])  # releases the GIL: overlaps the download
                     self.hashed += count
         except BaseException as err:  # handed to the caller by hexdigest()
             self._error = err

@@ -25,7 +25,7 @@ import urllib.parse
 
 import forml
 
-from . import base, reach
+from . import base, digest, reach
 
 PAGE = 1000
 """Names per listing request (the JSON API's maximum)."""
@@ -92,7 +92,9 @@ class GCSStore(base.Store):
             for bucket, item in self._objects(prefix, None):
                 yield f'{bucket}/{item["name"]}', _entry(item)
 
-    def download(self, path: str, target: pathlib.Path, size: int | None = None) -> None:
+    def download(
+        self, path: str, target: pathlib.Path, size: int | None = None, sink: digest.Sink | None = None
+    ) -> None:
         with self._boundary('download', path):
             if size is not None and size > RANGED_FROM:
                 self.fs.get_file(path, str(target))

@@ -237,17 +237,20 @@ class S3Store(base.Store):
                 response['Body'].close()
         raise AssertionError('not reached')
 
-    def download(self, path: str, target: pathlib.Path, size: int | None = None) -> str | None:
+    def download(
+        self, path: str, target: pathlib.Path, size: int | None = None, sink: digest.Sink | None = None
+    ) -> str | None:
         """Download the object to a local file.
 
         An object of known ``size`` larger than :data:`PART_SIZE` comes in ranged GETs, up to
         :data:`PART_CONCURRENCY` in flight, streamed to the file at their offsets as they arrive (bounded memory)
-        and hashed in order meanwhile: it returns the file's sha256. Without a size s3fs first opens a
-        whole-object GET to learn it, which a large object pays for twice.
+        and hashed in order meanwhile (in the buffer a reader attaches to ``sink``, where given): it returns the
+        file's sha256. Without a size s3fs first opens a whole-object GET to learn it, which a large object pays for
+        twice.
         """
         with self._boundary('download', path):
             if size is not None and size > PART_SIZE:
-                return self._ranged_download(path, target, size)
+                return self._ranged_download(path, target, size, sink)
             self.fs.get_file(path, str(target), chunksize=PART_SIZE, max_concurrency=PART_CONCURRENCY)
             return None
 
@@ -451,10 +454,11 @@ class S3Store(base.Store):
             with memoryview(data) as view, view.cast('B') as octets:
                 sync(self.fs.loop, run, _Source(view=octets))
 
-    def _ranged_download(self, path: str, target: pathlib.Path, size: int) -> str:
+    def _ranged_download(self, path: str, target: pathlib.Path, size: int, sink: digest.Sink | None = None) -> str:
         """Ranged GETs of :data:`PART_SIZE`, up to :data:`PART_CONCURRENCY` in flight; each body is streamed into the
         file at its offset in chunks of :data:`_CHUNK` as they arrive (no part is held whole), while a
-        :class:`~forml_s3.storage.digest.Follower` hashes the landed prefix in order. Returns the sha256 of the file."""
+        :class:`~forml_s3.storage.digest.Follower` hashes the landed prefix in order (into the buffer a reader attaches
+        to ``sink``, where given). Returns the sha256 of the file."""
         from fsspec.asyn import sync
 
         bucket, key = self._bucket_key(path)
@@ -500,7 +504,7 @@ class S3Store(base.Store):
                 os.ftruncate(fd, 0)
             if (fast := self._fastget()) is not None:
                 try:
-                    with digest.Follower(fd, size) as follower:
+                    with digest.Follower(fd, size, sink) as follower:
                         fastget.download(fast, key, fd, size, follower, PART_SIZE, PART_CONCURRENCY)
                         return follower.hexdigest()
                 except fastget.Shorter:
@@ -513,7 +517,7 @@ class S3Store(base.Store):
                     )
                     self._fast = (os.getpid(), None)
                     os.ftruncate(fd, 0)
-            with digest.Follower(fd, size) as follower:
+            with digest.Follower(fd, size, sink) as follower:
                 sync(self.fs.loop, run, fd, follower)
                 return follower.hexdigest()
         finally:
