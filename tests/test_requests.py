@@ -179,18 +179,23 @@ def test_a_state_evicted_between_its_fetch_and_its_reading_is_read_without_fetch
 
     reader = s3registry()
     evicted = []
-    opened = cachemod.BlobCache.open
 
-    def open_then_evicted(self, sha256, *args, **kwargs):
-        file = opened(self, sha256, *args, **kwargs)
-        other, data = cachemod.BlobCache(self.root, 1), os.urandom(16)  # a 1-byte cap: its scan evicts everything
-        evictor = threading.Thread(target=other.put, args=(data, hashlib.sha256(data).hexdigest()))
-        evictor.start()
-        evictor.join()
-        evicted.append(not self.path(sha256).exists())
-        return file
+    def then_evicted(opening):  # the cache's ways to a blob opened for its reader: cached, or downloaded
+        def opened(self, sha256, *args, **kwargs):
+            found = opening(self, sha256, *args, **kwargs)
+            if found is None:  # (not cached)
+                return found
+            other, data = cachemod.BlobCache(self.root, 1), os.urandom(16)  # a 1-byte cap: its scan evicts all
+            evictor = threading.Thread(target=other.put, args=(data, hashlib.sha256(data).hexdigest()))
+            evictor.start()
+            evictor.join()
+            evicted.append(not self.path(sha256).exists())
+            return found
 
-    monkeypatch.setattr(cachemod.BlobCache, 'open', open_then_evicted)
+        return opened
+
+    monkeypatch.setattr(cachemod.BlobCache, '_open_cached', then_evicted(cachemod.BlobCache._open_cached))
+    monkeypatch.setattr(cachemod.BlobCache, '_fill', then_evicted(cachemod.BlobCache._fill))
     states = f'/{s3registry.bucket}/forml/{PROJECT}/0.1/states/'
     for sid, payload in zip(sids, payloads, strict=True):
         s3server.reset_counts()

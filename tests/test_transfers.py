@@ -151,10 +151,11 @@ def hashes(monkeypatch):
 
 @pytest.mark.parametrize('client', ['obstore', 'aiobotocore'])
 def test_a_large_state_is_read_in_ranges_once_and_hashed_as_it_lands(
-    counted, s3server, bucket, tmp_path, package_factory, hashes, monkeypatch, client
+    counted, s3server, bucket, tmp_path, package_factory, hashes, monkeypatch, client, in_memory
 ):
     """Both download paths (obstore, and aiobotocore where obstore would not honour the storage options): two
-    ranged GETs for a 20 MiB state, every byte once, the cache never reads the file again to verify it."""
+    ranged GETs for a 20 MiB state, every byte once, the cache never reads the file again to verify it, and the
+    read hands out the bytes hashed as they landed (it does not read the file again either)."""
     if client == 'aiobotocore':
         monkeypatch.setattr(fastget, 'client', lambda *_: None)
     size = 20 * MiB + 5
@@ -167,8 +168,8 @@ def test_a_large_state_is_read_in_ranges_once_and_hashed_as_it_lands(
     counted.reset_counts()
     hashes.clear()
     reader = Registry(f's3://{bucket}/forml', storage_options=s3server.storage_options(), cache_dir=tmp_path / 'r')
-    reader.open(PROJECT, '0.1', 1)
-    assert reader.read(PROJECT, '0.1', 1, sid) == state
+    assert reader.read(PROJECT, '0.1', 1, sid) == state  # (no open: no prefetch to join, the read downloads it)
+    assert in_memory == {'prefixes': [0], 'handed': 1}
     key = f'/{bucket}/forml/{PROJECT}/0.1/states/{sid}.bin'
     ranged = [r for r in counted.requests if r.method == 'GET' and r.path == key]
     assert sorted(r.range for r in ranged) == ['bytes=0-16777215', f'bytes=16777216-{size - 1}']
@@ -264,3 +265,120 @@ def test_the_follower_hashes_spans_landing_in_any_order(tmp_path, order):
                 follower.hexdigest()
     finally:
         os.close(fd)
+
+
+def test_the_follower_hashes_into_a_buffer_attached_midway(tmp_path):
+    """A reader attaching its buffer to a running download has every byte hashed from then on, in place; the
+    sink's ``start`` says where (before it: only in the file); a buffer attached after the end holds nothing."""
+    data = os.urandom(3 * digest.CHUNK + 12345)
+    half = 2 * digest.CHUNK
+    buffer = bytearray(len(data))
+    fd = os.open(tmp_path / 'file', os.O_RDWR | os.O_CREAT)
+    try:
+        sink = digest.Sink()
+        with digest.Follower(fd, len(data), sink) as follower:
+            os.pwrite(fd, data[:half], 0)
+            follower.landed(0, half)
+            assert sink.attach(memoryview(buffer))
+            assert not sink.attach(memoryview(bytearray(len(data))))  # one reader per download
+            os.pwrite(fd, data[half:], half)
+            follower.landed(half, len(data))
+            assert follower.hexdigest() == hashlib.sha256(data).hexdigest()
+        sink.close()
+        assert sink.start is not None and sink.start <= half and sink.start % digest.CHUNK == 0
+        assert buffer[sink.start :] == data[sink.start :]
+        assert not sink.attach(memoryview(bytearray(len(data))))  # over
+    finally:
+        os.close(fd)
+
+
+@pytest.fixture
+def in_memory(monkeypatch):
+    """The prefixes a read copied from the cached file into its buffer, and how many reads handed out a buffer."""
+    seen = {'prefixes': [], 'handed': 0}
+    read_into, value = cachemod._read_into, cachemod._Buffer.value
+
+    def reading(file, view):
+        seen['prefixes'].append(len(view))
+        return read_into(file, view)
+
+    def handing(self):
+        seen['handed'] += 1
+        return value(self)
+
+    monkeypatch.setattr(cachemod, '_read_into', reading)
+    monkeypatch.setattr(cachemod._Buffer, 'value', handing)
+    return seen
+
+
+@pytest.mark.parametrize('running', ['verified', 'corrupted'])
+def test_a_read_joins_the_download_running_in_its_process(tmp_path, in_memory, monkeypatch, running):
+    """A read of a blob another thread is downloading (a prefetch) joins it and hands out the bytes it hashed, reading
+    only the prefix hashed before it joined from the file; where that download turns out corrupted, the read
+    downloads the blob itself (into a buffer of its own) and hands out the right bytes."""
+    blobs = cachemod.BlobCache(tmp_path / 'cache')
+    data = os.urandom(3 * digest.CHUNK + 12345)
+    sha = hashlib.sha256(data).hexdigest()
+    half = len(data) // 2
+    joined = threading.Event()
+    downloads = []
+
+    def landing(content):
+        def land(target, sink):
+            downloads.append(sink)
+            fd = os.open(target, os.O_RDWR)
+            try:
+                with digest.Follower(fd, len(content), sink) as follower:
+                    os.pwrite(fd, content[:half], 0)
+                    follower.landed(0, half)
+                    if len(downloads) == 1:  # the prefetch: the rest lands once the read joined
+                        assert joined.wait(30)
+                    os.pwrite(fd, content[half:], half)
+                    follower.landed(half, len(content))
+                    return follower.hexdigest()
+            finally:
+                os.close(fd)
+
+        return land
+
+    def unused(_):
+        raise AssertionError('the download that lands nothing in memory is not used')
+
+    first = data if running == 'verified' else data[:-1] + bytes([data[-1] ^ 1])
+    failures = []
+
+    def prefetch():
+        try:
+            blobs.fetch(sha, len(data), unused, name='blob', landing=landing(first))
+        except cachemod.Corrupted as err:
+            failures.append(err)
+
+    thread = threading.Thread(target=prefetch)
+    thread.start()
+    real_attach = digest.Sink.attach
+
+    def attach(self, buffer):
+        done = real_attach(self, buffer)
+        if done and downloads and self is downloads[0]:
+            joined.set()
+        return done
+
+    try:
+        for _ in range(3000):  # until the prefetch's download runs
+            if downloads:
+                break
+            threading.Event().wait(0.01)
+        monkeypatch.setattr(digest.Sink, 'attach', attach)
+        got = blobs.load(sha, len(data), unused, name='blob', landing=landing(data))
+    finally:
+        joined.set()
+        thread.join(30)
+    assert got == data
+    assert in_memory['handed'] == 1
+    if running == 'verified':
+        assert len(downloads) == 1 and not failures
+        assert in_memory['prefixes'] == [downloads[0].start] and downloads[0].start <= half
+    else:
+        assert len(downloads) == 2 and len(failures) == 1  # the read's own download, from the first byte
+        assert in_memory['prefixes'] == [0]
+    assert blobs.read(sha) == data  # cached and sealed

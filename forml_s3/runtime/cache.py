@@ -459,24 +459,37 @@ class BlobCache(volatile.Volatile):
         if (cached := self._open_cached(sha256)) is not None:
             with cached:
                 return cached.read()
-        buffer = _Buffer(size)
-        own = digest.Sink()
-        own.attach(buffer.view)
         with self._volatile():
             running = self._sinks.get(sha256)
-        if running is not None and not running.attach(buffer.view):
-            running = None  # it has another reader, or just ended
-        with self._fill(sha256, size, download, name=name, suffix='', landing=landing, sink=own)[1] as file:
-            for sink in (own, running):
-                if sink is not None and sink.verified:  # these bytes are those whose sha256 was checked
-                    start = size if sink.start is None else sink.start
-                    with buffer.view[:start] as prefix:  # hashed before the buffer was attached
-                        whole = _read_into(file, prefix)
-                    if whole:  # (no view left on the buffer: its bytes are handed out, not copied)
-                        return buffer.value()
-                    file.seek(0)
-                    break
-            buffer.release()  # before the file is read: never both in memory
+        joined = _Buffer(size) if running is not None else None
+        if running is not None and not running.attach(joined.view):  # type: ignore[union-attr]
+            running, joined = None, None  # it has another reader, or just ended
+        own, mine = digest.Sink(), None
+
+        def land(target: pathlib.Path, sink: digest.Sink) -> str | None:
+            nonlocal mine
+            mine = _Buffer(size)  # not the joined one: where the cache is bypassed, both downloads may run at once
+            if not sink.attach(mine.view):  # another reader in this process joined this download first
+                mine.release()
+                mine = None
+            return landing(target, sink)
+
+        with self._fill(sha256, size, download, name=name, suffix='', landing=land, sink=own)[1] as file:
+            for sink, buffer in ((own, mine), (running, joined)):
+                if sink is None or buffer is None or not sink.verified:
+                    continue
+                # these bytes are those whose sha256 was checked; what was hashed before the buffer was attached
+                # is read from the (verified) file
+                start = size if sink.start is None else sink.start
+                with buffer.view[:start] as prefix:
+                    whole = _read_into(file, prefix)
+                if whole:  # (no view left on the buffer: its bytes are handed out, not copied)
+                    return buffer.value()
+                file.seek(0)
+                break
+            for buffer in (mine, joined):  # before the file is read: never both in memory
+                if buffer is not None:
+                    buffer.release()
             return file.read()  # cached by another process meanwhile, or the download did not land it in memory
 
     def _open_cached(self, sha256: str, suffix: str = '') -> typing.BinaryIO | None:
