@@ -151,11 +151,11 @@ def hashes(monkeypatch):
 
 @pytest.mark.parametrize('client', ['obstore', 'aiobotocore'])
 def test_a_large_state_is_read_in_ranges_once_and_hashed_as_it_lands(
-    counted, s3server, bucket, tmp_path, package_factory, hashes, monkeypatch, client, in_memory
+    counted, s3server, bucket, tmp_path, package_factory, hashes, monkeypatch, client, in_memory, preads
 ):
     """Both download paths (obstore, and aiobotocore where obstore would not honour the storage options): two
     ranged GETs for a 20 MiB state, every byte once, the cache never reads the file again to verify it, and the
-    read hands out the bytes hashed as they landed (it does not read the file again either)."""
+    read hands out the bytes hashed as they landed (copied into its buffer: nothing is read back from the file)."""
     if client == 'aiobotocore':
         monkeypatch.setattr(fastget, 'client', lambda *_: None)
     size = 20 * MiB + 5
@@ -170,6 +170,7 @@ def test_a_large_state_is_read_in_ranges_once_and_hashed_as_it_lands(
     reader = Registry(f's3://{bucket}/forml', storage_options=s3server.storage_options(), cache_dir=tmp_path / 'r')
     assert reader.read(PROJECT, '0.1', 1, sid) == state  # (no open: no prefetch to join, the read downloads it)
     assert in_memory == {'prefixes': [0], 'handed': 1}
+    assert preads[0] == 0  # every chunk copied into the read's buffer as it landed, hashed there
     key = f'/{bucket}/forml/{PROJECT}/0.1/states/{sid}.bin'
     ranged = [r for r in counted.requests if r.method == 'GET' and r.path == key]
     assert sorted(r.range for r in ranged) == ['bytes=0-16777215', f'bytes=16777216-{size - 1}']
@@ -267,9 +268,27 @@ def test_the_follower_hashes_spans_landing_in_any_order(tmp_path, order):
         os.close(fd)
 
 
-def test_the_follower_hashes_into_a_buffer_attached_midway(tmp_path):
-    """A reader attaching its buffer to a running download has every byte hashed from then on, in place; the
-    sink's ``start`` says where (before it: only in the file); a buffer attached after the end holds nothing."""
+@pytest.fixture
+def preads(monkeypatch):
+    """The bytes the hashing thread read back from the file (those not copied into a reader's buffer as they
+    landed)."""
+    read = [0]
+    real = os.preadv
+
+    def counting(fd, buffers, offset):
+        count = real(fd, buffers, offset)
+        read[0] += count
+        return count
+
+    monkeypatch.setattr(os, 'preadv', counting)
+    return read
+
+
+def test_the_follower_hashes_into_a_buffer_attached_midway(tmp_path, preads):
+    """A reader attaching its buffer to a running download has every byte hashed from then on in that buffer: what
+    lands from then on is copied there as it lands (not read back), what landed before is read into it from the
+    file; the sink's ``start`` says where the buffer begins to hold the bytes (before it: only in the file); a
+    buffer attached after the end holds nothing."""
     data = os.urandom(3 * digest.CHUNK + 12345)
     half = 2 * digest.CHUNK
     buffer = bytearray(len(data))
@@ -278,15 +297,16 @@ def test_the_follower_hashes_into_a_buffer_attached_midway(tmp_path):
         sink = digest.Sink()
         with digest.Follower(fd, len(data), sink) as follower:
             os.pwrite(fd, data[:half], 0)
-            follower.landed(0, half)
+            follower.landed(0, half, data[:half])  # no buffer yet: not copied
             assert sink.attach(memoryview(buffer))
             assert not sink.attach(memoryview(bytearray(len(data))))  # one reader per download
             os.pwrite(fd, data[half:], half)
-            follower.landed(half, len(data))
+            follower.landed(half, len(data), data[half:])
             assert follower.hexdigest() == hashlib.sha256(data).hexdigest()
         sink.close()
         assert sink.start is not None and sink.start <= half and sink.start % digest.CHUNK == 0
         assert buffer[sink.start :] == data[sink.start :]
+        assert preads[0] == half  # only what landed before the buffer was there
         assert not sink.attach(memoryview(bytearray(len(data))))  # over
     finally:
         os.close(fd)

@@ -5,14 +5,15 @@ which spans have landed; a thread hashes the contiguous prefix as it grows, read
 (``pread`` into one reused buffer), so no part is held in memory for the hash's sake and the hash of the whole
 object is ready a moment after its last byte lands: the cache never reads a fresh download again to verify it.
 A reader in the same process that wants the object's bytes can attach a buffer of its size to the download's
-:class:`Sink` while it runs: from then on the thread reads the prefix into that buffer instead, and hashes it
-there, so the reader has the bytes the hash is of without reading the whole file again (only the prefix hashed
-before it attached).
+:class:`Sink` while it runs: from then on the threads that land the bytes copy them into that buffer too, and the
+hashing thread hashes them there (what landed before is read into it from the file), so the reader has the bytes
+the hash is of without reading the whole file again (only the prefix hashed before it attached).
 """
 
 import hashlib
 import os
 import threading
+import typing
 
 CHUNK = 4 * 2**20
 """How much of the file the hashing thread reads at a time (one buffer of this size, reused)."""
@@ -38,6 +39,15 @@ class Sink:
                 return False
             self._buffer = buffer
             return True
+
+    def copy(self, offset: int, data: typing.Any) -> bool:
+        """Put bytes that landed at ``offset`` into the attached buffer (by the thread that landed them); False if
+        none is attached."""
+        buffer = self._buffer  # (attached before, dropped only once the download is over)
+        if buffer is None:
+            return False
+        buffer[offset : offset + len(data)] = data
+        return True
 
     def claim(self, offset: int, count: int) -> memoryview | None:
         """Where to read the ``count`` bytes at ``offset`` to hash them: the attached buffer's span, else None."""
@@ -68,6 +78,8 @@ class Follower:
         """Where the bytes are read to be hashed once a reader attached a buffer (else into one reused buffer)."""
         self._spans: dict[int, int] = {}
         """Landed spans beyond the contiguous prefix: start -> end."""
+        self._uncopied: list[tuple[int, int]] = []
+        """Landed spans not copied into the sink's buffer as they landed (before a reader attached it)."""
         self._frontier = 0
         """Every byte before this offset has landed."""
         self._stopped = False
@@ -90,11 +102,15 @@ class Follower:
             self._changed.notify_all()
         self._thread.join()
 
-    def landed(self, start: int, end: int) -> None:
-        """Bytes ``[start, end)`` are written to the file."""
+    def landed(self, start: int, end: int, data: typing.Any = None) -> None:
+        """Bytes ``[start, end)`` are written to the file (``data``: those bytes, copied into the buffer a reader
+        attached, if any, by the calling thread: the hashing thread then hashes them there without reading them)."""
         if end <= start:
             return
+        copied = data is not None and self._sink is not None and self._sink.copy(start, data)
         with self._changed:
+            if not copied:
+                self._uncopied.append((start, end))
             if start == self._frontier:
                 frontier = end
                 while frontier in self._spans:  # later spans that waited for this one
@@ -116,15 +132,23 @@ class Follower:
                 while self.hashed < limit and not self._abandoned:
                     step = min(CHUNK, limit - self.hashed)
                     into = self._sink.claim(self.hashed, step) if self._sink is not None else None
-                    if into is None:
-                        into = view[:step]
-                    count = os.preadv(self._fd, [into], self.hashed)
+                    if into is not None and self._copied(self.hashed, self.hashed + step):
+                        count = step  # copied there as it landed
+                    else:
+                        if into is None:
+                            into = view[:step]
+                        count = os.preadv(self._fd, [into], self.hashed)
                     if count <= 0:
                         raise EOFError(f'File shorter than reported: nothing at {self.hashed}')
                     self._digest.update(into[:count])  # releases the GIL: overlaps the download
                     self.hashed += count
         except BaseException as err:  # handed to the caller by hexdigest()
             self._error = err
+
+    def _copied(self, start: int, end: int) -> bool:
+        """Whether every landed byte of ``[start, end)`` was copied into the attached buffer as it landed."""
+        with self._changed:
+            return not any(begin < end and start < until for begin, until in self._uncopied)
 
     def hexdigest(self) -> str:
         """The sha256 of the ``size`` bytes, once all have landed (waits for the thread to hash the rest)."""

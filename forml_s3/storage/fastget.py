@@ -123,7 +123,7 @@ def download(
                 if offset + len(chunk) > end:
                     raise OSError(errno.EIO, f'{key}: more bytes than the range {start}-{end - 1} asked for')
                 os.pwrite(fd, chunk, offset)
-                follower.landed(offset, offset + len(chunk))
+                follower.landed(offset, offset + len(chunk), chunk)
                 offset += len(chunk)
         except exceptions.NotFoundError as err:
             raise FileNotFoundError(errno.ENOENT, f'No such object: {key}') from err

@@ -484,7 +484,7 @@ class S3Store(base.Store):
                 try:
                     while offset < end and (chunk := await body.read(min(_CHUNK, end - offset))):
                         os.pwrite(fd, chunk, offset)
-                        follower.landed(offset, offset + len(chunk))
+                        follower.landed(offset, offset + len(chunk), chunk)
                         offset += len(chunk)
                 finally:
                     body.close()
