@@ -402,3 +402,53 @@ def test_a_read_joins_the_download_running_in_its_process(tmp_path, in_memory, m
         assert len(downloads) == 2 and len(failures) == 1  # the read's own download, from the first byte
         assert in_memory['prefixes'] == [0]
     assert blobs.read(sha) == data  # cached and sealed
+
+
+def test_a_prefetch_starting_after_the_read_downloads_into_the_read_s_buffer(tmp_path, in_memory, preads, monkeypatch):
+    """The read registered its download first but the prefetch took the file lock first: the prefetch downloads
+    through the read's sink, so the read still hands out the bytes hashed as they landed, none read back."""
+    blobs = cachemod.BlobCache(tmp_path / 'cache')
+    data = os.urandom(3 * digest.CHUNK + 12345)
+    sha = hashlib.sha256(data).hexdigest()
+    started = threading.Event()
+    downloads = []
+
+    def land(target, sink):
+        downloads.append(threading.current_thread().name)
+        started.set()
+        fd = os.open(target, os.O_RDWR)
+        try:
+            with digest.Follower(fd, len(data), sink) as follower:
+                for start in range(0, len(data), 2**20):
+                    chunk = data[start : start + 2**20]
+                    os.pwrite(fd, chunk, start)
+                    follower.landed(start, start + len(chunk), chunk)
+                return follower.hexdigest()
+        finally:
+            os.close(fd)
+
+    fetch = cachemod.BlobCache._fetch
+
+    def later_for_the_read(self, *args, **kwargs):
+        if threading.current_thread().name == 'read':
+            assert started.wait(30)  # the prefetch holds the lock and downloads
+        return fetch(self, *args, **kwargs)
+
+    monkeypatch.setattr(cachemod.BlobCache, '_fetch', later_for_the_read)
+
+    def unused(_):
+        raise AssertionError('the download that lands nothing in memory is not used')
+
+    got = []
+    read = threading.Thread(
+        target=lambda: got.append(blobs.load(sha, len(data), unused, name='blob', landing=land)), name='read'
+    )
+    read.start()
+    for _ in range(3000):  # until the read's download is registered
+        if sha in blobs._sinks:
+            break
+        threading.Event().wait(0.01)
+    blobs.fetch(sha, len(data), unused, name='blob', landing=land)
+    read.join(30)
+    assert downloads == [threading.current_thread().name]  # the prefetch's, once
+    assert got == [data] and in_memory == {'prefixes': [0], 'handed': 1} and preads[0] == 0

@@ -464,17 +464,10 @@ class BlobCache(volatile.Volatile):
         joined = _Buffer(size) if running is not None else None
         if running is not None and not running.attach(joined.view):  # type: ignore[union-attr]
             running, joined = None, None  # it has another reader, or just ended
-        own, mine = digest.Sink(), None
-
-        def land(target: pathlib.Path, sink: digest.Sink) -> str | None:
-            nonlocal mine
-            mine = _Buffer(size)  # not the joined one: where the cache is bypassed, both downloads may run at once
-            if not sink.attach(mine.view):  # another reader in this process joined this download first
-                mine.release()
-                mine = None
-            return landing(target, sink)
-
-        with self._fill(sha256, size, download, name=name, suffix='', landing=land, sink=own)[1] as file:
+        # a buffer of its own, not the joined one: where the cache is bypassed, both downloads may run at once
+        own, mine = digest.Sink(), _Buffer(size)  # (pages the kernel provides only as they are written)
+        own.attach(mine.view)
+        with self._fill(sha256, size, download, name=name, suffix='', landing=landing, sink=own)[1] as file:
             for sink, buffer in ((own, mine), (running, joined)):
                 if sink is None or buffer is None or not sink.verified:
                     continue
@@ -544,21 +537,27 @@ class BlobCache(volatile.Volatile):
         if landing is None:
             return self._fill_by(sha256, size, download, name=name, suffix=suffix)
         joinable = sink if sink is not None else digest.Sink()
+        with self._volatile():
+            registered = self._sinks.setdefault(sha256, joinable)
+        owner = registered is joinable
+        if not owner and sink is None:  # wanting no bytes, it downloads through the reader's sink waiting for it
+            joinable = registered
 
         def land(target: pathlib.Path) -> str | None:
-            hashed = landing(target, joinable)
+            # under the file lock one download runs at a time; where the cache is bypassed (no lock), a sink borrowed
+            # from a reader could see two at once: then one of its own
+            through = joinable if owner or self._aside is None else digest.Sink()
+            hashed = landing(target, through)
             # before the file lock is let go: a reader that waited for it finds the bytes it joined for verified
-            joinable.verified = hashed == sha256
+            through.verified = hashed == sha256
             return hashed
 
-        with self._volatile():
-            self._sinks.setdefault(sha256, joinable)
         try:
             return self._fill_by(sha256, size, land, name=name, suffix=suffix)
         finally:
-            joinable.close()
-            with self._volatile():
-                if self._sinks.get(sha256) is joinable:
+            if owner:
+                joinable.close()
+                with self._volatile():
                     del self._sinks[sha256]
 
     def _fill_by(
