@@ -1,10 +1,11 @@
 """``python -m benchmarks.readphases``: where the time of forml-s3's cold large read goes, phase by phase, next to the
-floors (raw boto3, raw obstore), on a SeaweedFS server on 127.0.0.1 (scratch measurement for issue 21).
+floors (raw boto3, raw obstore), on a SeaweedFS server on 127.0.0.1 (issue 21; docs/benchmarks.md, "Large reads").
 
 Every repetition runs each provider's ``large_read`` job of the harness (:mod:`benchmarks.providers`) in a fresh
 process with an empty cache, interleaved. forml-s3's run is instrumented (wrappers around the real functions) to
 mark, with wall time and the process's CPU time (``getrusage``), the end of the transfer (the last byte written),
-the end of the hash (its tail after the last byte), the seal and the end of the read into bytes; the CPU time of
+the end of the hash (its tail after the last byte), the rename, the seal, and the end of the read (and whether
+the bytes came from the buffer the download hashed them in, and how much was read from the file); the CPU time of
 the hashing thread and of the ``pwrite`` calls is summed apart (``time.thread_time``). The server's CPU during each
 run comes from ``/proc/<weed>/stat``.
 """
