@@ -181,7 +181,8 @@ def _line(name: str, rep: int, out: dict[str, typing.Any]) -> str:
             f' | cpu: pwrite {out["pwrite_cpu"]:.3f} hash thread {out["hash_thread_cpu"]:.3f}'
         )
         if 'from_memory' in at:
-            text += f' | bytes from memory, prefix read {out.get("prefix", 0) / 2**20:.0f} MiB from {at["prefix_start"]:.3f}'
+            prefix = out.get('prefix', 0) / 2**20
+            text += f' | bytes from memory, prefix read {prefix:.0f} MiB from {at["prefix_start"]:.3f}'
     return text
 
 
