@@ -11,6 +11,7 @@ import uuid
 import forml
 import pytest
 
+from forml_s3 import storage
 from forml_s3.registry import Registry
 from forml_s3.runtime import cache as cachemod
 from forml_s3.runtime import transfers
@@ -43,12 +44,40 @@ def test_large_state_uploads_in_parts_and_downloads_in_ranges(counted, s3server,
     reader.open(PROJECT, '0.1', 1)
     assert reader.read(PROJECT, '0.1', 1, sid) == state
     ranged = [r for r in counted.requests if r.method == 'GET' and r.path == key]
+    # 3 parts in flight at once, one window: their sizes step by 1 MiB around the mean (40 MiB / 3), in order
     assert sorted(r.range for r in ranged) == [
-        'bytes=0-16777215',
-        'bytes=16777216-33554431',
-        'bytes=33554432-41943039',
+        'bytes=0-12932436',
+        'bytes=12932437-26913450',
+        'bytes=26913451-41943039',
     ]
     assert sum(r.bytes_out for r in ranged) == size  # every byte once, no whole-object GET on top
+
+
+@pytest.mark.parametrize(
+    ('size', 'sizes'),
+    [
+        (0, []),
+        (5, [5]),
+        (16 * MiB, [16 * MiB]),
+        (40 * MiB, [12932437, 13981014, 15029589]),  # one window of 3: mean 13.33 MiB, steps of 1 MiB
+        (50 * MiB, [11 * MiB, 12 * MiB, 13 * MiB, 14 * MiB]),
+        # 16 parts, 8 in flight: 8 of 16 MiB, then the last window from 12.5 to 19.5 MiB
+        (256 * MiB, [16 * MiB] * 8 + [int((12.5 + i) * MiB) for i in range(8)]),
+    ],
+)
+def test_a_download_plans_as_many_parts_as_equal_ones_with_its_last_window_staggered(size, sizes):
+    planned = digest.spans(size, 16 * MiB, 8)
+    assert [end - start for start, end in planned] == sizes
+    assert [start for start, _ in planned] == [sum(sizes[:i]) for i in range(len(sizes))]  # contiguous, in order
+    assert len(planned) == -(-size // (16 * MiB))
+
+
+def test_a_tiny_last_window_keeps_every_part_non_empty():
+    first, second = digest.spans(16 * MiB + 7, 16 * MiB, 8)  # two parts of about 8 MiB, 1 MiB apart
+    assert first[0] == 0 and first[1] == second[0] and second[1] == 16 * MiB + 7
+    assert abs((second[1] - second[0]) - (first[1] - first[0]) - MiB) <= 1
+    planned = digest.spans(9, 4, 8)  # parts of 4 bytes: steps shrink to keep each part over half the mean
+    assert all(end > start for start, end in planned) and planned[-1][1] == 9 and len(planned) == 3
 
 
 def test_pending_uploads_hold_at_most_the_byte_budget():
@@ -173,11 +202,30 @@ def test_a_large_state_is_read_in_ranges_once_and_hashed_as_it_lands(
     assert preads[0] == 0  # every chunk copied into the read's buffer as it landed, hashed there
     key = f'/{bucket}/forml/{PROJECT}/0.1/states/{sid}.bin'
     ranged = [r for r in counted.requests if r.method == 'GET' and r.path == key]
-    assert sorted(r.range for r in ranged) == ['bytes=0-16777215', f'bytes=16777216-{size - 1}']
+    half = size // 2  # two parts in one window, 1 MiB apart
+    assert sorted(r.range for r in ranged) == [f'bytes=0-{half - MiB // 2 - 1}', f'bytes={half - MiB // 2}-{size - 1}']
     assert sum(r.bytes_out for r in ranged) == size
     assert hashes == []  # hashed while downloading, not in a second pass
     assert reader.read(PROJECT, '0.1', 1, sid) == state  # from the cache: no request
     assert len([r for r in counted.requests if r.method == 'GET' and r.path == key]) == 2
+
+
+def test_the_stores_of_one_bucket_share_one_obstore_client_made_ahead_by_connect(counted, s3server, bucket):
+    options = s3server.storage_options()
+    counted.reset_counts()
+    first = storage.open_store(f's3://{bucket}/one', options)
+    second = storage.open_store(f's3://{bucket}/two', options)
+    made = []
+    real = fastget._client
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(fastget, '_client', lambda *args: made.append(args[1]) or real(*args))
+        first.connect()  # the s3fs client, and the obstore client of the bucket
+        assert made == [bucket] and counted.requests == []  # made, not used: no request
+        assert second._fastget() is first._fastget() is not None
+        assert made == [bucket]  # made once for both stores (fsspec shares their s3fs client)
+        other = storage.open_store(f's3://{bucket}/three', {**options, 'config_kwargs': {'connect_timeout': 7}})
+        assert other._fastget() is not first._fastget()  # other options: a client of its own
+        assert made == [bucket, bucket]
 
 
 def test_a_large_package_mounts_in_ranges_once_per_machine(

@@ -20,7 +20,9 @@ import datetime
 import errno
 import logging
 import os
+import threading
 import typing
+import weakref
 
 if typing.TYPE_CHECKING:
     import fsspec
@@ -60,9 +62,25 @@ def honoured(kwargs: typing.Mapping[str, typing.Any]) -> bool:
     )
 
 
+_CLIENTS: 'weakref.WeakKeyDictionary[typing.Any, dict[tuple[int, str, str], typing.Any]]' = weakref.WeakKeyDictionary()
+"""The clients made, by s3fs file system (fsspec shares one per options and thread), process, bucket and options:
+every store of the bucket in this process downloads through one (its set-up is ~10 ms and a few MiB)."""
+_LOCK = threading.Lock()
+
+
 def client(fs: 'fsspec.AbstractFileSystem', bucket: str, kwargs: typing.Mapping[str, typing.Any]) -> typing.Any:
     """An obstore ``S3Store`` of ``bucket`` on the endpoint, region and credentials of the s3fs file system's
-    botocore client; None if obstore is missing or would not honour the options."""
+    botocore client (one per file system, process and bucket); None if obstore is missing or would not honour the
+    options."""
+    key = (os.getpid(), bucket, repr(sorted(kwargs.items())))
+    with _LOCK:
+        made = _CLIENTS.setdefault(fs, {})
+        if key not in made:
+            made[key] = _client(fs, bucket, kwargs)
+        return made[key]
+
+
+def _client(fs: 'fsspec.AbstractFileSystem', bucket: str, kwargs: typing.Mapping[str, typing.Any]) -> typing.Any:
     if not honoured(kwargs):
         return None
     try:
@@ -114,8 +132,9 @@ def download(
     import obstore
     from obstore import exceptions
 
-    def part(start: int) -> None:
-        end = min(start + part_size, size)
+    from . import digest
+
+    def part(start: int, end: int) -> None:
         offset = start
         try:
             result = obstore.get(store, key, options={'range': (start, end)})
@@ -135,7 +154,7 @@ def download(
             raise Shorter(key)
 
     with concurrent.futures.ThreadPoolExecutor(parallel, thread_name_prefix='forml-s3-get') as pool:
-        futures = [pool.submit(part, start) for start in range(0, size, part_size)]
+        futures = [pool.submit(part, start, end) for start, end in digest.spans(size, part_size, parallel)]
         try:
             for future in concurrent.futures.as_completed(futures):
                 future.result()

@@ -469,8 +469,7 @@ class S3Store(base.Store):
                 'restore it or retrain (`forml-s3 verify`)'
             )
 
-        async def part(fd: int, start: int, slots: asyncio.Semaphore, follower: digest.Follower) -> None:
-            end = min(start + PART_SIZE, size)
+        async def part(fd: int, start: int, end: int, slots: asyncio.Semaphore, follower: digest.Follower) -> None:
             async with slots:
                 try:
                     response = await self.fs._call_s3(
@@ -493,7 +492,8 @@ class S3Store(base.Store):
 
         async def run(fd: int, follower: digest.Follower) -> None:
             slots = asyncio.Semaphore(PART_CONCURRENCY)
-            await asyncio.gather(*(part(fd, start, slots, follower) for start in range(0, size, PART_SIZE)))
+            spans = digest.spans(size, PART_SIZE, PART_CONCURRENCY)
+            await asyncio.gather(*(part(fd, start, end, slots, follower) for start, end in spans))
 
         # no O_TRUNC on the (new, empty) file the cache made: ext4 flushes a file truncated to zero when it is
         # closed (auto_da_alloc), which started writing the whole object to disk on the read's path (~0.1 s and the
@@ -525,6 +525,10 @@ class S3Store(base.Store):
 
     _fast: tuple[int, typing.Any] | None = None
     """This process's obstore client of the bucket (None inside: the options keep downloads on aiobotocore)."""
+
+    def connect(self) -> None:
+        super().connect()
+        self._fastget()
 
     def _fastget(self) -> typing.Any:
         """The obstore client large downloads go through (:mod:`.fastget`), made once per process; None: none."""
