@@ -107,6 +107,11 @@ class Store:
         self.single_writer: bool = False
         """The user accepts no protection against concurrent writers (set by :func:`open_store`)."""
 
+    def connect(self) -> None:
+        """Make this store's clients now rather than at their first use (no request): a process that is about to
+        read, or a measurement, pays their set-up ahead."""
+        _ = self.fs
+
     # identity and pickling --------------------------------------------------------------------------
     @property
     def url(self) -> str:
