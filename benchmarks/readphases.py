@@ -119,6 +119,15 @@ def _instrument(marks: dict[str, typing.Any]) -> None:
             mark('opened')
 
     cache.BlobCache._open = timed_open  # type: ignore[method-assign]
+    load = cache.BlobCache.load
+
+    def timed_load(self: typing.Any, *args: typing.Any, **kwargs: typing.Any) -> typing.Any:
+        try:
+            return load(self, *args, **kwargs)
+        finally:
+            mark('loaded')
+
+    cache.BlobCache.load = timed_load  # type: ignore[method-assign]
     if hasattr(cache, '_Buffer'):  # the bytes handed out as the download hashed them (no read of the file)
         value = cache._Buffer.value
 
@@ -183,6 +192,8 @@ def _line(name: str, rep: int, out: dict[str, typing.Any]) -> str:
         if 'from_memory' in at:
             prefix = out.get('prefix', 0) / 2**20
             text += f' | bytes from memory, prefix read {prefix:.0f} MiB from {at["prefix_start"]:.3f}'
+        if 'loaded' in at:
+            text += f' | loaded at {at["loaded"]:.3f}'
     return text
 
 
