@@ -265,6 +265,10 @@ class Harness:
             if kind != 'ready':
                 sample.error = str(payload)
                 return sample
+            # the dirty pages earlier runs left (GiBs after the large writes) are written back now, not while this
+            # run writes its own: the kernel throttles writers while writeback is behind, and forml-s3's read,
+            # which writes the local cache, met that throttling where the floors, which write nothing, did not
+            os.sync()
             self.server.reset_counts()
             conn.send('go')
             kind, payload = self._receive(conn, process, self.timeout)
