@@ -278,10 +278,13 @@ class Registry(commit.Protocol, asset.Registry, alias='s3', metaclass=settings.C
         marker, stem = self._release_marker(project, release), self._stem(project, release)
         return prj.Package(self._fetcher.package(str(project), str(release), stem, marker)[0])
 
-    def _package_file(self, project: asset.Project.Key, release: asset.Release.Key) -> tuple[typing.BinaryIO, str]:
-        """The verified package opened from the local cache (downloaded once per machine) and its sha256."""
+    def _package_file(
+        self, project: asset.Project.Key, release: asset.Release.Key, landed: typing.Callable[[int], None]
+    ) -> tuple[typing.BinaryIO, str]:
+        """The verified package opened from the local cache (downloaded once per machine) and its sha256; ``landed``
+        as for :meth:`~forml_s3.runtime.fetch.Fetcher.package`."""
         marker, stem = self._release_marker(project, release), self._stem(project, release)
-        return self._fetcher.package(str(project), str(release), stem, marker, opened=True)
+        return self._fetcher.package(str(project), str(release), stem, marker, opened=True, landed=landed)
 
     def mount(self, project: asset.Project.Key, release: asset.Release.Key) -> 'prj.Artifact':
         project, release = names.project(project), self._stem(project, release)
@@ -292,7 +295,8 @@ class Registry(commit.Protocol, asset.Registry, alias='s3', metaclass=settings.C
             target = staging.ensure(
                 staging.target(self._staging, str(project), release, sha256),
                 sha256,
-                lambda: self._package_file(project, release),  # opened: no eviction takes it from the install
+                # opened: no eviction takes it from the install
+                lambda landed: self._package_file(project, release, landed),
             )
         except OSError as err:
             if not storage.local_failure(err):

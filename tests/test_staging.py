@@ -330,7 +330,7 @@ def test_prune_that_waited_for_a_mount_keeps_the_release(local, monkeypatch):
     monkeypatch.setattr(staging, 'installed', installed)
     fetched = []
     mounter = threading.Thread(
-        target=lambda: staging.ensure(target, sha256, lambda: fetched.append(1)), name='mounter', daemon=True
+        target=lambda: staging.ensure(target, sha256, lambda _landed: fetched.append(1)), name='mounter', daemon=True
     )
     mounter.start()
     assert mount_holds_lock.wait(60)
@@ -379,7 +379,7 @@ def test_mount_that_waited_for_a_prune_installs_again(local, monkeypatch):
     pruner.start()
     assert prune_holds_lock.wait(60)
 
-    def fetch():
+    def fetch(_landed):
         fetched.append(tree(target) if target.exists() else None)  # what the mount finds once it has the lock
         return package, sha256
 
@@ -454,3 +454,40 @@ def test_registry_mount_never_returns_a_tree_a_prune_deletes(local, monkeypatch)
     assert failed == [] and mounted == [target], failed
     assert tree(target) == contents(local.packages[PROJECT, '0.1']), 'mount returned a tree the prune deleted'
     assert [(p.action, p.path) for p in outcome] == [('kept', str(target))]
+
+
+def test_install_extracts_every_member_and_keeps_odd_names_inside_the_tree(tmp_path):
+    """Plain names (all of a package ForML builds) are copied in large chunks; zipfile's own extraction takes any
+    other name, and drops absolute paths and '..' components: nothing lands outside the tree."""
+    package = tmp_path / 'odd.4ml'
+    large = os.urandom(3 * staging.COPY_BUFFER + 5)
+    with zipfile.ZipFile(package, 'w', zipfile.ZIP_DEFLATED) as zipped:
+        zipped.writestr('pkg/', b'')
+        zipped.writestr('pkg/large.bin', large)
+        zipped.writestr('pkg/sub/small.py', b'X = 1\n')
+        zipped.writestr('../escaped.txt', b'up')
+        zipped.writestr('/absolute.txt', b'root')
+        zipped.writestr('pkg/./dot.txt', b'dot')
+    tree = tmp_path / 'staging' / 'proj' / 'tree'
+    staging.install(package, 'ab' * 32, tree)
+    assert (tree / 'pkg' / 'large.bin').read_bytes() == large
+    assert (tree / 'pkg' / 'sub' / 'small.py').read_bytes() == b'X = 1\n'
+    assert (tree / 'escaped.txt').read_bytes() == b'up'  # '..' dropped by zipfile
+    assert (tree / 'absolute.txt').read_bytes() == b'root'
+    assert (tree / 'pkg' / 'dot.txt').read_bytes() == b'dot'
+    outside = sorted(p.name for p in tmp_path.rglob('*') if tree not in p.parents and p != tree)
+    assert 'escaped.txt' not in outside and 'absolute.txt' not in outside
+    assert staging.installed(tree, 'ab' * 32)
+
+
+def test_a_corrupt_member_fails_the_install_and_leaves_no_tree(tmp_path):
+    package = tmp_path / 'bad.4ml'
+    with zipfile.ZipFile(package, 'w', zipfile.ZIP_STORED) as zipped:
+        zipped.writestr('pkg/data.bin', b'a' * 4096)
+    raw = bytearray(package.read_bytes())
+    raw[raw.index(b'a' * 64) + 10] ^= 0xFF  # one byte of the member's data: its CRC no longer matches
+    package.write_bytes(bytes(raw))
+    tree = tmp_path / 'staging' / 'proj' / 'tree'
+    with pytest.raises(zipfile.BadZipFile):
+        staging.install(package, 'cd' * 32, tree)
+    assert not tree.exists() and list(tree.parent.iterdir()) == []  # no tree, no temporary leftovers

@@ -14,7 +14,7 @@ import pytest
 from forml_s3 import storage
 from forml_s3.registry import Registry
 from forml_s3.runtime import cache as cachemod
-from forml_s3.runtime import transfers
+from forml_s3.runtime import staging, transfers
 from forml_s3.storage import digest, fastget
 from forml_s3.storage import s3 as s3store
 
@@ -239,10 +239,17 @@ def test_a_large_package_mounts_in_ranges_once_per_machine(
     )
     counted.reset_counts()
     hashes.clear()
-    first = Registry(f's3://{bucket}/forml', storage_options=options, cache_dir=tmp_path / 'r')
-    assert pathlib.Path(first.mount(PROJECT, '0.1').path).exists()
+    events = []
+    real_extract, real_hexdigest = staging._extract, digest.Follower.hexdigest
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(staging, '_extract', lambda *args: events.append('extract') or real_extract(*args))
+        patch.setattr(digest.Follower, 'hexdigest', lambda self: events.append('hash') or real_hexdigest(self))
+        first = Registry(f's3://{bucket}/forml', storage_options=options, cache_dir=tmp_path / 'r')
+        assert pathlib.Path(first.mount(PROJECT, '0.1').path).exists()
+    # extracted once, as soon as the last byte landed, before the download's hash was waited for
+    assert events == ['extract', 'hash']
     package = [r for r in counted.requests if r.method == 'GET' and r.path.endswith('.4ml')]
-    assert len(package) == 2 and all(r.range for r in package)  # 16 MiB and the rest
+    assert len(package) == 2 and all(r.range for r in package)  # two parts of about half each
     size = sum(r.bytes_out for r in package)
     assert size > 18 * MiB and hashes == []
     counted.reset_counts()
@@ -250,6 +257,38 @@ def test_a_large_package_mounts_in_ranges_once_per_machine(
     assert pathlib.Path(second.mount(PROJECT, '0.1').path).exists()
     assert pathlib.Path(second.pull(PROJECT, '0.1').path).stat().st_size == size
     assert [r for r in counted.requests if r.path.endswith('.4ml')] == []
+
+
+@pytest.mark.parametrize('where', ['data', 'header'])
+def test_a_large_package_changed_in_the_bucket_installs_nothing(s3server, bucket, tmp_path, package_factory, where):
+    """Extracted as its last byte lands, before its hash is known: where the hash then does not match the marker's,
+    the mount fails as corrupted and the extraction is deleted; nothing is installed, cached or left aside. A byte
+    changed in the data fails the extraction too (its CRC); one in a local header's time does not."""
+    options = s3server.storage_options()
+    Registry(f's3://{bucket}/forml', storage_options=options, cache_dir=tmp_path / 'w').push(
+        package_factory('0.1', data=os.urandom(18 * MiB))
+    )
+    client = s3server.client()
+    [key] = [o['Key'] for o in client.list_objects_v2(Bucket=bucket)['Contents'] if o['Key'].endswith('.4ml')]
+    body = bytearray(client.get_object(Bucket=bucket, Key=key)['Body'].read())
+    body[len(body) // 2 if where == 'data' else 10] ^= 1  # (10: the first member's modification time)
+    client.put_object(Bucket=bucket, Key=key, Body=bytes(body))
+    extracted = []
+    real_extract = staging._extract
+    reader = Registry(f's3://{bucket}/forml', storage_options=options, cache_dir=tmp_path / 'r')
+    discarded, real_discard = [], staging._Early.discard
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(staging, '_extract', lambda *args: extracted.append(args[1]) or real_extract(*args))
+        patch.setattr(staging._Early, 'discard', lambda self: discarded.append(self.tree) or real_discard(self))
+        with pytest.raises(forml.InvalidError, match=f'Object s3://{bucket}/{key} is corrupted'):
+            reader.mount(PROJECT, '0.1')
+    assert discarded == ([None] if where == 'data' else extracted)  # a complete tree only where the zip read well
+    assert len(extracted) == 1 and not extracted[0].exists()  # extracted early (completely or not), then deleted
+    left = [p.relative_to(tmp_path / 'r') for p in (tmp_path / 'r').rglob('*') if p.is_file()]
+    # the release marker (cached, with its seal) and the locks stay; no package, no tree
+    assert all(p.suffix == '.lock' or 'markers' in p.parts for p in left), left
+    staged = tmp_path / 'r' / 'staging' / PROJECT
+    assert [p.name for p in staged.iterdir()] == [staging.LOCKS]
 
 
 def test_a_large_state_changed_in_the_bucket_is_corrupted(s3server, bucket, tmp_path, package_factory):

@@ -17,6 +17,7 @@ from forml.io import asset
 
 from .. import storage
 from ..model import layout
+from ..storage import digest
 from . import cache as cachemod
 from . import transfers
 
@@ -123,15 +124,28 @@ class Fetcher:
 
     @typing.overload
     def package(
-        self, project: str, release: str, stem: str, marker: dict[str, typing.Any], opened: typing.Literal[True]
+        self,
+        project: str,
+        release: str,
+        stem: str,
+        marker: dict[str, typing.Any],
+        opened: typing.Literal[True],
+        landed: typing.Callable[[int], None] | None = None,
     ) -> tuple[typing.BinaryIO, str]: ...
 
     def package(
-        self, project: str, release: str, stem: str, marker: dict[str, typing.Any], opened: bool = False
+        self,
+        project: str,
+        release: str,
+        stem: str,
+        marker: dict[str, typing.Any],
+        opened: bool = False,
+        landed: typing.Callable[[int], None] | None = None,
     ) -> tuple[typing.Any, str]:
         """The verified package a release marker names (``stem``: the name the release is stored under) in the local
         cache (downloaded once per machine) - its path, or ``opened`` the file opened (the caller closes it; no
-        eviction can take it away) - and its sha256."""
+        eviction can take it away) - and its sha256. ``landed`` is told when a download has landed every byte, before
+        they are verified (see :meth:`forml_s3.storage.digest.Sink.all_landed`)."""
         try:
             info = marker['package']
             key = self._layout.release_object(project, stem, info['key'])
@@ -140,10 +154,11 @@ class Fetcher:
             raise asset.Level.Invalid(
                 f'Corrupted release marker of {project}-{release} in {self._store.url}: {err!r}'
             ) from err
+        sink = digest.Sink(landed) if landed is not None else None
         found = (self._cache.open if opened else self._cache.fetch)(
             sha256,
             size,
-            lambda target: self._store.download(key, target, size),
+            lambda target: self._store.download(key, target, size, sink),
             name=self._store.url_of(key),
             suffix=layout.PACKAGE_SUFFIX,
         )

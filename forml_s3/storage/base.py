@@ -206,7 +206,8 @@ class Store:
 
         Returns the sha256 of the file if the backend hashed it while writing it (None: the caller hashes it); a
         backend that hashes the file as it lands hashes it in the buffer a reader attaches to ``sink`` (from then on),
-        where given; one that returns None ignores ``sink``.
+        where given, and tells the sink when every byte has landed, before the hash is done; one that returns None
+        ignores ``sink``.
         """
         with self._boundary('download', path):
             self.fs.get_file(path, str(target))

@@ -50,9 +50,11 @@ def spans(size: int, part_size: int, parallel: int) -> list[tuple[int, int]]:
 
 
 class Sink:
-    """Where a download's bytes go as they are hashed, once a reader has attached a buffer (:meth:`attach`)."""
+    """Where a download's bytes go as they are hashed, once a reader has attached a buffer (:meth:`attach`); and
+    who is told when they have all landed (``landed``), before the hash of the last ones is done."""
 
-    def __init__(self) -> None:
+    def __init__(self, landed: typing.Callable[[int], None] | None = None) -> None:
+        self._landed = landed
         self._lock = threading.Lock()
         self._buffer: memoryview | None = None
         self._closed = False
@@ -78,6 +80,13 @@ class Sink:
             return False
         buffer[offset : offset + len(data)] = data
         return True
+
+    def all_landed(self, fd: int) -> None:
+        """Every byte is in the file open at ``fd`` (read it with ``pread``, or a duplicate of the descriptor), not
+        verified yet: the ``landed`` callback runs now, in the downloading thread, while the hash finishes. The
+        callback must not raise, and must use what it read only once the download's sha256 matched."""
+        if self._landed is not None:
+            self._landed(fd)
 
     def claim(self, offset: int, count: int) -> memoryview | None:
         """Where to read the ``count`` bytes at ``offset`` to hash them: the attached buffer's span, else None."""

@@ -506,6 +506,8 @@ class S3Store(base.Store):
                 try:
                     with digest.Follower(fd, size, sink) as follower:
                         fastget.download(fast, key, fd, size, follower, PART_SIZE, PART_CONCURRENCY)
+                        if sink is not None:
+                            sink.all_landed(fd)
                         return follower.hexdigest()
                 except fastget.Shorter:
                     raise shorter() from None
@@ -519,6 +521,8 @@ class S3Store(base.Store):
                     os.ftruncate(fd, 0)
             with digest.Follower(fd, size, sink) as follower:
                 sync(self.fs.loop, run, fd, follower)
+                if sink is not None:
+                    sink.all_landed(fd)
                 return follower.hexdigest()
         finally:
             os.close(fd)
