@@ -46,7 +46,7 @@ def _instrument(marks: dict[str, typing.Any]) -> None:
     marks['pwrite_cpu'] = 0.0
     marks['pwrites'] = 0
 
-    class _Os:  # fastget's ``os``, with its pwrite timed
+    class _Os:  # digest's ``os`` (its write_at lands the chunks), with pwrite timed
         def __getattr__(self, name: str) -> typing.Any:
             return getattr(os, name)
 
@@ -58,7 +58,7 @@ def _instrument(marks: dict[str, typing.Any]) -> None:
             marks['pwrites'] += 1
             return written
 
-    fastget.os = _Os()  # type: ignore[assignment]
+    digest.os = _Os()  # type: ignore[assignment]
     download = fastget.download
 
     def timed_download(*args: typing.Any, **kwargs: typing.Any) -> None:

@@ -161,11 +161,6 @@ class _Buffer:
         self.view.release()
         return self._file.getvalue()
 
-    def release(self) -> None:
-        """Let go of the bytes (a sink still holding the view keeps them until it closes)."""
-        self.view.release()
-        self._file.close()
-
 
 class BlobCache(volatile.Volatile):
     """Blobs by sha256 under ``root`` with a size cap (see the module docs for when it is enforced).
@@ -480,9 +475,10 @@ class BlobCache(volatile.Volatile):
                     return buffer.value()
                 file.seek(0)
                 break
-            for buffer in (mine, joined):  # before the file is read: never both in memory
-                if buffer is not None:
-                    buffer.release()
+            for sink in (own, running):  # before the file is read: the buffers go with their last reference
+                if sink is not None:
+                    sink.detach()  # (not released: where the cache is bypassed, a download may still copy into one)
+            del mine, joined
             return file.read()  # cached by another process meanwhile, or the download did not land it in memory
 
     def _open_cached(self, sha256: str, suffix: str = '') -> typing.BinaryIO | None:
@@ -547,6 +543,7 @@ class BlobCache(volatile.Volatile):
             # under the file lock one download runs at a time; where the cache is bypassed (no lock), a sink borrowed
             # from a reader could see two at once: then one of its own
             through = joinable if owner or self._aside is None else digest.Sink()
+            through.restart()  # (a download again through the same sink, aside: nothing of the first one counts)
             hashed = landing(target, through)
             # before the file lock is let go: a reader that waited for it finds the bytes it joined for verified
             through.verified = hashed == sha256

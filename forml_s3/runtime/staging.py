@@ -148,6 +148,7 @@ class _Early:
         """The complete extraction (None: none was made, or it failed: the install extracts the package itself)."""
 
     def extract(self, fd: int) -> None:
+        self.discard()  # a download again (another client, or aside): only the latest one's tree may count
         temp = _aside(self._path, INCOMPLETE)
         try:
             self._path.parent.mkdir(parents=True, exist_ok=True)
@@ -164,6 +165,7 @@ class _Early:
         """Remove the tree if the install did not take it (the download failed its check, or raised)."""
         if self.tree is not None:
             shutil.rmtree(self.tree, ignore_errors=True)
+            self.tree = None
 
 
 def install(

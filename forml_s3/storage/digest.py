@@ -10,6 +10,7 @@ hashing thread hashes them there (what landed before is read into it from the fi
 the hash is of without reading the whole file again (only the prefix hashed before it attached).
 """
 
+import errno
 import hashlib
 import os
 import threading
@@ -19,6 +20,16 @@ CHUNK = 4 * 2**20
 """How much of the file the hashing thread reads at a time (one buffer of this size, reused)."""
 STAGGER = 16
 """The parts of a download's last window differ in size by ``part_size / STAGGER`` (see :func:`spans`)."""
+
+
+def write_at(fd: int, data: typing.Any, offset: int) -> None:
+    """Write all of ``data`` at ``offset`` (``pwrite`` may write less: a full disk, a signal)."""
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        if written <= 0:
+            raise OSError(errno.EIO, f'Nothing written at offset {offset}')
+        view, offset = view[written:], offset + written
 
 
 def spans(size: int, part_size: int, parallel: int) -> list[tuple[int, int]]:
@@ -80,6 +91,18 @@ class Sink:
             return False
         buffer[offset : offset + len(data)] = data
         return True
+
+    def restart(self) -> None:
+        """A download (again) through this sink: not verified, nothing hashed in the buffer yet."""
+        with self._lock:
+            self.verified = False
+            self.start = None
+
+    def detach(self) -> None:
+        """Let go of the attached buffer (not released: a landing thread may hold it a moment longer); what lands
+        from now on is hashed from the file."""
+        with self._lock:
+            self._buffer = None
 
     def all_landed(self, fd: int) -> None:
         """Every byte is in the file open at ``fd`` (read it with ``pread``, or a duplicate of the descriptor), not
@@ -148,7 +171,7 @@ class Follower:
             return
         copied = data is not None and self._sink is not None and self._sink.copy(start, data)
         with self._changed:
-            if not copied:
+            if not copied and self._sink is not None:  # (without a sink every span is read from the file anyway)
                 self._uncopied.append((start, end))
             if start == self._frontier:
                 frontier = end
@@ -188,6 +211,7 @@ class Follower:
     def _copied(self, start: int, end: int) -> bool:
         """Whether every landed byte of ``[start, end)`` was copied into the attached buffer as it landed."""
         with self._changed:
+            self._uncopied = [(begin, until) for begin, until in self._uncopied if until > start]  # (hashed: done)
             return not any(begin < end and start < until for begin, until in self._uncopied)
 
     def hexdigest(self) -> str:

@@ -63,9 +63,21 @@ def honoured(kwargs: typing.Mapping[str, typing.Any]) -> bool:
 
 
 _CLIENTS: 'weakref.WeakKeyDictionary[typing.Any, dict[tuple[int, str, str], typing.Any]]' = weakref.WeakKeyDictionary()
-"""The clients made, by s3fs file system (fsspec shares one per options and thread), process, bucket and options:
-every store of the bucket in this process downloads through one (its set-up is ~10 ms and a few MiB)."""
+"""The clients made, by s3fs file system (a store keeps one per process; fsspec shares one between stores of the
+same options and thread), process, bucket and options: the stores of a bucket that share a file system share one
+client (its set-up is ~10 ms and a few MiB)."""
 _LOCK = threading.Lock()
+
+
+def _forked() -> None:
+    """In a forked child: a lock another thread held at the fork would never be let go of, and the clients are the
+    parent's (their runtime's threads did not come along)."""
+    global _LOCK
+    _LOCK = threading.Lock()
+    _CLIENTS.clear()
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 def client(fs: 'fsspec.AbstractFileSystem', bucket: str, kwargs: typing.Mapping[str, typing.Any]) -> typing.Any:
@@ -94,8 +106,10 @@ def _client(fs: 'fsspec.AbstractFileSystem', bucket: str, kwargs: typing.Mapping
     if credentials is None:  # anonymous access: obstore would sign with whatever it finds itself
         return None
 
+    loop = fs.loop  # (not the file system itself: the client made here must not keep its key alive)
+
     def provide() -> dict[str, typing.Any]:
-        frozen = sync(fs.loop, credentials.get_frozen_credentials)
+        frozen = sync(loop, credentials.get_frozen_credentials)
         return {
             'access_key_id': frozen.access_key,
             'secret_access_key': frozen.secret_key,
@@ -141,7 +155,7 @@ def download(
             for chunk in result.stream(min_chunk_size=CHUNK):
                 if offset + len(chunk) > end:
                     raise OSError(errno.EIO, f'{key}: more bytes than the range {start}-{end - 1} asked for')
-                os.pwrite(fd, chunk, offset)
+                digest.write_at(fd, chunk, offset)
                 follower.landed(offset, offset + len(chunk), chunk)
                 offset += len(chunk)
         except exceptions.NotFoundError as err:

@@ -482,7 +482,7 @@ class S3Store(base.Store):
                 body, offset = response['Body'], start
                 try:
                     while offset < end and (chunk := await body.read(min(_CHUNK, end - offset))):
-                        os.pwrite(fd, chunk, offset)
+                        digest.write_at(fd, chunk, offset)
                         follower.landed(offset, offset + len(chunk), chunk)
                         offset += len(chunk)
                 finally:
