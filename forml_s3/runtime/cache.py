@@ -365,7 +365,7 @@ class BlobCache(volatile.Volatile):
             fd, temp = tempfile.mkstemp(suffix='.incomplete', dir=path.parent)
             try:
                 with os.fdopen(fd, 'wb') as file:
-                    file.write(data)
+                    digest.write_all(file, data)
                 os.replace(temp, path)
             finally:
                 with contextlib.suppress(FileNotFoundError):
@@ -649,7 +649,7 @@ class BlobCache(volatile.Volatile):
         target = self.path(sha256, suffix)
         if not self._write(target, data):  # the cache cannot be written
             path, file = self._fetch_aside(
-                sha256, len(data), lambda t: t.write_bytes(data), name=str(target), suffix=suffix
+                sha256, len(data), lambda t: digest.write_file(t, data), name=str(target), suffix=suffix
             )
             file.close()
             return path

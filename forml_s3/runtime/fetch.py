@@ -112,7 +112,7 @@ class Fetcher:
                 found[sid] = self._cache.load(
                     state_sha,
                     state_size,
-                    lambda target, data=data: target.write_bytes(data),
+                    lambda target, data=data: digest.write_file(target, data),
                     name=f'{self._store.url_of(key)} (state {sid} at {offset})',
                 )
         return found

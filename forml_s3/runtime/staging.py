@@ -35,6 +35,7 @@ import typing
 import uuid
 import zipfile
 
+from ..storage import digest
 from . import cache
 
 LOGGER = logging.getLogger(__name__)
@@ -201,9 +202,9 @@ def install(
         shutil.rmtree(temp, ignore_errors=True)
 
 
-COPY_BUFFER = 2**20
+COPY_BUFFER = digest.WRITE_SLICE
 """How much of a member is inflated and written at a time: zipfile's own 64 KiB took ~20% longer for a 50 MiB
-member (and one write of 4 MiB or more took ten times as long on the ext4 of the benchmarks' machine)."""
+member, and writes of a MiB or more can take several times as long (see :data:`digest.WRITE_SLICE`)."""
 _PLAIN = re.compile(r'[^/\\:]+(/[^/\\:]+)*/?')
 
 

@@ -20,16 +20,37 @@ CHUNK = 4 * 2**20
 """How much of the file the hashing thread reads at a time (one buffer of this size, reused)."""
 STAGGER = 16
 """The parts of a download's last window differ in size by ``part_size / STAGGER`` (see :func:`spans`)."""
+WRITE_SLICE = 256 * 2**10
+"""The most one call writes to a local file. Linux sizes the page-cache folios of a write by its length (ext4 has
+large folios), so a write of a MiB or more takes high-order free blocks, and in a VM those are the blocks its free
+page reporting hands back to the host: each page's first touch then faults on the host, unseen by the guest. On
+the benchmarks' VM, once earlier runs had churned its memory, a 50 MiB package extracted in 1 MiB writes took
+0.4-1.0 s (perf: 76% in the kernel's copy into the page cache) and 0.13-0.16 s in writes of this size, the size
+s3transfer writes in (docs/benchmarks.md, "Small writes to the page cache")."""
 
 
 def write_at(fd: int, data: typing.Any, offset: int) -> None:
-    """Write all of ``data`` at ``offset`` (``pwrite`` may write less: a full disk, a signal)."""
+    """Write all of ``data`` at ``offset``, at most :data:`WRITE_SLICE` at a time (``pwrite`` may write less: a
+    full disk, a signal)."""
     view = memoryview(data)
     while view:
-        written = os.pwrite(fd, view, offset)
+        written = os.pwrite(fd, view[:WRITE_SLICE], offset)
         if written <= 0:
             raise OSError(errno.EIO, f'Nothing written at offset {offset}')
         view, offset = view[written:], offset + written
+
+
+def write_all(file: typing.BinaryIO, data: typing.Any) -> None:
+    """Write all of ``data`` to a binary file at its position, at most :data:`WRITE_SLICE` at a time."""
+    view = memoryview(data)
+    for start in range(0, len(view), WRITE_SLICE):
+        file.write(view[start : start + WRITE_SLICE])
+
+
+def write_file(path: os.PathLike, data: typing.Any) -> None:
+    """``pathlib.Path.write_bytes``, at most :data:`WRITE_SLICE` at a time."""
+    with open(path, 'wb') as file:
+        write_all(file, data)
 
 
 def spans(size: int, part_size: int, parallel: int) -> list[tuple[int, int]]:

@@ -11,7 +11,7 @@ import tempfile
 import typing
 import uuid
 
-from . import base
+from . import base, digest
 
 TEMP_PREFIX = '.tmp-'
 """Names of writes in progress (never listed)."""
@@ -87,9 +87,9 @@ def _write(path: str, data: bytes | pathlib.Path, *, exclusive: bool) -> None:
         with os.fdopen(fd, 'wb') as file:
             if isinstance(data, pathlib.Path):
                 with data.open('rb') as source:
-                    shutil.copyfileobj(source, file, 8 * 2**20)
+                    shutil.copyfileobj(source, file, digest.WRITE_SLICE)
             else:
-                file.write(data)
+                digest.write_all(file, data)
             file.flush()
             os.fsync(file.fileno())
         if exclusive:
