@@ -82,10 +82,10 @@ def test_changed_cached_files_are_fetched_again_never_served(where, tmp_path, pa
 
     blobs = cachemod.BlobCache(cache)
     flip(blobs.path(expected[0]), 1000)  # a state stored on its own
-    flip(blobs.path(expected[2]))  # a state cut from the pack
-    blobs.path(expected[1]).unlink()  # another state of the pack: cut from the pack again, which is changed too
+    # the packed states are cached in their pack only (cut from it and checked by their own sha256 on each read)
+    assert not blobs.path(expected[1]).exists() and not blobs.path(expected[2]).exists()
     (pack,) = [p for p in (cache / 'blobs').glob('*/*') if p.stat().st_size == len(payloads[1]) + len(payloads[2])]
-    flip(pack, 5)
+    flip(pack, 5)  # in the first packed state's bytes
     copies = [m for m in (cache / 'markers').rglob('*') if m.is_file() and not m.name.endswith('.seal')]
     # a generation marker is read by one GET in each process and never kept here (a copy could outlive its retirement)
     assert not [m for m in copies if b'"states"' in m.read_bytes()]
@@ -108,7 +108,7 @@ def test_changed_cached_files_are_fetched_again_never_served(where, tmp_path, pa
     assert second['states'] == expected  # exactly what was committed
     assert second['package'] == package_sha
     assert second['module'].endswith("PAYLOAD = 'committed'\n")
-    assert log.count('no longer matches its sha256') >= 5, log  # marker, package, pack and two states
+    assert log.count('no longer matches its sha256') >= 4, log  # marker, package, pack and the state alone
     assert cachemod.sha256_of(blobs.path(package_sha, '.4ml'))[1] == package_sha  # the cache holds it again
     if counted:  # each changed file was fetched again from the bucket
         gets = [r.path for r in s3server.requests if r.method == 'GET' and 'list-type' not in r.query]
@@ -134,3 +134,20 @@ def test_an_unchanged_cache_is_served_without_hashing_again(tmp_path, monkeypatc
     blobs.seal_path(blobs.path(sha)).unlink()  # a blob cached by an earlier version: hashed once, then sealed
     assert blobs.read(sha) == data and blobs.read(sha) == data
     assert blobs.get(sha) is not None and len(hashed) == 1  # read hashes the bytes it read, not the file
+
+
+def test_a_span_is_served_only_if_it_holds_its_own_sha256(tmp_path):
+    """A packed state is cut from its cached pack and checked against its own sha256, whatever the pack's seal says:
+    a changed span is not served (the caller fetches the pack again), a missing pack is not an error."""
+    blobs = cachemod.BlobCache(tmp_path)
+    first, second = os.urandom(1000), os.urandom(3000)
+    pack = first + second
+    sha = hashlib.sha256(pack).hexdigest()
+    blobs.put(pack, sha)
+    state = hashlib.sha256(second).hexdigest()
+    assert blobs.read_span(sha, len(first), len(second), state) == second
+    assert blobs.read_span(sha, len(first), len(second) + 1, state) is None  # past the end: short
+    assert blobs.read_span(sha, 0, len(second), state) is None  # another span
+    flip(blobs.path(sha), len(first) + 10)
+    assert blobs.read_span(sha, len(first), len(second), state) is None
+    assert blobs.read_span('ab' * 32, 0, 10, state) is None  # not cached

@@ -53,7 +53,7 @@ import typing
 import forml
 
 from ..storage import digest
-from ..storage.base import local_failure
+from ..storage.base import Corrupted, local_failure
 from . import volatile
 
 LOGGER = logging.getLogger(__name__)
@@ -114,10 +114,6 @@ def _identity(stat: os.stat_result) -> dict[str, int]:
         'mtime_ns': stat.st_mtime_ns,
         'ctime_ns': stat.st_ctime_ns,
     }
-
-
-class Corrupted(forml.InvalidError):
-    """Downloaded content does not match the size/sha256 recorded in its marker."""
 
 
 class Unwritable(forml.FailedError):
@@ -304,6 +300,28 @@ class BlobCache(volatile.Volatile):
         if data is None and (aside := self._kept_aside(sha256)) is not None:
             with contextlib.suppress(FileNotFoundError):
                 return aside.read_bytes()
+        return data
+
+    def read_span(self, sha256: str, offset: int, size: int, span_sha256: str) -> bytes | None:
+        """Bytes ``[offset, offset + size)`` of a cached blob if they hash to ``span_sha256``, else None (not
+        cached, evicted meanwhile, or changed: the caller fetches the blob again, which checks it whole).
+
+        The blob's seal is not consulted: the span's own sha256 checks what is served (a state cut from its pack
+        costs one ``open`` and one ``pread``, and no file of its own)."""
+        path = self.path(sha256)
+        if not path.exists():
+            path = self._kept_aside(sha256) or path
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            data = os.pread(fd, size, offset)
+        finally:
+            os.close(fd)
+        if len(data) != size or hashlib.sha256(data).hexdigest() != span_sha256:
+            return None
+        self._used(path)
         return data
 
     def _kept_aside(self, sha256: str, suffix: str = '') -> pathlib.Path | None:

@@ -46,6 +46,10 @@ Labels = typing.Mapping[str, str] | None
 """Object tags or user metadata of a write (``None``: none)."""
 
 
+class Corrupted(forml.InvalidError):
+    """Downloaded content does not match the size/sha256 recorded in its marker."""
+
+
 class Changed(FileExistsError):
     """A compare-and-swap lost: the object is no longer the version it was read at (or exists already)."""
 

@@ -242,14 +242,14 @@ class S3Store(base.Store):
     ) -> str | None:
         """Download the object to a local file.
 
-        An object of known ``size`` larger than :data:`PART_SIZE` comes in ranged GETs, up to
+        An object of known ``size`` comes in ranged GETs of :data:`PART_SIZE` (one for a smaller object), up to
         :data:`PART_CONCURRENCY` in flight, streamed to the file at their offsets as they arrive (bounded memory)
         and hashed in order meanwhile (in the buffer a reader attaches to ``sink``, where given): it returns the
-        file's sha256. Without a size s3fs first opens a whole-object GET to learn it, which a large object pays for
-        twice.
+        file's sha256, so the cache does not read the file again to hash it (11 ms of a 6 MiB pack). Without a size
+        s3fs first opens a whole-object GET to learn it, which a large object pays for twice.
         """
         with self._boundary('download', path):
-            if size is not None and size > PART_SIZE:
+            if size:
                 return self._ranged_download(path, target, size, sink)
             self.fs.get_file(path, str(target), chunksize=PART_SIZE, max_concurrency=PART_CONCURRENCY)
             return None
@@ -463,10 +463,10 @@ class S3Store(base.Store):
 
         bucket, key = self._bucket_key(path)
 
-        def shorter() -> forml.InvalidError:
-            return forml.InvalidError(
-                f'Object {self.url_of(path)} is corrupted: shorter than the {size} bytes its marker records; '
-                'restore it or retrain (`forml-s3 verify`)'
+        def shorter() -> base.Corrupted:
+            return base.Corrupted(
+                f'Object {self.url_of(path)} is corrupted: expected {size} bytes, it is shorter than its marker '
+                'records; restore it or retrain (`forml-s3 verify`)'
             )
 
         async def part(fd: int, start: int, end: int, slots: asyncio.Semaphore, follower: digest.Follower) -> None:
