@@ -1,9 +1,11 @@
-"""Ranged downloads of large S3 objects through obstore (Rust's ``object_store``), behind :class:`S3Store.download`.
+"""Ranged downloads of S3 objects through obstore (Rust's ``object_store``), behind :class:`S3Store.download`.
 
 Measured on SeaweedFS on 127.0.0.1 (docs/benchmarks.md), a 256 MiB object in 16 MiB ranged GETs, 8 in flight, comes
 about twice as fast through obstore as through botocore's s3transfer, and three to four times as fast as through
-aiobotocore (s3fs's client), whose body reading costs Python work per network chunk on one event loop thread. So
-the large downloads go through obstore, and everything else stays on s3fs/aiobotocore.
+aiobotocore (s3fs's client), whose body reading costs Python work per network chunk on one event loop thread; a
+6 MiB pack in one GET, hashed as it lands, took 20 ms through aiobotocore plus 11 ms to hash the file after. So the
+downloads of a known size (states, packs, packages) go through obstore, and everything else stays on
+s3fs/aiobotocore.
 
 The obstore client is built from the store's botocore client, never from the user's options a second time: the
 same endpoint (``AWS_ENDPOINT_URL`` and the rest resolved by botocore), the same region, and the credentials of the
