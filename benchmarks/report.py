@@ -318,7 +318,7 @@ def _describe(result: dict[str, typing.Any]) -> list[str]:
     if result.get('server', 'moto') == 'moto':
         lines.append(
             "S3 endpoint: moto's server (forml_s3.demo.endpoint.Server) on 127.0.0.1 in the harness process; moto "
-            'the whole object for every ranged GET, so large reads measure moto as much as the client.'
+            'reads the whole object for every ranged GET, so large reads measure moto as much as the client.'
         )
     else:
         lines.append(
