@@ -43,8 +43,10 @@ class Fetcher:
                 continue
             if 'pack' not in info:
                 transfers.pool().submit(self._fetch_state, project, release, marker, sid, self._cache.fetch)
-            elif not self._cache.cached(str(marker.get('packs', {}).get(str(info['pack']), {}).get('sha256', ''))):
-                packed.setdefault(str(info['pack']), []).append(sid)
+            else:
+                pack = marker.get('packs', {}).get(str(info['pack']))
+                if not (isinstance(pack, dict) and pack.get('sha256') and self._cache.cached(str(pack['sha256']))):
+                    packed.setdefault(str(info['pack']), []).append(sid)  # (a bad entry: the fetch says what)
         for sids in packed.values():
             transfers.pool().submit(self._fetch_packed, project, release, marker, sids)
 
