@@ -25,7 +25,7 @@ WRITE_SLICE = 256 * 2**10
 large folios), so a write of a MiB or more takes high-order free blocks, and in a VM those are the blocks its free
 page reporting hands back to the host: each page's first touch then faults on the host, unseen by the guest. On
 the benchmarks' VM, once earlier runs had churned its memory, a 50 MiB package extracted in 1 MiB writes took
-0.4-1.0 s (perf: 76% in the kernel's copy into the page cache) and 0.13-0.16 s in writes of this size, the size
+0.3-1.0 s (perf: 76% in the kernel's copy into the page cache) and 0.13-0.16 s in writes of this size, the size
 s3transfer writes in (docs/benchmarks.md, "Small writes to the page cache")."""
 
 
