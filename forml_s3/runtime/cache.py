@@ -628,10 +628,7 @@ class BlobCache(volatile.Volatile):
             got_size = os.fstat(file.fileno()).st_size
             got_sha = hashed if isinstance(hashed, str) else sha256_of(temp_path)[1]
             if (got_size, got_sha) != (size, sha256):
-                raise Corrupted(
-                    f'Object {name} is corrupted: expected {size} bytes with sha256 {sha256}, '
-                    f'got {got_size} bytes with sha256 {got_sha}; restore it or retrain (`forml-s3 verify`)'
-                )
+                raise Corrupted.mismatch(name, size, sha256, got_size, got_sha)
             os.replace(temp_path, target)
         except BaseException:
             if file is not None:

@@ -129,11 +129,8 @@ class Fetcher:
                 data = pack.read(state_size)
                 got = hashlib.sha256(data).hexdigest()
                 if len(data) != state_size or got != state_sha:
-                    raise cachemod.Corrupted(
-                        f'Object {self._store.url_of(key)} (state {sid} at {offset}) is corrupted: expected '
-                        f'{state_size} bytes with sha256 {state_sha}, got {len(data)} bytes with sha256 {got}; '
-                        'restore it or retrain (`forml-s3 verify`)'
-                    )
+                    name = f'{self._store.url_of(key)} (state {sid} at {offset})'
+                    raise cachemod.Corrupted.mismatch(name, state_size, state_sha, len(data), got)
                 found[sid] = data
         return found
 

@@ -49,6 +49,14 @@ Labels = typing.Mapping[str, str] | None
 class Corrupted(forml.InvalidError):
     """Downloaded content does not match the size/sha256 recorded in its marker."""
 
+    @classmethod
+    def mismatch(cls, name: str, size: int, sha256: str, got_size: int, got_sha256: str) -> 'Corrupted':
+        """The error for content of ``got_size`` bytes and ``got_sha256`` where the marker records the others."""
+        return cls(
+            f'Object {name} is corrupted: expected {size} bytes with sha256 {sha256}, '
+            f'got {got_size} bytes with sha256 {got_sha256}; restore it or retrain (`forml-s3 verify`)'
+        )
+
 
 class Changed(FileExistsError):
     """A compare-and-swap lost: the object is no longer the version it was read at (or exists already)."""
