@@ -201,7 +201,7 @@ def test_a_large_state_is_read_in_ranges_once_and_hashed_as_it_lands(
     reader = Registry(f's3://{bucket}/forml', storage_options=s3server.storage_options(), cache_dir=tmp_path / 'r')
     assert reader.read(PROJECT, '0.1', 1, sid) == state  # (no open: no prefetch to join, the read downloads it)
     assert in_memory == {'prefixes': [0], 'handed': 1}
-    assert preads[0] == 0  # every chunk copied into the read's buffer as it landed, hashed there
+    assert preads == [0, size]  # every chunk copied into the read's buffer as it landed (once), hashed there
     key = f'/{bucket}/forml/{PROJECT}/0.1/states/{sid}.bin'
     ranged = [r for r in counted.requests if r.method == 'GET' and r.path == key]
     half = size // 2  # two parts in one window, 1 MiB apart
@@ -361,13 +361,13 @@ def test_the_follower_hashes_spans_landing_in_any_order(tmp_path, order):
 @pytest.fixture
 def preads(monkeypatch):
     """The bytes the hashing thread read back from the file (those not copied into a reader's buffer as they
-    landed)."""
-    read = [0]
+    landed), and those the other threads read (the landing threads' copies into that buffer are preads)."""
+    read = [0, 0]
     real = os.preadv
 
     def counting(fd, buffers, offset):
         count = real(fd, buffers, offset)
-        read[0] += count
+        read[threading.current_thread().name != 'forml-s3-digest'] += count
         return count
 
     monkeypatch.setattr(os, 'preadv', counting)
@@ -387,11 +387,11 @@ def test_the_follower_hashes_into_a_buffer_attached_midway(tmp_path, preads):
         sink = digest.Sink()
         with digest.Follower(fd, len(data), sink) as follower:
             os.pwrite(fd, data[:half], 0)
-            follower.landed(0, half, data[:half])  # no buffer yet: not copied
+            follower.landed(0, half)  # no buffer yet: not copied
             assert sink.attach(memoryview(buffer))
             assert not sink.attach(memoryview(bytearray(len(data))))  # one reader per download
             os.pwrite(fd, data[half:], half)
-            follower.landed(half, len(data), data[half:])
+            follower.landed(half, len(data))
             assert follower.hexdigest() == hashlib.sha256(data).hexdigest()
         sink.close()
         assert sink.start is not None and sink.start <= half and sink.start % digest.CHUNK == 0
@@ -512,7 +512,7 @@ def test_a_prefetch_starting_after_the_read_downloads_into_the_read_s_buffer(tmp
                 for start in range(0, len(data), 2**20):
                     chunk = data[start : start + 2**20]
                     os.pwrite(fd, chunk, start)
-                    follower.landed(start, start + len(chunk), chunk)
+                    follower.landed(start, start + len(chunk))
                 return follower.hexdigest()
         finally:
             os.close(fd)
@@ -566,7 +566,13 @@ def test_a_read_that_joined_a_live_download_lets_go_of_its_buffer_where_the_cach
         return sha
 
     assert blobs.load(sha, len(data), lambda target: None, name='blob', landing=landing) == data
-    assert prefetch.copy(0, b'late bytes') is False  # detached: the prefetch's next chunk is not copied, no error
+    late = tmp_path / 'late'
+    late.write_bytes(b'late bytes')
+    fd = os.open(late, os.O_RDONLY)
+    try:
+        assert prefetch.fill(fd, 0, 10) is False  # detached: the prefetch's next chunk is not copied, no error
+    finally:
+        os.close(fd)
     assert prefetch.claim(0, 10) is None
 
 

@@ -5,9 +5,10 @@ which spans have landed; a thread hashes the contiguous prefix as it grows, read
 (``pread`` into one reused buffer), so no part is held in memory for the hash's sake and the hash of the whole
 object is ready a moment after its last byte lands: the cache never reads a fresh download again to verify it.
 A reader in the same process that wants the object's bytes can attach a buffer of its size to the download's
-:class:`Sink` while it runs: from then on the threads that land the bytes copy them into that buffer too, and the
-hashing thread hashes them there (what landed before is read into it from the file), so the reader has the bytes
-the hash is of without reading the whole file again (only the prefix hashed before it attached).
+:class:`Sink` while it runs: from then on the threads that land the bytes copy them into that buffer too (``pread``
+from the page cache they were just written to), and the hashing thread hashes them there (what landed before is
+read into it from the file), so the reader has the bytes the hash is of without reading the whole file again (only
+the prefix hashed before it attached).
 """
 
 import errno
@@ -38,6 +39,15 @@ def write_at(fd: int, data: typing.Any, offset: int) -> None:
         if written <= 0:
             raise OSError(errno.EIO, f'Nothing written at offset {offset}')
         view, offset = view[written:], offset + written
+
+
+def read_at(fd: int, view: memoryview, offset: int) -> None:
+    """Fill all of ``view`` from the file at ``offset``."""
+    while view:
+        count = os.preadv(fd, [view], offset)
+        if count <= 0:
+            raise EOFError(f'File shorter than reported: nothing at {offset}')
+        view, offset = view[count:], offset + count
 
 
 def write_all(file: typing.BinaryIO, data: typing.Any) -> None:
@@ -104,13 +114,18 @@ class Sink:
             self._buffer = buffer
             return True
 
-    def copy(self, offset: int, data: typing.Any) -> bool:
-        """Put bytes that landed at ``offset`` into the attached buffer (by the thread that landed them); False if
-        none is attached."""
+    def fill(self, fd: int, start: int, end: int) -> bool:
+        """Read the bytes ``[start, end)`` that landed in the file open at ``fd`` into the attached buffer (by the
+        thread that landed them); False if none is attached.
+
+        A ``pread`` rather than a copy of the landed chunk: the kernel's copy runs without the GIL, where a slice
+        assignment would hold it while each fresh page of the buffer faults in (measured on SeaweedFS, a 256 MiB
+        read's landing threads then queued for the GIL, and the hashing thread with them: docs/benchmarks.md,
+        "Large reads")."""
         buffer = self._buffer  # (attached before, dropped only once the download is over)
         if buffer is None:
             return False
-        buffer[offset : offset + len(data)] = data
+        read_at(fd, buffer[start:end], start)
         return True
 
     def restart(self) -> None:
@@ -185,12 +200,12 @@ class Follower:
             self._changed.notify_all()
         self._thread.join()
 
-    def landed(self, start: int, end: int, data: typing.Any = None) -> None:
-        """Bytes ``[start, end)`` are written to the file (``data``: those bytes, copied into the buffer a reader
-        attached, if any, by the calling thread: the hashing thread then hashes them there without reading them)."""
+    def landed(self, start: int, end: int) -> None:
+        """Bytes ``[start, end)`` are written to the file: the calling thread copies them into the buffer a reader
+        attached, if any (the hashing thread then hashes them there without reading them)."""
         if end <= start:
             return
-        copied = data is not None and self._sink is not None and self._sink.copy(start, data)
+        copied = self._sink is not None and self._sink.fill(self._fd, start, end)
         with self._changed:
             if not copied and self._sink is not None:  # (without a sink every span is read from the file anyway)
                 self._uncopied.append((start, end))

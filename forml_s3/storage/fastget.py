@@ -158,7 +158,7 @@ def download(
                 if offset + len(chunk) > end:
                     raise OSError(errno.EIO, f'{key}: more bytes than the range {start}-{end - 1} asked for')
                 digest.write_at(fd, chunk, offset)
-                follower.landed(offset, offset + len(chunk), chunk)
+                follower.landed(offset, offset + len(chunk))
                 offset += len(chunk)
         except exceptions.NotFoundError as err:
             raise FileNotFoundError(errno.ENOENT, f'No such object: {key}') from err

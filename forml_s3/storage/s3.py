@@ -483,7 +483,7 @@ class S3Store(base.Store):
                 try:
                     while offset < end and (chunk := await body.read(min(_CHUNK, end - offset))):
                         digest.write_at(fd, chunk, offset)
-                        follower.landed(offset, offset + len(chunk), chunk)
+                        follower.landed(offset, offset + len(chunk))
                         offset += len(chunk)
                 finally:
                     body.close()
