@@ -335,6 +335,43 @@ def test_a_ranged_get_failing_after_its_retries_says_what_to_do(
     assert 'through obstore failed' in caplog.text and 'using aiobotocore' in caplog.text
 
 
+def test_a_whole_read_goes_through_obstore_and_falls_back_to_aiobotocore_once(
+    embedded_server, s3server, bucket, caplog
+):
+    """A whole small object (a marker) is read in one GET through obstore (measured ~1 ms against aiobotocore's
+    ~4.5 ms, docs/benchmarks.md); a missing object is FileNotFoundError from either client; where obstore fails after
+    its retries, the read is made through aiobotocore, which the store keeps to from then on."""
+    agents: list[str] = []
+
+    def seen(call):
+        if call.method == 'GET' and call.path.startswith(f'/{bucket}/forml/'):
+            agents.append(call.headers.get('user-agent', ''))
+        return False
+
+    s3server.client().put_object(Bucket=bucket, Key='forml/marker.json', Body=b'{"a": 1}')
+    store = storage.open_store(f's3://{bucket}/forml', s3server.storage_options(max_attempts=1, retries=1))
+    path = f'{bucket}/forml/marker.json'
+    embedded_server.inject(match=seen)  # (matches nothing: it only sees the requests)
+    try:
+        assert store.read(path) == b'{"a": 1}'
+        with pytest.raises(FileNotFoundError):
+            store.read(f'{bucket}/forml/missing.json')
+        assert len(agents) == 2 and all('object_store' in agent for agent in agents), agents
+        fault = embedded_server.inject(
+            500, 'InternalError', count=100, match=lambda c: 'object_store' in c.headers.get('user-agent', '')
+        )
+        assert store.read(path) == b'{"a": 1}'  # obstore failed: aiobotocore read it
+        assert fault.fired >= 1 and 'Read of' in caplog.text and 'using aiobotocore' in caplog.text
+        fired = fault.fired
+        assert store.read(path) == b'{"a": 1}'
+        with pytest.raises(FileNotFoundError):
+            store.read(f'{bucket}/forml/missing.json')
+        assert fault.fired == fired  # no more obstore requests
+        assert 'object_store' not in agents[-1] and len(agents) == 2 + fired + 3
+    finally:
+        embedded_server.clear_faults()
+
+
 @pytest.mark.parametrize('order', ['in order', 'reversed', 'interleaved'])
 def test_the_follower_hashes_spans_landing_in_any_order(tmp_path, order):
     data = os.urandom(3 * digest.CHUNK + 12345)

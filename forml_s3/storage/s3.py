@@ -219,6 +219,13 @@ class S3Store(base.Store):
 
         with self._boundary('read', path):
             bucket, key = self._bucket_key(path)
+            if (fast := self._fastget()) is not None:
+                try:
+                    return fastget.read(fast, key)
+                except FileNotFoundError:
+                    raise
+                except OSError as err:
+                    self._off_obstore('Read', path, err)
             return sync(self.fs.loop, self._get, Bucket=bucket, Key=key)[0]
 
     async def _get(self, **params: typing.Any) -> tuple[bytes, dict[str, typing.Any]]:
@@ -513,11 +520,8 @@ class S3Store(base.Store):
                     raise shorter() from None
                 except FileNotFoundError:
                     raise
-                except OSError as err:  # e.g. a redirect botocore follows and obstore does not: aiobotocore once more
-                    LOGGER.warning(
-                        'Download of %s through obstore failed (%s): using aiobotocore', self.url_of(path), err
-                    )
-                    self._fast = (os.getpid(), None)
+                except OSError as err:
+                    self._off_obstore('Download', path, err)
                     os.ftruncate(fd, 0)
             with digest.Follower(fd, size, sink) as follower:
                 sync(self.fs.loop, run, fd, follower)
@@ -528,14 +532,21 @@ class S3Store(base.Store):
             os.close(fd)
 
     _fast: tuple[int, typing.Any] | None = None
-    """This process's obstore client of the bucket (None inside: the options keep downloads on aiobotocore)."""
+    """This process's obstore client of the bucket (None inside: the options keep its requests on aiobotocore)."""
 
     def connect(self) -> None:
         super().connect()
         self._fastget()
 
+    def _off_obstore(self, action: str, path: str, err: OSError) -> None:
+        """An obstore request failed (e.g. on a redirect botocore follows and obstore does not): it is tried once more
+        through aiobotocore, which this process's store keeps to from now on."""
+        LOGGER.warning('%s of %s through obstore failed (%s): using aiobotocore', action, self.url_of(path), err)
+        self._fast = (os.getpid(), None)
+
     def _fastget(self) -> typing.Any:
-        """The obstore client large downloads go through (:mod:`.fastget`), made once per process; None: none."""
+        """The obstore client downloads and whole reads go through (:mod:`.fastget`), made once per process; None:
+        none."""
         if self._fast is None or self._fast[0] != os.getpid():
             self._fast = (os.getpid(), fastget.client(self.fs, self.bucket, optmod.s3_kwargs(self._options)))
         return self._fast[1]
