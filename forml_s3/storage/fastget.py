@@ -162,6 +162,7 @@ def download(
                 digest.write_at(fd, chunk, offset)
                 follower.landed(offset, offset + len(chunk))
                 offset += len(chunk)
+                del chunk  # (else the loop holds it while obstore gathers the next one)
         except exceptions.NotFoundError as err:
             raise FileNotFoundError(errno.ENOENT, f'No such object: {key}') from err
         except exceptions.BaseError as err:

@@ -492,6 +492,7 @@ class S3Store(base.Store):
                         digest.write_at(fd, chunk, offset)
                         follower.landed(offset, offset + len(chunk))
                         offset += len(chunk)
+                        del chunk  # (else it is held while the next one is read)
                 finally:
                     body.close()
             if offset != end:
