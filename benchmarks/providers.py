@@ -408,14 +408,18 @@ class FormlS3(_Forml):
         )
 
     def warm(self) -> None:
-        """One HEAD through a separate store: it creates the s3fs client the registry then shares (fsspec caches
-        file system instances per thread and options), and the obstore client shared per s3fs client, without
-        touching the registry's own listing caches."""
+        """One HEAD and one GET through a separate store: they create the s3fs client the registry then shares
+        (fsspec caches file system instances per thread and options) and the obstore client shared per s3fs
+        client, and open the first connection of each (the HEAD through aiobotocore, the GET of the missing object
+        through obstore, which also fetches its credentials), as the floors open theirs, without touching the
+        registry's own listing caches."""
         from forml_s3 import storage
 
         store = storage.open_store(self.url, self.options)
         store.exists(f'{self.ctx.bucket}/warm-up')
-        store.connect()  # and the obstore client its large downloads share (the floors make theirs here too)
+        store.connect()
+        with contextlib.suppress(FileNotFoundError):
+            store.read(f'{self.ctx.bucket}/warm-up')
 
     def setup_list(self) -> None:
         from forml_s3.runtime import transfers
