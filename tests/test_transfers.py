@@ -244,7 +244,7 @@ def test_a_large_package_mounts_in_ranges_once_per_machine(
     events = []
     real_extract, real_hexdigest = staging._extract, digest.Follower.hexdigest
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(staging, '_extract', lambda *args: events.append('extract') or real_extract(*args))
+        patch.setattr(staging, '_extract', lambda *a, **k: events.append('extract') or real_extract(*a, **k))
         patch.setattr(digest.Follower, 'hexdigest', lambda self: events.append('hash') or real_hexdigest(self))
         first = Registry(f's3://{bucket}/forml', storage_options=options, cache_dir=tmp_path / 'r')
         assert pathlib.Path(first.mount(PROJECT, '0.1').path).exists()
@@ -264,8 +264,9 @@ def test_a_large_package_mounts_in_ranges_once_per_machine(
 @pytest.mark.parametrize('where', ['data', 'header'])
 def test_a_large_package_changed_in_the_bucket_installs_nothing(s3server, bucket, tmp_path, package_factory, where):
     """Extracted as its last byte lands, before its hash is known: where the hash then does not match the marker's,
-    the mount fails as corrupted and the extraction is deleted; nothing is installed, cached or left aside. A byte
-    changed in the data fails the extraction too (its CRC); one in a local header's time does not."""
+    the mount fails as corrupted and the extraction is deleted; nothing is installed, cached or left aside. The early
+    extraction checks no CRC (the sha256 decides), so it completes with a byte changed in the data, as with one in
+    a local header's time."""
     options = s3server.storage_options()
     Registry(f's3://{bucket}/forml', storage_options=options, cache_dir=tmp_path / 'w').push(
         package_factory('0.1', data=os.urandom(18 * MiB))
@@ -280,18 +281,50 @@ def test_a_large_package_changed_in_the_bucket_installs_nothing(s3server, bucket
     reader = Registry(f's3://{bucket}/forml', storage_options=options, cache_dir=tmp_path / 'r')
     discarded, real_discard = [], staging._Early.discard
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(staging, '_extract', lambda *args: extracted.append(args[1]) or real_extract(*args))
+        patch.setattr(staging, '_extract', lambda *a, **k: extracted.append(a[1]) or real_extract(*a, **k))
         patch.setattr(staging._Early, 'discard', lambda self: discarded.append(self.tree) or real_discard(self))
         with pytest.raises(forml.InvalidError, match=f'Object s3://{bucket}/{key} is corrupted'):
             reader.mount(PROJECT, '0.1')
-    # the last discard (after the failed check) found a complete tree only where the zip read well
-    assert discarded[-1] == (None if where == 'data' else extracted[0])
+    # the last discard (after the failed check) found the complete tree
+    assert discarded[-1] == extracted[0]
     assert len(extracted) == 1 and not extracted[0].exists()  # extracted early (completely or not), then deleted
     left = [p.relative_to(tmp_path / 'r') for p in (tmp_path / 'r').rglob('*') if p.is_file()]
     # the release marker (cached, with its seal) and the locks stay; no package, no tree
     assert all(p.suffix == '.lock' or 'markers' in p.parts for p in left), left
     staged = tmp_path / 'r' / 'staging' / PROJECT
     assert [p.name for p in staged.iterdir()] == [staging.LOCKS]
+
+
+def test_only_the_early_extraction_skips_the_members_crc(tmp_path, monkeypatch):
+    """The early extraction (whose archive's sha256 is checked over the same bytes before its tree is used) checks
+    no member's CRC32; an install from a package file checks them all."""
+    import zipfile
+
+    data = os.urandom(3 * MiB)
+    archive = tmp_path / 'p.4ml'
+    with zipfile.ZipFile(archive, 'w', zipfile.ZIP_DEFLATED) as zipped:
+        zipped.writestr('pkg/data.bin', data)
+        zipped.writestr('pkg/__init__.py', 'x = 1\n')
+    checked = [0]
+    real = zipfile.crc32
+
+    def counting(chunk, value=0):
+        checked[0] += len(chunk)
+        return real(chunk, value)
+
+    monkeypatch.setattr(zipfile, 'crc32', counting)
+    early = staging._Early(tmp_path / 'early' / 'tree')
+    fd = os.open(archive, os.O_RDONLY)
+    try:
+        early.extract(fd)
+    finally:
+        os.close(fd)
+    assert early.tree is not None and (early.tree / 'pkg' / 'data.bin').read_bytes() == data
+    assert checked[0] == 0
+    sha = hashlib.sha256(archive.read_bytes()).hexdigest()
+    installed = staging.install(archive, sha, tmp_path / 'installed' / 'tree')
+    assert (installed / 'pkg' / 'data.bin').read_bytes() == data
+    assert checked[0] >= len(data)  # every byte of the members
 
 
 def test_a_large_state_changed_in_the_bucket_is_corrupted(s3server, bucket, tmp_path, package_factory):
