@@ -121,7 +121,7 @@ class Sink:
         A ``pread`` rather than a copy of the landed chunk: the kernel's copy runs without the GIL, where a slice
         assignment would hold it while each fresh page of the buffer faults in (measured on SeaweedFS, a 256 MiB
         read's landing threads then queued for the GIL, and the hashing thread with them: docs/benchmarks.md,
-        "Large reads")."""
+        "How forml-s3 reads a large object")."""
         buffer = self._buffer  # (attached before, dropped only once the download is over)
         if buffer is None:
             return False
@@ -230,17 +230,13 @@ class Follower:
                 while self.hashed < limit and not self._abandoned:
                     step = min(CHUNK, limit - self.hashed)
                     into = self._sink.claim(self.hashed, step) if self._sink is not None else None
-                    if into is not None and self._copied(self.hashed, self.hashed + step):
-                        count = step  # copied there as it landed
-                    else:
+                    if into is None or not self._copied(self.hashed, self.hashed + step):  # (else copied there)
                         if into is None:
                             view = view if view is not None else memoryview(bytearray(CHUNK))
                             into = view[:step]
-                        count = os.preadv(self._fd, [into], self.hashed)
-                    if count <= 0:
-                        raise EOFError(f'File shorter than reported: nothing at {self.hashed}')
-                    self._digest.update(into[:count])  # releases the GIL: overlaps the download
-                    self.hashed += count
+                        read_at(self._fd, into, self.hashed)
+                    self._digest.update(into)  # releases the GIL: overlaps the download
+                    self.hashed += step
         except BaseException as err:  # handed to the caller by hexdigest()
             self._error = err
 
