@@ -20,6 +20,7 @@ after it.
 """
 
 import concurrent.futures
+import contextlib
 import datetime
 import errno
 import logging
@@ -148,13 +149,12 @@ def download(
     """Ranged GETs of ``part_size``, ``parallel`` in flight, streamed into ``fd`` at their offsets and reported to
     ``follower`` as they land. Raises FileNotFoundError (no such object), :class:`Shorter`, or OSError."""
     import obstore
-    from obstore import exceptions
 
     from . import digest
 
     def part(start: int, end: int) -> None:
         offset = start
-        try:
+        with _translated(key, ranged=True):
             result = obstore.get(store, key, options={'range': (start, end)})
             for chunk in result.stream(min_chunk_size=CHUNK):
                 if offset + len(chunk) > end:
@@ -163,12 +163,6 @@ def download(
                 follower.landed(offset, offset + len(chunk))
                 offset += len(chunk)
                 del chunk  # (else the loop holds it while obstore gathers the next one)
-        except exceptions.NotFoundError as err:
-            raise FileNotFoundError(errno.ENOENT, f'No such object: {key}') from err
-        except exceptions.BaseError as err:
-            if _unsatisfiable(err):  # the object ends before this part starts
-                raise Shorter(key) from None
-            raise OSError(errno.EIO, f'{key}: {_first_line(err)}') from err
         if offset != end:
             raise Shorter(key)
 
@@ -187,13 +181,24 @@ def read(store: typing.Any, key: str) -> bytes:
     """The whole object in one GET (a marker, say: ~1 ms on SeaweedFS on 127.0.0.1, where aiobotocore's GET takes
     ~4.5 ms of Python work). Raises FileNotFoundError (no such object) or OSError."""
     import obstore
+
+    with _translated(key):
+        return bytes(obstore.get(store, key).bytes())
+
+
+@contextlib.contextmanager
+def _translated(key: str, *, ranged: bool = False) -> typing.Iterator[None]:
+    """obstore's errors as the store expects them: no such object is FileNotFoundError, a range the object ends
+    before (``ranged``) :class:`Shorter`, anything else OSError (which the store retries through aiobotocore)."""
     from obstore import exceptions
 
     try:
-        return bytes(obstore.get(store, key).bytes())
+        yield
     except exceptions.NotFoundError as err:
         raise FileNotFoundError(errno.ENOENT, f'No such object: {key}') from err
     except exceptions.BaseError as err:
+        if ranged and _unsatisfiable(err):  # the object ends before this part starts
+            raise Shorter(key) from None
         raise OSError(errno.EIO, f'{key}: {_first_line(err)}') from err
 
 
