@@ -12,24 +12,23 @@ for tests that count requests instead of timing them.
 """
 
 import contextlib
-import ctypes
 import dataclasses
 import fcntl
 import json
 import pathlib
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-import typing
 import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
+
+from forml_s3.demo.lifetime import die_with_parent
 
 ROOT = pathlib.Path(__file__).parent.parent
 HOST = '127.0.0.1'
@@ -57,25 +56,6 @@ class Request:
     target: str
     """Path and query string, as sent (percent-encoded)."""
     status: int
-
-
-def _prctl() -> typing.Any:
-    with contextlib.suppress(OSError, AttributeError):
-        return ctypes.CDLL(None, use_errno=True).prctl
-    return None
-
-
-_PRCTL = _prctl() if sys.platform.startswith('linux') else None
-"""libc's ``prctl``, looked up before any fork (a child between fork and exec must not load libraries)."""
-_PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent() -> None:
-    """``preexec_fn`` of a server process: the kernel SIGKILLs it when the thread that started it ends (its
-    process killed, even by SIGKILL), so a killed test run or soak leaves no server behind. Linux only (a no-op
-    elsewhere); start servers from a thread that lives as long as they should."""
-    if _PRCTL is not None:
-        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def free_port() -> int:

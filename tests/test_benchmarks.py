@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from benchmarks import harness, report
+from forml_s3.demo.lifetime import die_with_parent
 
 ROOT = pathlib.Path(__file__).parent.parent
 PROVIDERS = ('forml-s3', 'boto3')
@@ -128,6 +129,7 @@ def test_scale_mode_counts_the_same_requests_on_moto_and_seaweedfs(tmp_path):
             stdout=subprocess.PIPE,
             stderr=(tmp_path / f'{server}.log').open('w'),
             text=True,
+            preexec_fn=die_with_parent,
         )
         for server in ('moto', 'seaweedfs')
     }

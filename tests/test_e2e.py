@@ -22,6 +22,7 @@ from sklearn import linear_model, pipeline, preprocessing
 
 from forml_s3 import demo
 from forml_s3.cli.demo import Gateway, free_port, parse_predictions
+from forml_s3.demo.lifetime import die_with_parent
 from forml_s3.model import layout
 
 PROJECT = demo.PROJECT
@@ -250,7 +251,7 @@ class KeptEndpoint:
     def __enter__(self) -> 'KeptEndpoint':
         self.process = subprocess.Popen(
             [*FORML_S3, 'serve-s3', '--state', str(self.state)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True, start_new_session=True,
+            text=True, start_new_session=True, preexec_fn=die_with_parent,
         )  # fmt: skip
         self.banner = self.process.stdout.readline()
         assert 'Embedded S3 endpoint' in self.banner, self.banner + self.process.stdout.read()

@@ -11,6 +11,8 @@ import re
 import subprocess
 import sys
 
+from forml_s3.demo.lifetime import die_with_parent
+
 ROOT = pathlib.Path(__file__).parent.parent
 
 
@@ -21,6 +23,7 @@ def test_suite_runs_against_an_external_endpoint(tmp_path):
         stderr=(tmp_path / 'server.log').open('w'),
         text=True,
         start_new_session=True,
+        preexec_fn=die_with_parent,
     )
     try:
         first = server.stdout.readline()

@@ -21,6 +21,8 @@ import urllib.request
 
 import click
 
+from forml_s3.demo import lifetime
+
 BUCKET = 'forml-demo'
 REGISTRY_PREFIX = 'registry'
 INVENTORY_PREFIX = 'apps'
@@ -190,6 +192,7 @@ class Gateway:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=lifetime.die_with_parent,  # (a killed demo leaves no gateway behind)
             )
         return self
 
